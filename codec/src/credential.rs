@@ -1,0 +1,1 @@
+//! The CONNECT credential (being written).

@@ -1,0 +1,1 @@
+//! The signed telemetry envelope (being written).
