@@ -1,0 +1,4 @@
+//! The `ingestd` server: executors, sockets, files, sinks and the CLI around the pure
+//! logic of `ingestd-codec` and `ingestd-shards`.
+
+pub mod log;

@@ -1,0 +1,381 @@
+//! [`ShardLog`]: the group-committing writer of one shard's durable log.
+//!
+//! Appends only copy a framed record into memory and return its offset; the shard's
+//! committer calls [`ShardLog::commit`] when its policy says so (bounded batch, bounded
+//! delay), which writes everything pending with one io_uring write and one `fdatasync`.
+//! Appends keep landing in a fresh buffer while a commit is in flight, so connections are
+//! never blocked on the disk, only their acknowledgements are.
+//!
+//! Failure rules, because they decide what may be acknowledged:
+//! - a failed write (disk full, say) leaves nothing durable that was not before; the
+//!   records go back to the pending buffer and a later commit retries them at the same
+//!   file position;
+//! - a failed `fdatasync` poisons the log: the kernel may already have dropped the dirty
+//!   pages, so no later sync could prove them written. Every later commit fails and the
+//!   shard must stop acknowledging.
+
+use super::format::{self, RecordKind};
+use super::{list_segments, segment_file_name};
+use glommio::io::{BufferedFile, Directory, OpenOptions};
+use std::cell::RefCell;
+use std::path::{Path, PathBuf};
+use std::rc::Rc;
+
+/// Why the log could not open or commit.
+#[derive(Debug, thiserror::Error)]
+pub enum LogError {
+    #[error("log directory {dir}: {source}")]
+    Dir {
+        dir: PathBuf,
+        source: std::io::Error,
+    },
+    #[error("segment {path}: {source}")]
+    Segment {
+        path: PathBuf,
+        source: std::io::Error,
+    },
+    #[error("segment {path}: {source}")]
+    Header {
+        path: PathBuf,
+        source: format::HeaderError,
+    },
+    #[error("writing segment {path} at byte {position}: {message}")]
+    Write {
+        path: PathBuf,
+        position: u64,
+        message: String,
+    },
+    #[error("fdatasync of segment {path} failed ({message}); the log refuses further commits")]
+    Sync { path: PathBuf, message: String },
+    #[error("the log failed an earlier fdatasync and accepts no further commits")]
+    Poisoned,
+}
+
+impl LogError {
+    /// A write error may succeed when retried (space freed); the others will not.
+    #[must_use]
+    pub fn is_retriable(&self) -> bool {
+        matches!(self, LogError::Write { .. })
+    }
+}
+
+/// What opening the log found and repaired.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Recovery {
+    /// Segments present at open (a new log counts the one it created).
+    pub segments: usize,
+    /// The offset the next record gets: every record below it is whole and checksummed.
+    pub next_offset: u64,
+    /// Bytes cut from the end of the last segment because they were not whole records.
+    pub truncated_bytes: u64,
+    /// Why the tail was cut, if it was.
+    pub torn: Option<String>,
+}
+
+/// One shard's log. `!Send`: it lives on its shard's executor.
+pub struct ShardLog {
+    dir: PathBuf,
+    segment_bytes_max: u64,
+    state: RefCell<State>,
+}
+
+struct State {
+    active: Rc<BufferedFile>,
+    active_path: PathBuf,
+    /// Bytes of the active segment written or being written.
+    active_len: u64,
+    /// The offset the next append gets.
+    next_offset: u64,
+    /// Framed records not yet handed to the file.
+    pending: Vec<u8>,
+    /// Every record below this offset is fsynced.
+    durable_end: u64,
+    /// A commit is in flight; commits must not overlap (one committer per shard).
+    committing: bool,
+    poisoned: bool,
+}
+
+impl ShardLog {
+    /// Opens (creating if needed) the log in `dir`, repairing a torn tail left by a crash.
+    ///
+    /// Only the last segment can have a torn tail: a segment is sealed by a committed
+    /// write before the next one is created. Runs once at shard start, before serving.
+    pub async fn open(dir: &Path, segment_bytes_max: u64) -> Result<(Self, Recovery), LogError> {
+        assert!(
+            segment_bytes_max > format::SEGMENT_HEADER_BYTES as u64,
+            "segment_bytes_max must exceed the segment header"
+        );
+        std::fs::create_dir_all(dir).map_err(|source| LogError::Dir {
+            dir: dir.to_path_buf(),
+            source,
+        })?;
+        let segments = list_segments(dir).map_err(|source| LogError::Dir {
+            dir: dir.to_path_buf(),
+            source,
+        })?;
+        let mut recovery = Recovery {
+            segments: segments.len().max(1),
+            next_offset: 0,
+            truncated_bytes: 0,
+            torn: None,
+        };
+        let (base, path, active_len) = match segments.last() {
+            None => {
+                let path = dir.join(segment_file_name(0));
+                create_segment(dir, &path).await?;
+                (0, path, format::SEGMENT_HEADER_BYTES as u64)
+            }
+            Some((base, path)) => {
+                let (records, valid_len, truncated, torn) = repair_segment(path)?;
+                recovery.truncated_bytes = truncated;
+                recovery.torn = torn;
+                (*base + records, path.clone(), valid_len)
+            }
+        };
+        recovery.next_offset = base;
+        let active = OpenOptions::new()
+            .write(true)
+            .buffered_open(&path)
+            .await
+            .map_err(|e| LogError::Segment {
+                path: path.clone(),
+                source: std::io::Error::other(e.to_string()),
+            })?;
+        let log = ShardLog {
+            dir: dir.to_path_buf(),
+            segment_bytes_max,
+            state: RefCell::new(State {
+                active: Rc::new(active),
+                active_path: path,
+                active_len,
+                next_offset: base,
+                pending: Vec::new(),
+                durable_end: base,
+                committing: false,
+                poisoned: false,
+            }),
+        };
+        Ok((log, recovery))
+    }
+
+    /// Buffers one record and returns its offset. It is durable once a later
+    /// [`commit`](Self::commit) returns an end offset above it.
+    pub fn append(&self, kind: RecordKind, payload: &[u8]) -> u64 {
+        let mut state = self.state.borrow_mut();
+        format::encode_record(kind, payload, &mut state.pending);
+        let offset = state.next_offset;
+        state.next_offset += 1;
+        offset
+    }
+
+    /// Bytes appended and not yet handed to the disk.
+    #[must_use]
+    pub fn pending_bytes(&self) -> usize {
+        self.state.borrow().pending.len()
+    }
+
+    /// Records appended and not yet durable.
+    #[must_use]
+    pub fn pending_records(&self) -> u64 {
+        let state = self.state.borrow();
+        state.next_offset - state.durable_end
+    }
+
+    /// Every offset below this is durable.
+    #[must_use]
+    pub fn durable_end(&self) -> u64 {
+        self.state.borrow().durable_end
+    }
+
+    /// The offset the next append gets.
+    #[must_use]
+    pub fn next_offset(&self) -> u64 {
+        self.state.borrow().next_offset
+    }
+
+    /// Writes and fsyncs everything appended so far; returns the new durable end.
+    ///
+    /// One committer per shard: overlapping commits are a bug.
+    pub async fn commit(&self) -> Result<u64, LogError> {
+        let (file, path, buf, position, end) = {
+            let mut state = self.state.borrow_mut();
+            assert!(!state.committing, "ShardLog::commit called concurrently");
+            if state.poisoned {
+                return Err(LogError::Poisoned);
+            }
+            if state.pending.is_empty() {
+                return Ok(state.durable_end);
+            }
+            state.committing = true;
+            let buf = std::mem::take(&mut state.pending);
+            let position = state.active_len;
+            state.active_len += buf.len() as u64;
+            (
+                Rc::clone(&state.active),
+                state.active_path.clone(),
+                buf,
+                position,
+                state.next_offset,
+            )
+        };
+
+        if let Err(error) = write_all_at(&file, &buf, position).await {
+            let mut state = self.state.borrow_mut();
+            state.committing = false;
+            // Nothing new is durable. Put the records back in front of anything appended
+            // meanwhile, and rewind so the retry writes at the same position.
+            let mut restored = buf;
+            restored.extend_from_slice(&state.pending);
+            state.pending = restored;
+            state.active_len = position;
+            return Err(LogError::Write {
+                path,
+                position,
+                message: error.to_string(),
+            });
+        }
+        if let Err(error) = file.fdatasync().await {
+            let mut state = self.state.borrow_mut();
+            state.committing = false;
+            state.poisoned = true;
+            return Err(LogError::Sync {
+                path,
+                message: error.to_string(),
+            });
+        }
+
+        let roll = {
+            let mut state = self.state.borrow_mut();
+            state.durable_end = end;
+            state.active_len >= self.segment_bytes_max
+        };
+        let result = if roll { self.roll(end).await } else { Ok(()) };
+        self.state.borrow_mut().committing = false;
+        result.map(|()| end)
+    }
+
+    /// Seals the active segment and starts a new one whose first record is `base`.
+    async fn roll(&self, base: u64) -> Result<(), LogError> {
+        let path = self.dir.join(segment_file_name(base));
+        create_segment(&self.dir, &path).await?;
+        let file = OpenOptions::new()
+            .write(true)
+            .buffered_open(&path)
+            .await
+            .map_err(|e| LogError::Segment {
+                path: path.clone(),
+                source: std::io::Error::other(e.to_string()),
+            })?;
+        let mut state = self.state.borrow_mut();
+        state.active = Rc::new(file);
+        state.active_path = path;
+        state.active_len = format::SEGMENT_HEADER_BYTES as u64;
+        Ok(())
+    }
+}
+
+/// Writes all of `bytes` at `position`, resuming after short writes. glommio's
+/// `write_at` takes its buffer by value, so this copies once per attempt; the caller keeps
+/// the original to restore on failure. One memcpy per batch is small beside the fsync.
+async fn write_all_at(file: &BufferedFile, bytes: &[u8], position: u64) -> std::io::Result<()> {
+    let mut written_total = 0usize;
+    while written_total < bytes.len() {
+        let rest = bytes[written_total..].to_vec();
+        let written = file
+            .write_at(rest, position + written_total as u64)
+            .await
+            .map_err(|e| std::io::Error::other(e.to_string()))?;
+        if written == 0 {
+            return Err(std::io::Error::new(
+                std::io::ErrorKind::WriteZero,
+                "write returned 0 bytes",
+            ));
+        }
+        written_total += written;
+    }
+    Ok(())
+}
+
+/// Creates a segment with its header, durably: the file's data, then the directory entry.
+async fn create_segment(dir: &Path, path: &Path) -> Result<(), LogError> {
+    let segment_error = |e: glommio::GlommioError<()>| LogError::Segment {
+        path: path.to_path_buf(),
+        source: std::io::Error::other(e.to_string()),
+    };
+    let file = OpenOptions::new()
+        .write(true)
+        .create_new(true)
+        .buffered_open(path)
+        .await
+        .map_err(segment_error)?;
+    write_all_at(&file, &format::segment_header(), 0)
+        .await
+        .map_err(|source| LogError::Segment {
+            path: path.to_path_buf(),
+            source,
+        })?;
+    file.fdatasync().await.map_err(segment_error)?;
+    file.close().await.map_err(segment_error)?;
+    let directory = Directory::open(dir).await.map_err(|e| LogError::Dir {
+        dir: dir.to_path_buf(),
+        source: std::io::Error::other(e.to_string()),
+    })?;
+    directory.sync().await.map_err(|e| LogError::Dir {
+        dir: dir.to_path_buf(),
+        source: std::io::Error::other(e.to_string()),
+    })?;
+    Ok(())
+}
+
+/// Validates the last segment and cuts a torn tail. Returns (whole records, valid length,
+/// bytes cut, why). Uses blocking std I/O: it runs once at start-up, before serving.
+fn repair_segment(path: &Path) -> Result<(u64, u64, u64, Option<String>), LogError> {
+    let io_error = |source| LogError::Segment {
+        path: path.to_path_buf(),
+        source,
+    };
+    let bytes = std::fs::read(path).map_err(io_error)?;
+    if bytes.len() < format::SEGMENT_HEADER_BYTES
+        && format::SEGMENT_MAGIC.starts_with(&bytes[..bytes.len().min(8)])
+    {
+        // A crash while the segment was being created, before its header was durable.
+        let file = std::fs::OpenOptions::new()
+            .write(true)
+            .open(path)
+            .map_err(io_error)?;
+        use std::io::Write;
+        let mut file = file;
+        file.set_len(0).map_err(io_error)?;
+        file.write_all(&format::segment_header())
+            .map_err(io_error)?;
+        file.sync_data().map_err(io_error)?;
+        return Ok((
+            0,
+            format::SEGMENT_HEADER_BYTES as u64,
+            bytes.len() as u64,
+            Some("segment header incomplete".to_string()),
+        ));
+    }
+    format::check_segment_header(&bytes).map_err(|source| LogError::Header {
+        path: path.to_path_buf(),
+        source,
+    })?;
+    let body = &bytes[format::SEGMENT_HEADER_BYTES..];
+    let prefix = format::valid_prefix(body);
+    let valid_len = (format::SEGMENT_HEADER_BYTES + prefix.bytes) as u64;
+    let truncated = bytes.len() as u64 - valid_len;
+    if truncated > 0 {
+        let file = std::fs::OpenOptions::new()
+            .write(true)
+            .open(path)
+            .map_err(io_error)?;
+        file.set_len(valid_len).map_err(io_error)?;
+        file.sync_data().map_err(io_error)?;
+    }
+    Ok((
+        prefix.records,
+        valid_len,
+        truncated,
+        prefix.torn.map(|reason| reason.to_string()),
+    ))
+}
