@@ -1,4 +1,6 @@
 //! The `ingestd` server: executors, sockets, files, sinks and the CLI around the pure
 //! logic of `ingestd-codec` and `ingestd-shards`.
 
+pub mod config;
 pub mod log;
+pub mod registry;

@@ -1,0 +1,470 @@
+//! Configuration: one TOML file, every limit named with its unit, validated once at
+//! start-up into a typed [`Config`].
+//!
+//! With no file at all the embedded defaults apply: plain MQTT on port 1883, the device
+//! registry from a local file, the durable log under `./data` as the sink. Unknown keys are
+//! refused (a misspelt limit must not silently fall back to its default), and every error
+//! names the key and the problem.
+
+use serde::Deserialize;
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+
+/// A configuration problem, naming the key.
+#[derive(Debug, thiserror::Error)]
+pub enum ConfigError {
+    #[error("cannot read config file {path}: {source}")]
+    Read {
+        path: PathBuf,
+        source: std::io::Error,
+    },
+    #[error("config file {path}: {message}")]
+    Parse { path: PathBuf, message: String },
+    #[error("config key `{key}`: {problem}")]
+    Invalid { key: &'static str, problem: String },
+}
+
+fn invalid(key: &'static str, problem: impl Into<String>) -> ConfigError {
+    ConfigError::Invalid {
+        key,
+        problem: problem.into(),
+    }
+}
+
+/// The whole configuration.
+#[derive(Debug, Clone, Deserialize, PartialEq)]
+#[serde(deny_unknown_fields, default)]
+pub struct Config {
+    /// This node's name: it goes into every enriched record and oracle report.
+    pub node_id: String,
+    /// Where the durable log (and other local state) lives.
+    pub data_dir: PathBuf,
+    /// Executors, one per core; 0 means one per available core.
+    pub shards: usize,
+    pub mqtt: MqttConfig,
+    pub tls: TlsConfig,
+    pub auth: AuthConfig,
+    pub validation: ValidationConfig,
+    pub log: LogConfig,
+    pub registry: RegistryConfig,
+    pub metrics: MetricsConfig,
+    pub shutdown: ShutdownConfig,
+}
+
+#[derive(Debug, Clone, Deserialize, PartialEq)]
+#[serde(deny_unknown_fields, default)]
+pub struct MqttConfig {
+    /// Plain MQTT listener; empty string disables it.
+    pub listen: String,
+    /// Largest MQTT packet accepted, checked before the body is buffered.
+    pub max_packet_bytes: usize,
+    /// Unacknowledged QoS 1/2 PUBLISHes a device may have in flight (MQTT 5 Receive Maximum).
+    pub max_inflight: u16,
+    /// Keep-alive granted when a device asks for 0 or more than this.
+    pub keep_alive_max_s: u16,
+    /// Connections accepted per shard; beyond it new connections are refused.
+    pub connections_per_shard_max: usize,
+    /// Uplink topics are `{topic_prefix}/{device_id}/telemetry`.
+    pub topic_prefix: String,
+    /// Time a new connection has to send CONNECT.
+    pub connect_timeout_ms: u64,
+}
+
+#[derive(Debug, Clone, Deserialize, PartialEq, Default)]
+#[serde(deny_unknown_fields, default)]
+pub struct TlsConfig {
+    /// MQTT over TLS listener; empty string disables it.
+    pub listen: String,
+    /// PEM certificate chain of the server.
+    pub cert_path: Option<PathBuf>,
+    /// PEM private key of the server.
+    pub key_path: Option<PathBuf>,
+    /// PEM CA certificates of the device CA: when set, devices may authenticate with a
+    /// client certificate whose subject common name is their device id.
+    pub client_ca_path: Option<PathBuf>,
+}
+
+#[derive(Debug, Clone, Deserialize, PartialEq)]
+#[serde(deny_unknown_fields, default)]
+pub struct AuthConfig {
+    /// How far a CONNECT credential's timestamp may be from the server's clock.
+    pub credential_window_ms: u64,
+    /// Failed authentications from one address before it is slowed down.
+    pub failures_before_delay: u32,
+    /// Delay before refusing a throttled address, doubling per failure up to the max.
+    pub failure_delay_ms: u64,
+    pub failure_delay_ms_max: u64,
+}
+
+#[derive(Debug, Clone, Deserialize, PartialEq)]
+#[serde(deny_unknown_fields, default)]
+pub struct ValidationConfig {
+    /// Largest envelope payload accepted (binary or JSON).
+    pub envelope_max_bytes: usize,
+    /// How far a reading's device timestamp may be from the server's clock.
+    pub clock_skew_max_ms: u64,
+    /// Verify every reading's ed25519 signature. Off only for benchmarks of the transport.
+    pub verify_signatures: bool,
+    /// Signatures verified together in one batch.
+    pub verify_batch_max: usize,
+}
+
+#[derive(Debug, Clone, Deserialize, PartialEq)]
+#[serde(deny_unknown_fields, default)]
+pub struct LogConfig {
+    /// A segment is sealed and a new one started beyond this size.
+    pub segment_bytes_max: u64,
+    /// Group commit: commit when this many bytes are pending...
+    pub commit_batch_bytes_max: usize,
+    /// ...or when the oldest pending record has waited this long.
+    pub commit_interval_us: u64,
+    /// Bytes pending commit at which the shard stops reading sockets (back-pressure).
+    pub pending_bytes_max: usize,
+}
+
+#[derive(Debug, Clone, Deserialize, PartialEq)]
+#[serde(deny_unknown_fields, default)]
+pub struct RegistryConfig {
+    /// The device registry file (format in docs/REGISTRY.md).
+    pub path: PathBuf,
+}
+
+#[derive(Debug, Clone, Deserialize, PartialEq)]
+#[serde(deny_unknown_fields, default)]
+pub struct MetricsConfig {
+    /// Prometheus metrics, /healthz and /readyz; empty string disables it.
+    pub listen: String,
+}
+
+#[derive(Debug, Clone, Deserialize, PartialEq)]
+#[serde(deny_unknown_fields, default)]
+pub struct ShutdownConfig {
+    /// On SIGTERM, time allowed to flush and acknowledge before connections are closed.
+    pub drain_timeout_ms: u64,
+}
+
+impl Default for Config {
+    fn default() -> Self {
+        Self {
+            node_id: "ingestd-0".to_string(),
+            data_dir: PathBuf::from("data"),
+            shards: 0,
+            mqtt: MqttConfig::default(),
+            tls: TlsConfig::default(),
+            auth: AuthConfig::default(),
+            validation: ValidationConfig::default(),
+            log: LogConfig::default(),
+            registry: RegistryConfig::default(),
+            metrics: MetricsConfig::default(),
+            shutdown: ShutdownConfig::default(),
+        }
+    }
+}
+
+impl Default for MqttConfig {
+    fn default() -> Self {
+        Self {
+            listen: "0.0.0.0:1883".to_string(),
+            max_packet_bytes: 16 * 1024,
+            max_inflight: 64,
+            keep_alive_max_s: 600,
+            connections_per_shard_max: 100_000,
+            topic_prefix: "devices".to_string(),
+            connect_timeout_ms: 10_000,
+        }
+    }
+}
+
+impl Default for AuthConfig {
+    fn default() -> Self {
+        Self {
+            credential_window_ms: 300_000,
+            failures_before_delay: 3,
+            failure_delay_ms: 250,
+            failure_delay_ms_max: 10_000,
+        }
+    }
+}
+
+impl Default for ValidationConfig {
+    fn default() -> Self {
+        Self {
+            envelope_max_bytes: 1024,
+            clock_skew_max_ms: 300_000,
+            verify_signatures: true,
+            verify_batch_max: 64,
+        }
+    }
+}
+
+impl Default for LogConfig {
+    fn default() -> Self {
+        Self {
+            segment_bytes_max: 64 << 20,
+            commit_batch_bytes_max: 1 << 20,
+            commit_interval_us: 2_000,
+            pending_bytes_max: 16 << 20,
+        }
+    }
+}
+
+impl Default for RegistryConfig {
+    fn default() -> Self {
+        Self {
+            path: PathBuf::from("devices/registry.json"),
+        }
+    }
+}
+
+impl Default for MetricsConfig {
+    fn default() -> Self {
+        Self {
+            listen: "127.0.0.1:9100".to_string(),
+        }
+    }
+}
+
+impl Default for ShutdownConfig {
+    fn default() -> Self {
+        Self {
+            drain_timeout_ms: 10_000,
+        }
+    }
+}
+
+impl Config {
+    /// Reads and validates a config file.
+    pub fn from_file(path: &Path) -> Result<Self, ConfigError> {
+        let text = std::fs::read_to_string(path).map_err(|source| ConfigError::Read {
+            path: path.to_path_buf(),
+            source,
+        })?;
+        Self::from_toml(&text).map_err(|error| match error {
+            ConfigError::Parse { message, .. } => ConfigError::Parse {
+                path: path.to_path_buf(),
+                message,
+            },
+            other => other,
+        })
+    }
+
+    /// Parses and validates TOML text.
+    pub fn from_toml(text: &str) -> Result<Self, ConfigError> {
+        let config: Config = toml::from_str(text).map_err(|error| ConfigError::Parse {
+            path: PathBuf::new(),
+            message: error.to_string(),
+        })?;
+        config.validate()?;
+        Ok(config)
+    }
+
+    /// The shard count to run: `shards`, or one per available core when it is 0.
+    #[must_use]
+    pub fn shard_count(&self) -> usize {
+        if self.shards == 0 {
+            std::thread::available_parallelism().map_or(1, |n| n.get())
+        } else {
+            self.shards
+        }
+    }
+
+    /// Checks every value once, so the rest of the server can rely on them.
+    pub fn validate(&self) -> Result<(), ConfigError> {
+        if self.node_id.is_empty()
+            || !self
+                .node_id
+                .bytes()
+                .all(|b| b.is_ascii_alphanumeric() || b"._-".contains(&b))
+        {
+            return Err(invalid(
+                "node_id",
+                format!("{:?} must be 1+ characters of [A-Za-z0-9._-]", self.node_id),
+            ));
+        }
+        if self.shards > 1024 {
+            return Err(invalid(
+                "shards",
+                format!("{} is more than 1024", self.shards),
+            ));
+        }
+        check_addr("mqtt.listen", &self.mqtt.listen)?;
+        check_addr("tls.listen", &self.tls.listen)?;
+        check_addr("metrics.listen", &self.metrics.listen)?;
+        if self.mqtt.listen.is_empty() && self.tls.listen.is_empty() {
+            return Err(invalid(
+                "mqtt.listen",
+                "both mqtt.listen and tls.listen are empty: no listener would accept devices",
+            ));
+        }
+        if !(64..=(256 << 20)).contains(&self.mqtt.max_packet_bytes) {
+            return Err(invalid(
+                "mqtt.max_packet_bytes",
+                format!("{} is outside 64..=268435456", self.mqtt.max_packet_bytes),
+            ));
+        }
+        if self.mqtt.max_inflight == 0 {
+            return Err(invalid("mqtt.max_inflight", "must be at least 1"));
+        }
+        if self.mqtt.connections_per_shard_max == 0 {
+            return Err(invalid(
+                "mqtt.connections_per_shard_max",
+                "must be at least 1",
+            ));
+        }
+        if self.mqtt.topic_prefix.is_empty()
+            || self
+                .mqtt
+                .topic_prefix
+                .split('/')
+                .any(|level| level.is_empty() || level.contains(['+', '#', '\0']))
+        {
+            return Err(invalid(
+                "mqtt.topic_prefix",
+                format!(
+                    "{:?} must be non-empty topic levels without wildcards",
+                    self.mqtt.topic_prefix
+                ),
+            ));
+        }
+        if !self.tls.listen.is_empty()
+            && (self.tls.cert_path.is_none() || self.tls.key_path.is_none())
+        {
+            return Err(invalid(
+                "tls.cert_path",
+                "tls.listen is set, so tls.cert_path and tls.key_path are required",
+            ));
+        }
+        if self.auth.credential_window_ms == 0 {
+            return Err(invalid("auth.credential_window_ms", "must be at least 1"));
+        }
+        if self.auth.failure_delay_ms > self.auth.failure_delay_ms_max {
+            return Err(invalid(
+                "auth.failure_delay_ms",
+                format!(
+                    "{} exceeds auth.failure_delay_ms_max ({})",
+                    self.auth.failure_delay_ms, self.auth.failure_delay_ms_max
+                ),
+            ));
+        }
+        if !(64..=self.mqtt.max_packet_bytes).contains(&self.validation.envelope_max_bytes) {
+            return Err(invalid(
+                "validation.envelope_max_bytes",
+                format!(
+                    "{} is outside 64..=mqtt.max_packet_bytes ({})",
+                    self.validation.envelope_max_bytes, self.mqtt.max_packet_bytes
+                ),
+            ));
+        }
+        if !(1..=4096).contains(&self.validation.verify_batch_max) {
+            return Err(invalid(
+                "validation.verify_batch_max",
+                format!("{} is outside 1..=4096", self.validation.verify_batch_max),
+            ));
+        }
+        if self.log.segment_bytes_max < (1 << 16) {
+            return Err(invalid(
+                "log.segment_bytes_max",
+                format!("{} is below 65536", self.log.segment_bytes_max),
+            ));
+        }
+        if self.log.commit_batch_bytes_max == 0 {
+            return Err(invalid("log.commit_batch_bytes_max", "must be at least 1"));
+        }
+        if self.log.commit_interval_us == 0 || self.log.commit_interval_us > 1_000_000 {
+            return Err(invalid(
+                "log.commit_interval_us",
+                format!("{} is outside 1..=1000000", self.log.commit_interval_us),
+            ));
+        }
+        if self.log.pending_bytes_max < self.log.commit_batch_bytes_max {
+            return Err(invalid(
+                "log.pending_bytes_max",
+                format!(
+                    "{} is below log.commit_batch_bytes_max ({})",
+                    self.log.pending_bytes_max, self.log.commit_batch_bytes_max
+                ),
+            ));
+        }
+        if self.shutdown.drain_timeout_ms == 0 {
+            return Err(invalid("shutdown.drain_timeout_ms", "must be at least 1"));
+        }
+        Ok(())
+    }
+}
+
+fn check_addr(key: &'static str, value: &str) -> Result<(), ConfigError> {
+    if value.is_empty() {
+        return Ok(());
+    }
+    value.parse::<SocketAddr>().map(|_| ()).map_err(|_| {
+        invalid(
+            key,
+            format!("{value:?} is not an address like 0.0.0.0:1883 (empty disables it)"),
+        )
+    })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn problem(text: &str) -> String {
+        Config::from_toml(text).unwrap_err().to_string()
+    }
+
+    #[test]
+    fn empty_file_is_the_embedded_default() {
+        assert_eq!(Config::from_toml("").unwrap(), Config::default());
+        Config::default().validate().unwrap();
+    }
+
+    #[test]
+    fn values_override_defaults() {
+        let config = Config::from_toml(
+            "shards = 2\n[mqtt]\nlisten = \"127.0.0.1:18830\"\n[log]\ncommit_interval_us = 500\n",
+        )
+        .unwrap();
+        assert_eq!(config.shards, 2);
+        assert_eq!(config.mqtt.listen, "127.0.0.1:18830");
+        assert_eq!(config.log.commit_interval_us, 500);
+        assert_eq!(config.mqtt.max_inflight, MqttConfig::default().max_inflight);
+    }
+
+    #[test]
+    fn unknown_keys_are_refused_by_name() {
+        let message = problem("[log]\ncommit_intervall_us = 5\n");
+        assert!(message.contains("commit_intervall_us"), "{message}");
+    }
+
+    #[test]
+    fn wrong_types_name_the_key() {
+        let message = problem("[mqtt]\nmax_inflight = \"lots\"\n");
+        assert!(message.contains("max_inflight"), "{message}");
+    }
+
+    #[test]
+    fn bad_values_name_key_and_problem() {
+        let cases = [
+            ("[mqtt]\nlisten = \"localhost\"\n", "mqtt.listen"),
+            ("[mqtt]\nmax_inflight = 0\n", "mqtt.max_inflight"),
+            ("[mqtt]\ntopic_prefix = \"a/+/b\"\n", "mqtt.topic_prefix"),
+            ("[mqtt]\nmax_packet_bytes = 10\n", "mqtt.max_packet_bytes"),
+            ("[tls]\nlisten = \"127.0.0.1:8883\"\n", "tls.cert_path"),
+            (
+                "[validation]\nverify_batch_max = 0\n",
+                "validation.verify_batch_max",
+            ),
+            ("[log]\nsegment_bytes_max = 100\n", "log.segment_bytes_max"),
+            ("[log]\ncommit_interval_us = 0\n", "log.commit_interval_us"),
+            ("node_id = \"a b\"\n", "node_id"),
+            (
+                "[mqtt]\nlisten = \"\"\n",
+                "both mqtt.listen and tls.listen are empty",
+            ),
+        ];
+        for (text, expected) in cases {
+            let message = problem(text);
+            assert!(message.contains(expected), "{text:?} gave {message}");
+        }
+    }
+}
