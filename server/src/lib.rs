@@ -3,4 +3,5 @@
 
 pub mod config;
 pub mod log;
+pub mod metrics;
 pub mod registry;

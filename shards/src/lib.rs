@@ -11,6 +11,7 @@
 
 #![forbid(unsafe_code)]
 
+pub mod policy;
 pub mod replay;
 
 /// The shard that owns `device_id` among `shards` shards.

@@ -1,0 +1,367 @@
+//! Prometheus metrics, per shard, and the HTTP endpoint that serves them with `/healthz`
+//! and `/readyz`.
+//!
+//! A shard only ever increments its own [`ShardMetrics`] with relaxed atomic adds on
+//! memory no other core writes, so counting costs the message path next to nothing; the
+//! HTTP thread reads them when scraped. Metric names are stable and documented in
+//! docs/OPERATIONS.md.
+
+use std::fmt::Write as _;
+use std::io::{BufRead, BufReader, Read as _, Write as _};
+use std::net::{TcpListener, TcpStream};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::Arc;
+use std::time::Duration;
+
+/// A monotonically increasing count.
+#[derive(Debug, Default)]
+pub struct Counter(AtomicU64);
+
+impl Counter {
+    pub fn inc(&self) {
+        self.add(1);
+    }
+    pub fn add(&self, n: u64) {
+        self.0.fetch_add(n, Ordering::Relaxed);
+    }
+    #[must_use]
+    pub fn get(&self) -> u64 {
+        self.0.load(Ordering::Relaxed)
+    }
+}
+
+/// A value that goes up and down.
+#[derive(Debug, Default)]
+pub struct Gauge(AtomicU64);
+
+impl Gauge {
+    pub fn set(&self, n: u64) {
+        self.0.store(n, Ordering::Relaxed);
+    }
+    pub fn inc(&self) {
+        self.0.fetch_add(1, Ordering::Relaxed);
+    }
+    pub fn dec(&self) {
+        self.0.fetch_sub(1, Ordering::Relaxed);
+    }
+    #[must_use]
+    pub fn get(&self) -> u64 {
+        self.0.load(Ordering::Relaxed)
+    }
+}
+
+/// Histogram bucket upper bounds in microseconds: 50 µs to 5 s.
+pub const LATENCY_BUCKETS_US: [u64; 16] = [
+    50, 100, 250, 500, 1_000, 2_000, 4_000, 8_000, 16_000, 32_000, 64_000, 128_000, 256_000,
+    512_000, 1_000_000, 5_000_000,
+];
+
+/// A latency histogram with fixed buckets (Prometheus cumulative form when rendered).
+#[derive(Debug, Default)]
+pub struct Histogram {
+    buckets: [AtomicU64; LATENCY_BUCKETS_US.len()],
+    overflow: AtomicU64,
+    sum_us: AtomicU64,
+    count: AtomicU64,
+}
+
+impl Histogram {
+    pub fn observe_us(&self, us: u64) {
+        match LATENCY_BUCKETS_US.iter().position(|&bound| us <= bound) {
+            Some(i) => self.buckets[i].fetch_add(1, Ordering::Relaxed),
+            None => self.overflow.fetch_add(1, Ordering::Relaxed),
+        };
+        self.sum_us.fetch_add(us, Ordering::Relaxed);
+        self.count.fetch_add(1, Ordering::Relaxed);
+    }
+
+    #[must_use]
+    pub fn count(&self) -> u64 {
+        self.count.load(Ordering::Relaxed)
+    }
+
+    fn render(&self, out: &mut String, name: &str, labels: &str) {
+        let mut cumulative = 0;
+        for (bound, bucket) in LATENCY_BUCKETS_US.iter().zip(&self.buckets) {
+            cumulative += bucket.load(Ordering::Relaxed);
+            let seconds = *bound as f64 / 1e6;
+            let _ = writeln!(
+                out,
+                "{name}_bucket{{{labels},le=\"{seconds}\"}} {cumulative}"
+            );
+        }
+        cumulative += self.overflow.load(Ordering::Relaxed);
+        let _ = writeln!(out, "{name}_bucket{{{labels},le=\"+Inf\"}} {cumulative}");
+        let sum = self.sum_us.load(Ordering::Relaxed) as f64 / 1e6;
+        let _ = writeln!(out, "{name}_sum{{{labels}}} {sum}");
+        let _ = writeln!(out, "{name}_count{{{labels}}} {}", self.count());
+    }
+}
+
+/// Why a message did not become a reading: the dead-letter reason codes, in one list so
+/// the metrics and the dead letters can never disagree on a name.
+pub const REJECT_REASONS: [&str; 25] = [
+    "oversize",
+    "topic_not_allowed",
+    "truncated",
+    "trailing_bytes",
+    "unknown_version",
+    "bad_flags",
+    "bad_device_id",
+    "no_readings",
+    "too_many_readings",
+    "unsorted_readings",
+    "bad_kind",
+    "non_finite_value",
+    "bad_json",
+    "bad_signature_encoding",
+    "wrong_device",
+    "bad_signature",
+    "replayed_sequence",
+    "stale_sequence",
+    "clock_skew",
+    "unknown_device",
+    "revoked_device",
+    "duplicate_qos2",
+    "qos0_dropped_overload",
+    "malformed",
+    "other",
+];
+
+/// Index of a reason in [`REJECT_REASONS`]; unknown reasons count as "other".
+#[must_use]
+pub fn reason_index(reason: &str) -> usize {
+    REJECT_REASONS
+        .iter()
+        .position(|r| *r == reason)
+        .unwrap_or(REJECT_REASONS.len() - 1)
+}
+
+/// Everything one shard counts.
+#[derive(Debug, Default)]
+pub struct ShardMetrics {
+    pub connections_open: Gauge,
+    pub connections_accepted: Counter,
+    pub connections_handed_off_out: Counter,
+    pub connections_handed_off_in: Counter,
+    pub connect_refused: Counter,
+    pub auth_throttled: Counter,
+    pub messages_accepted: Counter,
+    pub messages_rejected: [Counter; REJECT_REASONS.len()],
+    pub qos0_dropped: Counter,
+    pub verify_batches: Counter,
+    pub verify_signatures: Counter,
+    pub log_commits: Counter,
+    pub log_commit_bytes: Counter,
+    pub log_fsync_latency: Histogram,
+    pub log_pending_bytes: Gauge,
+    pub handoff_ring_occupancy: Gauge,
+    pub backpressure_pauses: Counter,
+}
+
+/// Readiness and liveness shared between the shards and the HTTP thread.
+#[derive(Debug, Default)]
+pub struct Health {
+    /// Every shard has opened its log and bound its listeners.
+    pub ready: AtomicBool,
+    /// Set when draining for shutdown: /readyz turns 503 so balancers move away first.
+    pub draining: AtomicBool,
+    /// A shard's log failed an fsync; the node must not be sent traffic.
+    pub failed: AtomicBool,
+}
+
+/// All shards' metrics, rendered together.
+pub struct Registry {
+    pub shards: Vec<Arc<ShardMetrics>>,
+    pub health: Arc<Health>,
+}
+
+impl Registry {
+    #[must_use]
+    pub fn new(shards: usize) -> Self {
+        Self {
+            shards: (0..shards).map(|_| Arc::default()).collect(),
+            health: Arc::default(),
+        }
+    }
+
+    /// The Prometheus text exposition of every metric.
+    #[must_use]
+    pub fn render(&self) -> String {
+        let mut out = String::with_capacity(16 * 1024);
+        let counters: [(&str, &str, fn(&ShardMetrics) -> u64); 13] = [
+            (
+                "ingestd_connections_accepted_total",
+                "TCP connections accepted",
+                |m| m.connections_accepted.get(),
+            ),
+            (
+                "ingestd_connections_handed_off_out_total",
+                "connections passed to their home shard",
+                |m| m.connections_handed_off_out.get(),
+            ),
+            (
+                "ingestd_connections_handed_off_in_total",
+                "connections received from another shard",
+                |m| m.connections_handed_off_in.get(),
+            ),
+            ("ingestd_connect_refused_total", "CONNECTs refused", |m| {
+                m.connect_refused.get()
+            }),
+            (
+                "ingestd_auth_throttled_total",
+                "refusals delayed for repeated failures",
+                |m| m.auth_throttled.get(),
+            ),
+            (
+                "ingestd_messages_accepted_total",
+                "readings made durable",
+                |m| m.messages_accepted.get(),
+            ),
+            (
+                "ingestd_qos0_dropped_total",
+                "QoS 0 messages dropped under overload",
+                |m| m.qos0_dropped.get(),
+            ),
+            (
+                "ingestd_verify_batches_total",
+                "signature verification batches",
+                |m| m.verify_batches.get(),
+            ),
+            (
+                "ingestd_verify_signatures_total",
+                "signatures verified",
+                |m| m.verify_signatures.get(),
+            ),
+            (
+                "ingestd_log_commits_total",
+                "durable log group commits",
+                |m| m.log_commits.get(),
+            ),
+            (
+                "ingestd_log_commit_bytes_total",
+                "bytes committed to the durable log",
+                |m| m.log_commit_bytes.get(),
+            ),
+            (
+                "ingestd_backpressure_pauses_total",
+                "times a shard stopped reading sockets",
+                |m| m.backpressure_pauses.get(),
+            ),
+            ("ingestd_connections_open", "open device connections", |m| {
+                m.connections_open.get()
+            }),
+        ];
+        for (name, help, get) in counters {
+            let kind = if name.ends_with("_total") {
+                "counter"
+            } else {
+                "gauge"
+            };
+            let _ = writeln!(out, "# HELP {name} {help}\n# TYPE {name} {kind}");
+            for (shard, metrics) in self.shards.iter().enumerate() {
+                let _ = writeln!(out, "{name}{{shard=\"{shard}\"}} {}", get(metrics));
+            }
+        }
+        let gauges: [(&str, &str, fn(&ShardMetrics) -> u64); 2] = [
+            (
+                "ingestd_log_pending_bytes",
+                "bytes waiting for the next group commit",
+                |m| m.log_pending_bytes.get(),
+            ),
+            (
+                "ingestd_handoff_ring_occupancy",
+                "connections waiting in the shard's handoff rings",
+                |m| m.handoff_ring_occupancy.get(),
+            ),
+        ];
+        for (name, help, get) in gauges {
+            let _ = writeln!(out, "# HELP {name} {help}\n# TYPE {name} gauge");
+            for (shard, metrics) in self.shards.iter().enumerate() {
+                let _ = writeln!(out, "{name}{{shard=\"{shard}\"}} {}", get(metrics));
+            }
+        }
+        let name = "ingestd_messages_rejected_total";
+        let _ = writeln!(
+            out,
+            "# HELP {name} messages refused, by reason\n# TYPE {name} counter"
+        );
+        for (shard, metrics) in self.shards.iter().enumerate() {
+            for (reason, counter) in REJECT_REASONS.iter().zip(&metrics.messages_rejected) {
+                let count = counter.get();
+                if count > 0 {
+                    let _ = writeln!(
+                        out,
+                        "{name}{{shard=\"{shard}\",reason=\"{reason}\"}} {count}"
+                    );
+                }
+            }
+        }
+        let name = "ingestd_log_fsync_seconds";
+        let _ = writeln!(
+            out,
+            "# HELP {name} durable log fsync latency\n# TYPE {name} histogram"
+        );
+        for (shard, metrics) in self.shards.iter().enumerate() {
+            metrics
+                .log_fsync_latency
+                .render(&mut out, name, &format!("shard=\"{shard}\""));
+        }
+        out
+    }
+}
+
+/// Serves `/metrics`, `/healthz` and `/readyz` on a plain thread until the process ends.
+/// Deliberately off the shards: a scrape must never take a core's time from devices.
+pub fn serve_http(
+    listener: TcpListener,
+    registry: Arc<Registry>,
+) -> std::io::Result<std::thread::JoinHandle<()>> {
+    std::thread::Builder::new()
+        .name("ingestd-http".to_string())
+        .spawn(move || {
+            for stream in listener.incoming().flatten() {
+                let _ = answer(stream, &registry);
+            }
+        })
+}
+
+fn answer(mut stream: TcpStream, registry: &Registry) -> std::io::Result<()> {
+    stream.set_read_timeout(Some(Duration::from_secs(2)))?;
+    stream.set_write_timeout(Some(Duration::from_secs(2)))?;
+    // One request line of at most 8 KiB; headers and body are not needed.
+    let mut request_line = String::new();
+    BufReader::new(&stream)
+        .take(8 * 1024)
+        .read_line(&mut request_line)?;
+    let path = request_line.split_whitespace().nth(1).unwrap_or("");
+    let health = &registry.health;
+    let (status, body) = match path {
+        "/metrics" => ("200 OK", registry.render()),
+        "/healthz" if health.failed.load(Ordering::Relaxed) => (
+            "503 Service Unavailable",
+            "failed: a durable log refused an fsync\n".to_string(),
+        ),
+        "/healthz" => ("200 OK", "ok\n".to_string()),
+        "/readyz" if health.draining.load(Ordering::Relaxed) => {
+            ("503 Service Unavailable", "draining\n".to_string())
+        }
+        "/readyz" if health.failed.load(Ordering::Relaxed) => {
+            ("503 Service Unavailable", "failed\n".to_string())
+        }
+        "/readyz" if health.ready.load(Ordering::Relaxed) => ("200 OK", "ready\n".to_string()),
+        "/readyz" => ("503 Service Unavailable", "starting\n".to_string()),
+        _ => ("404 Not Found", "not found\n".to_string()),
+    };
+    let content_type = if path == "/metrics" {
+        "text/plain; version=0.0.4"
+    } else {
+        "text/plain"
+    };
+    write!(
+        stream,
+        "HTTP/1.1 {status}\r\nContent-Type: {content_type}\r\nContent-Length: {}\r\nConnection: close\r\n\r\n{body}",
+        body.len()
+    )?;
+    stream.flush()
+}
