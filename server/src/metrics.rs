@@ -170,6 +170,9 @@ pub struct Health {
     pub failed: AtomicBool,
 }
 
+/// A metric's name, help text and how to read it off a shard.
+type Metric = (&'static str, &'static str, fn(&ShardMetrics) -> u64);
+
 /// All shards' metrics, rendered together.
 pub struct Registry {
     pub shards: Vec<Arc<ShardMetrics>>,
@@ -189,7 +192,7 @@ impl Registry {
     #[must_use]
     pub fn render(&self) -> String {
         let mut out = String::with_capacity(16 * 1024);
-        let counters: [(&str, &str, fn(&ShardMetrics) -> u64); 13] = [
+        let counters: [Metric; 13] = [
             (
                 "ingestd_connections_accepted_total",
                 "TCP connections accepted",
@@ -263,7 +266,7 @@ impl Registry {
                 let _ = writeln!(out, "{name}{{shard=\"{shard}\"}} {}", get(metrics));
             }
         }
-        let gauges: [(&str, &str, fn(&ShardMetrics) -> u64); 2] = [
+        let gauges: [Metric; 2] = [
             (
                 "ingestd_log_pending_bytes",
                 "bytes waiting for the next group commit",
