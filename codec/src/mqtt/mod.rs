@@ -34,7 +34,7 @@ pub use connect::{Connect, Will};
 pub use disconnect::{Auth, Disconnect};
 pub use error::{DecodeError, EncodeError};
 pub use header::{PacketType, MAX_VAR_INT};
-pub use properties::{id as property_id, Properties, PropertyContext};
+pub use properties::{allowed as property_allowed, id as property_id, Properties, PropertyContext};
 pub use publish::Publish;
 pub use reason::{ConnectReturnCode, ReasonCode};
 pub use suback::SubAck;
