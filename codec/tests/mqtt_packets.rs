@@ -614,3 +614,158 @@ fn reason_code_conversions() {
     }
     assert_eq!(ConnectReturnCode::try_from(6), Err(6));
 }
+
+#[test]
+fn encode_refuses_what_decode_would_reject() {
+    let publish = |qos, pkid, topic| {
+        Packet::Publish(Publish {
+            dup: false,
+            qos,
+            retain: false,
+            topic,
+            pkid,
+            properties: Properties::default(),
+            payload: b"",
+        })
+    };
+    let mut out = vec![0xAA]; // pre-existing content must survive a failed encode
+    let cases: Vec<(Packet<'_>, Protocol, EncodeError)> = vec![
+        (
+            publish(QoS::AtLeastOnce, 0, "t"),
+            Protocol::V311,
+            EncodeError::InvalidPacketId,
+        ),
+        (
+            publish(QoS::AtMostOnce, 5, "t"),
+            Protocol::V311,
+            EncodeError::InvalidPacketId,
+        ),
+        (
+            publish(QoS::AtMostOnce, 0, "a/+"),
+            Protocol::V5,
+            EncodeError::InvalidTopicName,
+        ),
+        (
+            publish(QoS::AtMostOnce, 0, ""),
+            Protocol::V5,
+            EncodeError::InvalidTopicName,
+        ),
+        (
+            publish(QoS::AtMostOnce, 0, "a\0b"),
+            Protocol::V311,
+            EncodeError::NullCharacter,
+        ),
+        (
+            Packet::Publish(Publish {
+                properties: Properties {
+                    topic_alias: Some(1),
+                    ..Properties::default()
+                },
+                ..match publish(QoS::AtMostOnce, 0, "t") {
+                    Packet::Publish(p) => p,
+                    _ => unreachable!(),
+                }
+            }),
+            Protocol::V311,
+            EncodeError::NotInV311("properties"),
+        ),
+        (
+            Packet::Subscribe(Subscribe {
+                pkid: 1,
+                properties: Properties::default(),
+                filters: vec![],
+            }),
+            Protocol::V5,
+            EncodeError::Empty,
+        ),
+        (
+            Packet::Subscribe(Subscribe {
+                pkid: 1,
+                properties: Properties::default(),
+                filters: vec![SubscribeFilter {
+                    filter: "a/#/b",
+                    options: SubscriptionOptions::qos(QoS::AtMostOnce),
+                }],
+            }),
+            Protocol::V5,
+            EncodeError::InvalidTopicFilter,
+        ),
+        (
+            Packet::Disconnect(Disconnect {
+                reason: ReasonCode::GrantedQoS1,
+                properties: Properties::default(),
+            }),
+            Protocol::V5,
+            EncodeError::InvalidReasonCode {
+                code: 0x01,
+                packet_type: PacketType::Disconnect,
+            },
+        ),
+        (
+            Packet::ConnAck(ConnAck {
+                session_present: false,
+                reason: ReasonCode::Banned,
+                properties: Properties::default(),
+            }),
+            Protocol::V311,
+            EncodeError::InvalidReasonCode {
+                code: 0x8A,
+                packet_type: PacketType::ConnAck,
+            },
+        ),
+        (
+            Packet::ConnAck(ConnAck {
+                session_present: false,
+                reason: ReasonCode::Success,
+                properties: Properties {
+                    topic_alias: Some(3),
+                    ..Properties::default()
+                },
+            }),
+            Protocol::V5,
+            EncodeError::PropertyNotAllowed {
+                id: 0x23,
+                context: PropertyContext::ConnAck,
+            },
+        ),
+        (
+            Packet::ConnAck(ConnAck {
+                session_present: false,
+                reason: ReasonCode::Success,
+                properties: Properties {
+                    receive_maximum: Some(0),
+                    ..Properties::default()
+                },
+            }),
+            Protocol::V5,
+            EncodeError::InvalidPropertyValue { id: 0x21, value: 0 },
+        ),
+    ];
+    for (packet, protocol, expected) in cases {
+        assert_eq!(
+            packet.encode(protocol, &mut out),
+            Err(expected),
+            "{packet:?}"
+        );
+        assert_eq!(out, [0xAA]);
+    }
+}
+
+#[test]
+fn large_publish_uses_multi_byte_remaining_length() {
+    let payload = vec![7u8; 200];
+    let packet = Packet::Publish(Publish {
+        dup: false,
+        qos: QoS::AtMostOnce,
+        retain: false,
+        topic: "t",
+        pkid: 0,
+        properties: Properties::default(),
+        payload: &payload,
+    });
+    let out = enc(&packet, Protocol::V311);
+    // 203 = 0xCB → 0xCB 0x01 (203 = 75 + 1·128).
+    assert_eq!(&out[..5], &[0x30, 0xCB, 0x01, 0x00, 0x01]);
+    assert_eq!(out.len(), 3 + 203);
+    assert_eq!(one(&out, Protocol::V311), packet);
+}

@@ -30,7 +30,11 @@ fuzz_target!(|data: &[u8]| {
     }
     frame.extend_from_slice(&body);
     // Connection protocol is irrelevant for CONNECT; vary it anyway.
-    let protocol = if selector & 2 == 0 { Protocol::V311 } else { Protocol::V5 };
+    let protocol = if selector & 2 == 0 {
+        Protocol::V311
+    } else {
+        Protocol::V5
+    };
     if let Ok(Decoded::Packet { packet, len }) = decode(&frame, protocol, 1 << 20) {
         assert_eq!(len, frame.len());
         let Packet::Connect(connect) = &packet else {

@@ -24,7 +24,7 @@ impl<'a> ConnAck<'a> {
         let flags = r.u8()?;
         // Bits 7–1 of the acknowledge flags are reserved and must be 0 (§3.2.2.1).
         if flags & 0xFE != 0 {
-            return Err(DecodeError::InvalidReturnCode(flags));
+            return Err(DecodeError::InvalidConnAckFlags(flags));
         }
         let code = r.u8()?;
         let (reason, properties) = match protocol {

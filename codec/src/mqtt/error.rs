@@ -129,9 +129,12 @@ pub enum DecodeError {
     /// A reason code outside the set allowed for this packet type.
     #[error("reason code {code:#04x} not valid in {packet_type:?}")]
     InvalidReasonCode { code: u8, packet_type: PacketType },
-    /// A 3.1.1 CONNACK/SUBACK return code outside the defined set, or CONNACK flags != 0/1.
-    #[error("invalid return code or acknowledge flags {0:#04x}")]
+    /// A 3.1.1 CONNACK/SUBACK return code outside the defined set (§3.2.2.3, §3.9.3).
+    #[error("invalid return code {0:#04x}")]
     InvalidReturnCode(u8),
+    /// CONNACK acknowledge flags with reserved bits 7–1 set (§3.2.2.1).
+    #[error("CONNACK acknowledge flags {0:#010b} have reserved bits set")]
+    InvalidConnAckFlags(u8),
     /// A packet the peer must not send in this direction (e.g. CONNACK from a client).
     #[error("{0:?} not allowed in this direction")]
     UnexpectedPacket(PacketType),
@@ -181,7 +184,8 @@ impl DecodeError {
             | PasswordWithoutUsername
             | UnknownProperty(_)
             | PropertyLengthMismatch
-            | InvalidReturnCode(_) => ReasonCode::MalformedPacket,
+            | InvalidReturnCode(_)
+            | InvalidConnAckFlags(_) => ReasonCode::MalformedPacket,
         }
     }
 
