@@ -1,9 +1,8 @@
-//! DISCONNECT (§3.14) and AUTH (§3.15): an optional reason code and optional properties.
+//! DISCONNECT (§3.14): an optional reason code and optional properties.
 //!
 //! 3.1.1 DISCONNECT has remaining length 0 [MQTT-3.14.1-1]. v5 DISCONNECT: remaining length 0
-//! means Normal disconnection, 1 a reason code without properties (§3.14.2.1). v5 AUTH:
-//! length 0 means Success; otherwise reason code and property length are both present
-//! (§3.15.2.1). Reason codes are limited to each packet's set.
+//! means Normal disconnection, 1 a reason code without properties (§3.14.2.1). Reason codes
+//! are limited to the DISCONNECT set (§3.14.2.1).
 
 use super::error::{DecodeError, EncodeError};
 use super::header::{write_with_len_prefix, PacketType};
@@ -21,14 +20,10 @@ pub struct Disconnect<'a> {
     pub properties: Properties<'a>,
 }
 
-/// An AUTH packet (v5 only).
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct Auth<'a> {
-    pub reason: ReasonCode,
-    pub properties: Properties<'a>,
-}
-
-fn read_reason(r: &mut Reader<'_>, packet_type: PacketType) -> Result<ReasonCode, DecodeError> {
+pub(crate) fn read_reason(
+    r: &mut Reader<'_>,
+    packet_type: PacketType,
+) -> Result<ReasonCode, DecodeError> {
     let code = r.u8()?;
     ReasonCode::try_from(code)
         .ok()
@@ -36,7 +31,7 @@ fn read_reason(r: &mut Reader<'_>, packet_type: PacketType) -> Result<ReasonCode
         .ok_or(DecodeError::InvalidReasonCode { code, packet_type })
 }
 
-fn check_reason(reason: ReasonCode, packet_type: PacketType) -> Result<(), EncodeError> {
+pub(crate) fn check_reason(reason: ReasonCode, packet_type: PacketType) -> Result<(), EncodeError> {
     if reason.valid_for(packet_type) {
         Ok(())
     } else {
@@ -108,37 +103,5 @@ impl<'a> Disconnect<'a> {
             }
         }
         Ok(())
-    }
-}
-
-impl<'a> Auth<'a> {
-    pub(crate) fn read(r: &mut Reader<'a>) -> Result<Self, DecodeError> {
-        if r.is_empty() {
-            return Ok(Auth {
-                reason: ReasonCode::Success,
-                properties: Properties::default(),
-            });
-        }
-        let reason = read_reason(r, PacketType::Auth)?;
-        let properties = Properties::read(r, PropertyContext::Auth)?;
-        r.finish()?;
-        Ok(Auth { reason, properties })
-    }
-
-    pub(crate) fn write(&self, protocol: Protocol, out: &mut Vec<u8>) -> Result<(), EncodeError> {
-        if protocol == Protocol::V311 {
-            return Err(EncodeError::NotInV311("AUTH"));
-        }
-        check_reason(self.reason, PacketType::Auth)?;
-        let first = PacketType::Auth.first_byte();
-        if self.reason == ReasonCode::Success && self.properties.is_empty() {
-            out.extend_from_slice(&[first, 0]);
-            return Ok(());
-        }
-        out.push(first);
-        write_with_len_prefix(out, |out| {
-            out.push(self.reason.into());
-            self.properties.write(PropertyContext::Auth, out)
-        })
     }
 }

@@ -11,6 +11,7 @@
 //! not send CONNACK, nor a Subscription Identifier in PUBLISH) apply with [`decode_from`].
 
 mod ack;
+mod auth;
 mod connack;
 mod connect;
 mod disconnect;
@@ -29,9 +30,10 @@ pub use ack::{
     encode_puback, encode_puback_reason, encode_pubcomp, encode_pubcomp_reason, encode_pubrec,
     encode_pubrec_reason, encode_pubrel, encode_pubrel_reason, Ack,
 };
+pub use auth::Auth;
 pub use connack::ConnAck;
 pub use connect::{Connect, Will};
-pub use disconnect::{Auth, Disconnect};
+pub use disconnect::Disconnect;
 pub use error::{DecodeError, EncodeError};
 pub use header::{PacketType, MAX_VAR_INT};
 pub use properties::{allowed as property_allowed, id as property_id, Properties, PropertyContext};
