@@ -28,7 +28,9 @@ pub use binary::decode_binary;
 pub use json::decode_json;
 pub use kind::{Kind, KINDS, VENDOR_KIND_START};
 
-use ed25519_dalek::{Signature, Signer, SigningKey, VerifyingKey};
+use ed25519_dalek::{Signature, Signer};
+/// Re-exported so users (loadgen, fuzz targets) need no direct ed25519-dalek dependency.
+pub use ed25519_dalek::{SigningKey, VerifyingKey};
 
 /// The only body version this code understands.
 pub const VERSION: u8 = 1;
