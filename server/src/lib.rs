@@ -4,4 +4,6 @@
 pub mod config;
 pub mod log;
 pub mod metrics;
+pub mod record;
 pub mod registry;
+pub mod serve;

@@ -21,6 +21,13 @@ struct Cli {
 
 #[derive(Subcommand)]
 enum Command {
+    /// Run the server (embedded defaults when no config is given).
+    Serve {
+        #[arg(long)]
+        config: Option<PathBuf>,
+        #[command(flatten)]
+        overrides: Overrides,
+    },
     /// Validate a config file (and the registry it names) and print the effective config.
     CheckConfig {
         #[arg(long)]
@@ -38,8 +45,89 @@ enum Command {
     },
 }
 
+/// Flags for the most common config overrides; they win over the file.
+#[derive(clap::Args, Default)]
+struct Overrides {
+    /// Plain MQTT listener (mqtt.listen), e.g. 0.0.0.0:1883.
+    #[arg(long)]
+    listen: Option<String>,
+    /// MQTT over TLS listener (tls.listen).
+    #[arg(long)]
+    tls_listen: Option<String>,
+    /// Data directory (data_dir).
+    #[arg(long)]
+    data_dir: Option<PathBuf>,
+    /// Device registry file (registry.path).
+    #[arg(long)]
+    registry: Option<PathBuf>,
+    /// Metrics and health endpoint (metrics.listen); empty disables it.
+    #[arg(long)]
+    metrics_listen: Option<String>,
+    /// Number of shards (shards); 0 means one per core.
+    #[arg(long)]
+    shards: Option<usize>,
+}
+
+impl Overrides {
+    fn apply(self, config: &mut Config) {
+        if let Some(v) = self.listen {
+            config.mqtt.listen = v;
+        }
+        if let Some(v) = self.tls_listen {
+            config.tls.listen = v;
+        }
+        if let Some(v) = self.data_dir {
+            config.data_dir = v;
+        }
+        if let Some(v) = self.registry {
+            config.registry.path = v;
+        }
+        if let Some(v) = self.metrics_listen {
+            config.metrics.listen = v;
+        }
+        if let Some(v) = self.shards {
+            config.shards = v;
+        }
+    }
+}
+
 #[derive(Subcommand)]
 enum DevicesCommand {
+    /// Print a fresh CONNECT password for a provisioned device (valid for the server's
+    /// credential window, default 5 minutes).
+    Credential {
+        /// secrets.json written by `devices provision`.
+        #[arg(long)]
+        secrets: PathBuf,
+        #[arg(long)]
+        device: String,
+        /// The MQTT client id the device will use (the credential binds it).
+        #[arg(long)]
+        client_id: String,
+    },
+    /// Write a signed telemetry envelope (for mosquitto_pub -f, or a demo).
+    Sign {
+        #[arg(long)]
+        secrets: PathBuf,
+        #[arg(long)]
+        device: String,
+        #[arg(long)]
+        seq: u64,
+        /// Device timestamp in ms since the epoch (default: now).
+        #[arg(long)]
+        ts_ms: Option<u64>,
+        /// A reading as kind=value, e.g. co2_ppm=415.5; repeat for more.
+        #[arg(long = "reading", required = true)]
+        readings: Vec<String>,
+        /// binary or json.
+        #[arg(long, default_value = "binary")]
+        format: String,
+        #[arg(long, default_value = "devices")]
+        topic_prefix: String,
+        /// Where to write the payload.
+        #[arg(long)]
+        out: PathBuf,
+    },
     /// Generate device keys and a registry (for a demo or a load generator).
     Provision {
         /// How many devices.
@@ -85,11 +173,43 @@ struct LogSource {
 
 fn main() -> ExitCode {
     let cli = Cli::parse();
+    init_tracing();
     let result = match cli.command {
+        Command::Serve { config, overrides } => serve(config.as_deref(), overrides),
         Command::CheckConfig { config } => check_config(config.as_deref()),
         Command::Devices {
             command: DevicesCommand::Provision { count, out, prefix },
         } => provision(count, &out, &prefix),
+        Command::Devices {
+            command:
+                DevicesCommand::Credential {
+                    secrets,
+                    device,
+                    client_id,
+                },
+        } => credential(&secrets, &device, &client_id),
+        Command::Devices {
+            command:
+                DevicesCommand::Sign {
+                    secrets,
+                    device,
+                    seq,
+                    ts_ms,
+                    readings,
+                    format,
+                    topic_prefix,
+                    out,
+                },
+        } => sign(
+            &secrets,
+            &device,
+            seq,
+            ts_ms,
+            &readings,
+            &format,
+            &topic_prefix,
+            &out,
+        ),
         Command::Log { command } => match command {
             LogCommand::Tail { source, last } => print_log(&source, Start::Last(last), false),
             LogCommand::Export { source, from } => print_log(&source, Start::From(from), true),
@@ -104,11 +224,120 @@ fn main() -> ExitCode {
     }
 }
 
+fn init_tracing() {
+    let filter = tracing_subscriber::EnvFilter::try_from_env("INGESTD_LOG")
+        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info"));
+    let _ = tracing_subscriber::fmt()
+        .with_env_filter(filter)
+        .with_writer(std::io::stderr)
+        .try_init();
+}
+
+fn load_config(path: Option<&Path>) -> Result<Config, String> {
+    match path {
+        Some(path) => Config::from_file(path).map_err(|e| e.to_string()),
+        None => Ok(Config::default()),
+    }
+}
+
+fn serve(path: Option<&Path>, overrides: Overrides) -> Result<(), String> {
+    let mut config = load_config(path)?;
+    overrides.apply(&mut config);
+    config.validate().map_err(|e| e.to_string())?;
+    let registry = Registry::load(&config.registry.path).map_err(|e| {
+        format!(
+            "{e} (config key `registry.path`; create one with `ingestd devices provision --count 10 --out {}`)",
+            config
+                .registry
+                .path
+                .parent()
+                .map_or_else(|| ".".to_string(), |p| p.display().to_string())
+        )
+    })?;
+    if registry.is_empty() {
+        tracing::warn!(path = %config.registry.path.display(), "the device registry is empty: every CONNECT will be refused");
+    }
+    ingestd::serve::run(config, registry).map_err(|e| e.to_string())
+}
+
+fn load_secret(secrets: &Path, device: &str) -> Result<ed25519_dalek::SigningKey, String> {
+    let text =
+        std::fs::read_to_string(secrets).map_err(|e| format!("{}: {e}", secrets.display()))?;
+    let file: registry::SecretsFile =
+        serde_json::from_str(&text).map_err(|e| format!("{}: {e}", secrets.display()))?;
+    let secret = file
+        .devices
+        .iter()
+        .find(|d| d.id == device)
+        .ok_or_else(|| format!("device {device} is not in {}", secrets.display()))?;
+    let seed = ingestd_codec::envelope::hex::decode_array::<32>(secret.secret_key.as_bytes(), true)
+        .ok_or_else(|| format!("device {device}: secret_key is not 64 hex characters"))?;
+    Ok(ed25519_dalek::SigningKey::from_bytes(&seed))
+}
+
+fn credential(secrets: &Path, device: &str, client_id: &str) -> Result<(), String> {
+    let key = load_secret(secrets, device)?;
+    let mut nonce = [0u8; 16];
+    rand::RngCore::fill_bytes(&mut rand::rngs::OsRng, &mut nonce);
+    let password = ingestd_codec::credential::sign_credential(
+        device,
+        client_id,
+        &key,
+        ingestd::serve::now_ms(),
+        nonce,
+    );
+    println!("{password}");
+    Ok(())
+}
+
+#[allow(clippy::too_many_arguments)]
+fn sign(
+    secrets: &Path,
+    device: &str,
+    seq: u64,
+    ts_ms: Option<u64>,
+    readings: &[String],
+    format: &str,
+    topic_prefix: &str,
+    out: &Path,
+) -> Result<(), String> {
+    use ingestd_codec::envelope::{self, Kind, Reading};
+    let key = load_secret(secrets, device)?;
+    let mut parsed = Vec::with_capacity(readings.len());
+    for text in readings {
+        let (name, value) = text
+            .split_once('=')
+            .ok_or_else(|| format!("--reading {text:?}: expected kind=value"))?;
+        let kind = Kind::from_name(name)
+            .ok_or_else(|| format!("--reading {text:?}: unknown kind {name:?}"))?;
+        let value: f32 = value
+            .parse()
+            .map_err(|_| format!("--reading {text:?}: {value:?} is not a number"))?;
+        parsed.push(Reading::new(kind, value));
+    }
+    let topic = envelope::telemetry_topic(topic_prefix, device);
+    let mut scratch = Vec::new();
+    let env = envelope::sign(
+        &key,
+        &topic,
+        device,
+        seq,
+        ts_ms.unwrap_or_else(ingestd::serve::now_ms),
+        &parsed,
+        &mut scratch,
+    )
+    .map_err(|e| format!("cannot sign: {e}"))?;
+    let mut payload = Vec::new();
+    match format {
+        "binary" => env.encode_binary(&mut payload),
+        "json" => env.encode_json(&mut payload),
+        other => return Err(format!("--format {other:?}: expected binary or json")),
+    }
+    std::fs::write(out, &payload).map_err(|e| format!("{}: {e}", out.display()))
+}
+
 fn check_config(path: Option<&Path>) -> Result<(), String> {
-    let config = match path {
-        Some(path) => Config::from_file(path).map_err(|e| e.to_string())?,
-        None => Config::default(),
-    };
+    let config = load_config(path)?;
     let registry = Registry::load(&config.registry.path).map_err(|e| e.to_string())?;
     println!(
         "config ok: {} shard(s), {} registered device(s), data under {}",

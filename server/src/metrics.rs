@@ -100,9 +100,9 @@ impl Histogram {
 
 /// Why a message did not become a reading: the dead-letter reason codes, in one list so
 /// the metrics and the dead letters can never disagree on a name.
-pub const REJECT_REASONS: [&str; 25] = [
+pub const REJECT_REASONS: [&str; 27] = [
+    // The envelope's own reasons (ingestd_codec::envelope::EnvelopeError::ALL_REASONS).
     "oversize",
-    "topic_not_allowed",
     "truncated",
     "trailing_bytes",
     "unknown_version",
@@ -111,20 +111,24 @@ pub const REJECT_REASONS: [&str; 25] = [
     "no_readings",
     "too_many_readings",
     "unsorted_readings",
+    "duplicate_kind",
     "bad_kind",
     "non_finite_value",
     "bad_json",
     "bad_signature_encoding",
+    "bad_topic",
     "wrong_device",
     "bad_signature",
-    "replayed_sequence",
-    "stale_sequence",
-    "clock_skew",
     "unknown_device",
-    "revoked_device",
-    "duplicate_qos2",
+    "replayed",
+    "clock_skew",
+    // The shard's.
+    "stale_sequence",
+    "topic_not_allowed",
     "qos0_dropped_overload",
     "malformed",
+    "revoked_device",
+    "duplicate_qos2",
     "other",
 ];
 
@@ -367,4 +371,35 @@ fn answer(mut stream: TcpStream, registry: &Registry) -> std::io::Result<()> {
         body.len()
     )?;
     stream.flush()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn every_reason_has_its_own_counter() {
+        for reason in ingestd_codec::envelope::EnvelopeError::ALL_REASONS {
+            assert_ne!(REJECT_REASONS[reason_index(reason)], "other", "{reason}");
+        }
+        for reason in ["stale_sequence", "topic_not_allowed", "malformed"] {
+            assert_eq!(REJECT_REASONS[reason_index(reason)], reason);
+        }
+        assert_eq!(REJECT_REASONS[reason_index("no such reason")], "other");
+    }
+
+    #[test]
+    fn render_is_prometheus_text() {
+        let registry = Registry::new(2);
+        registry.shards[1].messages_accepted.add(7);
+        registry.shards[0].messages_rejected[reason_index("bad_signature")].inc();
+        registry.shards[0].log_fsync_latency.observe_us(300);
+        let text = registry.render();
+        assert!(text.contains("ingestd_messages_accepted_total{shard=\"1\"} 7"));
+        assert!(text
+            .contains("ingestd_messages_rejected_total{shard=\"0\",reason=\"bad_signature\"} 1"));
+        assert!(text.contains("ingestd_log_fsync_seconds_bucket{shard=\"0\",le=\"0.0005\"} 1"));
+        assert!(text.contains("ingestd_log_fsync_seconds_bucket{shard=\"0\",le=\"0.00025\"} 0"));
+        assert!(text.contains("# TYPE ingestd_connections_open gauge"));
+    }
 }

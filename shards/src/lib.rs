@@ -13,6 +13,8 @@
 
 pub mod policy;
 pub mod replay;
+pub mod session;
+pub mod validate;
 
 /// The shard that owns `device_id` among `shards` shards.
 ///

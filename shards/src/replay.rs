@@ -28,7 +28,7 @@ impl ReplayError {
     #[must_use]
     pub fn reason(&self) -> &'static str {
         match self {
-            ReplayError::Duplicate { .. } => "replayed_sequence",
+            ReplayError::Duplicate { .. } => "replayed",
             ReplayError::TooOld { .. } => "stale_sequence",
         }
     }

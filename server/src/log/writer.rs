@@ -109,6 +109,11 @@ impl ShardLog {
             dir: dir.to_path_buf(),
             source,
         })?;
+        // glommio opens directories by absolute path only.
+        let dir = &std::fs::canonicalize(dir).map_err(|source| LogError::Dir {
+            dir: dir.to_path_buf(),
+            source,
+        })?;
         let segments = list_segments(dir).map_err(|source| LogError::Dir {
             dir: dir.to_path_buf(),
             source,

@@ -1,0 +1,771 @@
+//! One device connection: CONNECT and authentication, handoff to the home shard, then the
+//! MQTT session until the connection ends.
+//!
+//! A connection is two tasks on its home shard: this reader, which decodes packets from the
+//! socket, runs the cheap checks and queues messages for the shard's pipeline; and a writer,
+//! which sends whatever the reader or the committer put in the connection's out buffer
+//! (CONNACK, PINGRESP, PUBCOMP right away; PUBACK and PUBREC only once the record is
+//! durable). The reader stops reading when the device has `max_inflight` messages waiting
+//! for durability or the shard is overloaded: TCP flow control then slows the device down
+//! instead of anything being dropped.
+
+use super::handoff::{self, Handoff};
+use super::notify::Notify;
+use super::now_ms;
+use super::shard::{DeviceState, Shard, Verdict, Work};
+use crate::metrics::reason_index;
+use crate::registry::DeviceStatus;
+use futures_lite::future;
+use futures_lite::io::{AsyncReadExt, AsyncWriteExt};
+use glommio::net::TcpStream;
+use ingestd_codec::credential::Credential;
+use ingestd_codec::mqtt::{
+    self, ConnAck, Decoded, Disconnect, Origin, Packet, Properties, Protocol, QoS, ReasonCode,
+    SubAck, UnsubAck,
+};
+use ingestd_shards::replay::ReplayError;
+use ingestd_shards::session::Qos2Action;
+use ingestd_shards::validate::{precheck, Rejection};
+use std::cell::{Cell, RefCell};
+use std::net::SocketAddr;
+use std::os::fd::{AsRawFd, RawFd};
+use std::rc::Rc;
+use std::time::Duration;
+
+/// Bytes asked of the socket per read.
+const READ_CHUNK: usize = 4096;
+
+/// The part of a connection the shard's other tasks reach.
+pub struct Conn {
+    pub id: u64,
+    fd: RawFd,
+    pub protocol: Protocol,
+    pub device: String,
+    pub peer: SocketAddr,
+    out: RefCell<Vec<u8>>,
+    out_notify: Notify,
+    /// Woken when the reader may read again (acknowledgements went out, or a commit
+    /// freed the shard from back-pressure).
+    pub resume: Notify,
+    inflight: Cell<usize>,
+    /// The socket is still open: `fd` may be shut down. Cleared before the stream drops,
+    /// so a recycled descriptor number is never touched.
+    open: Cell<bool>,
+    closing: Cell<bool>,
+    close_reason: Cell<Option<ReasonCode>>,
+    finished: Cell<bool>,
+}
+
+impl Conn {
+    fn new(id: u64, fd: RawFd, protocol: Protocol, device: String, peer: SocketAddr) -> Self {
+        Self {
+            id,
+            fd,
+            protocol,
+            device,
+            peer,
+            out: RefCell::new(Vec::with_capacity(64)),
+            out_notify: Notify::default(),
+            resume: Notify::default(),
+            inflight: Cell::new(0),
+            open: Cell::new(true),
+            closing: Cell::new(false),
+            close_reason: Cell::new(None),
+            finished: Cell::new(false),
+        }
+    }
+
+    /// Queues bytes for the writer.
+    fn send(&self, encode: impl FnOnce(&mut Vec<u8>)) {
+        if self.finished.get() {
+            return;
+        }
+        encode(&mut self.out.borrow_mut());
+        self.out_notify.notify();
+    }
+
+    /// The acknowledgement of a durable QoS 1/2 PUBLISH.
+    pub fn send_ack(&self, qos: QoS, pkid: u16, reason: ReasonCode) {
+        self.inflight.set(self.inflight.get().saturating_sub(1));
+        let protocol = self.protocol;
+        self.send(|out| {
+            let result = match qos {
+                QoS::ExactlyOnce => mqtt::encode_pubrec_reason(pkid, reason, protocol, out),
+                _ => mqtt::encode_puback_reason(pkid, reason, protocol, out),
+            };
+            debug_assert!(result.is_ok(), "ack encoding: {result:?}");
+        });
+        self.resume.notify();
+    }
+
+    /// Stops reading; the connection closes once its acknowledgements are out, with a v5
+    /// DISCONNECT carrying `reason` if given.
+    pub fn close(&self, reason: Option<ReasonCode>) {
+        if self.close_reason.get().is_none() {
+            self.close_reason.set(reason);
+        }
+        self.closing.set(true);
+        if self.open.get() {
+            let _ = nix::sys::socket::shutdown(self.fd, nix::sys::socket::Shutdown::Read);
+        }
+        self.resume.notify();
+    }
+
+    /// Closes at once, sending nothing more (the log failed: nothing may be acknowledged).
+    pub fn abort(&self) {
+        self.finished.set(true);
+        self.out.borrow_mut().clear();
+        if self.open.get() {
+            let _ = nix::sys::socket::shutdown(self.fd, nix::sys::socket::Shutdown::Both);
+        }
+        self.resume.notify();
+        self.out_notify.notify();
+    }
+}
+
+/// What the CONNECT said, copied out of the read buffer.
+struct ConnectInfo {
+    protocol: Protocol,
+    client_id: String,
+    username: Option<String>,
+    password: Option<Vec<u8>>,
+    clean_start: bool,
+    keep_alive_s: u16,
+    session_expiry_s: u32,
+    auth_method: bool,
+    len: usize,
+}
+
+/// Serves one connection from its first byte (or from `buffered`, when handed in).
+pub async fn serve(
+    shard: Rc<Shard>,
+    mut stream: TcpStream,
+    mut buf: Vec<u8>,
+    peer: SocketAddr,
+    handed_in: bool,
+) {
+    let max_packet = shard.config.mqtt.max_packet_bytes;
+    let connect_timeout = Duration::from_millis(shard.config.mqtt.connect_timeout_ms);
+    let _ = stream.set_read_timeout(Some(connect_timeout));
+
+    // CONNECT: the first packet, whatever the version [MQTT-3.1.0-1].
+    let info = loop {
+        match mqtt::decode_from(&buf, Protocol::V5, max_packet, Origin::Client) {
+            Ok(Decoded::Packet {
+                packet: Packet::Connect(connect),
+                len,
+            }) => {
+                break ConnectInfo {
+                    protocol: connect.protocol,
+                    client_id: connect.client_id.to_string(),
+                    username: connect.username.map(str::to_string),
+                    password: connect.password.map(<[u8]>::to_vec),
+                    clean_start: connect.clean_start,
+                    keep_alive_s: connect.keep_alive,
+                    session_expiry_s: connect.properties.session_expiry_interval.unwrap_or(0),
+                    auth_method: connect.properties.authentication_method.is_some(),
+                    len,
+                };
+            }
+            Ok(Decoded::Packet { .. }) => {
+                count_malformed(&shard);
+                return;
+            }
+            Ok(Decoded::NeedMore { bytes }) => {
+                if !read_more(&mut stream, &mut buf, bytes).await {
+                    return;
+                }
+            }
+            Err(error) => {
+                count_malformed(&shard);
+                shard.metrics.connect_refused.inc();
+                // Answer with a CONNACK where the spec defines one for the error.
+                let v5 = connect_level(&buf) == Some(5);
+                let reply = if v5 {
+                    Some((Protocol::V5, error.reason_code()))
+                } else {
+                    error
+                        .connect_return_code()
+                        .map(|_| (Protocol::V311, error.reason_code()))
+                };
+                if let Some((protocol, reason)) = reply {
+                    let mut out = Vec::new();
+                    encode_connack(protocol, reason, false, &shard, None, &mut out);
+                    let _ = stream.write_all(&out).await;
+                }
+                return;
+            }
+        }
+    };
+
+    let Some(device_id) = info.username.clone() else {
+        refuse(
+            &shard,
+            &mut stream,
+            &info,
+            peer,
+            ReasonCode::BadUserNameOrPassword,
+            "no_username",
+        )
+        .await;
+        return;
+    };
+    let home = ingestd_shards::home_shard(&device_id, shard.shards);
+    if home != shard.id {
+        assert!(
+            !handed_in,
+            "a handed-in connection must be on its home shard"
+        );
+        let fd = match handoff::detach(&stream) {
+            Ok(fd) => fd,
+            Err(error) => {
+                tracing::warn!(%error, "cannot hand off connection");
+                return;
+            }
+        };
+        let handoff = Handoff {
+            fd,
+            buffered: buf,
+            peer,
+            from_shard: shard.id,
+            device_id,
+        };
+        if shard.hand_off(home, handoff).is_err() {
+            refuse(
+                &shard,
+                &mut stream,
+                &info,
+                peer,
+                ReasonCode::ServerBusy,
+                "handoff_ring_full",
+            )
+            .await;
+        }
+        // The stream drops here; the home shard holds the duplicated descriptor.
+        return;
+    }
+    let state = match authenticate(&shard, &info, &device_id) {
+        Ok(state) => state,
+        Err((reason, why)) => {
+            refuse(&shard, &mut stream, &info, peer, reason, why).await;
+            return;
+        }
+    };
+    shard.throttle.borrow_mut().succeeded(peer.ip());
+
+    let conn = Rc::new(Conn::new(
+        shard.next_conn_id(),
+        stream.as_raw_fd(),
+        info.protocol,
+        device_id.clone(),
+        peer,
+    ));
+    let session_present = {
+        let mut device = state.borrow_mut();
+        if let Some(old) = device.conn.take() {
+            // Session takeover [MQTT-3.1.4-3]: the older connection of this device closes.
+            old.close(Some(ReasonCode::SessionTakenOver));
+        }
+        let present = !info.clean_start && device.session_exists;
+        if info.clean_start {
+            device.session = ingestd_shards::session::Session::new();
+        }
+        device.session_exists = true;
+        device.session_persistent = match info.protocol {
+            Protocol::V311 => !info.clean_start,
+            Protocol::V5 => info.session_expiry_s > 0,
+        };
+        device.conn = Some(Rc::clone(&conn));
+        present
+    };
+    shard.register(&conn);
+
+    // Keep-alive: the device must send something every keep_alive seconds; the server
+    // allows 1.5 times that [MQTT-3.1.2-24]. 0 or above the maximum gets the maximum.
+    let keep_alive_max = shard.config.mqtt.keep_alive_max_s;
+    let keep_alive_s = if info.keep_alive_s == 0 || info.keep_alive_s > keep_alive_max {
+        keep_alive_max
+    } else {
+        info.keep_alive_s
+    };
+    let server_keep_alive = (keep_alive_s != info.keep_alive_s).then_some(keep_alive_s);
+    let _ = stream.set_read_timeout(Some(Duration::from_millis(u64::from(keep_alive_s) * 1500)));
+    conn.send(|out| {
+        encode_connack(
+            info.protocol,
+            ReasonCode::Success,
+            session_present,
+            &shard,
+            server_keep_alive,
+            out,
+        )
+    });
+
+    let (reader, writer) = futures_lite::io::split(stream);
+    let writer_task = glommio::spawn_local(write_loop(Rc::clone(&conn), writer));
+    buf.drain(..info.len);
+    read_loop(&shard, &conn, &state, reader, buf).await;
+
+    // Let the committer deliver what is in flight, then close.
+    conn.closing.set(true);
+    let deadline =
+        std::time::Instant::now() + Duration::from_millis(shard.config.shutdown.drain_timeout_ms);
+    while conn.inflight.get() > 0 && std::time::Instant::now() < deadline && !conn.finished.get() {
+        future::or(conn.resume.notified(), async {
+            glommio::timer::sleep(Duration::from_millis(20)).await;
+        })
+        .await;
+    }
+    conn.finished.set(true);
+    conn.out_notify.notify();
+    let reader_and_writer = writer_task.await;
+    conn.open.set(false);
+    drop(reader_and_writer);
+    shard.unregister(&conn);
+    let mut device = state.borrow_mut();
+    if device.conn.as_ref().is_some_and(|c| c.id == conn.id) {
+        device.conn = None;
+        if device.session_persistent {
+            device.session.drop_pending();
+        } else {
+            device.session = ingestd_shards::session::Session::new();
+            device.session_exists = false;
+        }
+    }
+}
+
+type Reader = futures_lite::io::ReadHalf<TcpStream>;
+type Writer = futures_lite::io::WriteHalf<TcpStream>;
+
+async fn read_loop(
+    shard: &Rc<Shard>,
+    conn: &Rc<Conn>,
+    state: &Rc<std::cell::RefCell<DeviceState>>,
+    mut reader: Reader,
+    mut buf: Vec<u8>,
+) {
+    let max_packet = shard.config.mqtt.max_packet_bytes;
+    let max_inflight = usize::from(shard.config.mqtt.max_inflight);
+    let mut need = 1;
+    'connection: loop {
+        let mut pos = 0;
+        while pos < buf.len() {
+            match mqtt::decode_from(&buf[pos..], conn.protocol, max_packet, Origin::Client) {
+                Ok(Decoded::Packet { packet, len }) => {
+                    pos += len;
+                    if let Err(reason) = handle(shard, conn, state, packet) {
+                        conn.close(reason);
+                        break 'connection;
+                    }
+                    if conn.closing.get() {
+                        break 'connection;
+                    }
+                }
+                Ok(Decoded::NeedMore { bytes }) => {
+                    need = bytes;
+                    break;
+                }
+                Err(error) => {
+                    count_malformed(shard);
+                    tracing::debug!(device = %conn.device, %error, "malformed packet");
+                    conn.close(Some(error.reason_code()));
+                    break 'connection;
+                }
+            }
+        }
+        buf.drain(..pos);
+        if pos > 0 && buf.is_empty() {
+            need = 1;
+            if buf.capacity() > 4 * READ_CHUNK {
+                buf = Vec::new();
+            }
+        }
+        // Back-pressure: wait for acknowledgements or for the log to catch up.
+        while !conn.closing.get() && (conn.inflight.get() >= max_inflight || shard.overloaded()) {
+            if shard.overloaded() {
+                shard.pause(conn);
+            }
+            future::or(conn.resume.notified(), async {
+                glommio::timer::sleep(Duration::from_millis(100)).await;
+            })
+            .await;
+        }
+        if conn.closing.get() {
+            break;
+        }
+        match read_into(&mut reader, &mut buf, need).await {
+            ReadOutcome::Data => {}
+            ReadOutcome::Eof => break,
+            ReadOutcome::TimedOut => {
+                conn.close(Some(ReasonCode::KeepAliveTimeout));
+                break;
+            }
+        }
+    }
+}
+
+/// Handles one packet from the device. `Err` closes the connection (with a v5 reason).
+fn handle(
+    shard: &Rc<Shard>,
+    conn: &Rc<Conn>,
+    state: &Rc<std::cell::RefCell<DeviceState>>,
+    packet: Packet<'_>,
+) -> Result<(), Option<ReasonCode>> {
+    let protocol = conn.protocol;
+    match packet {
+        Packet::Publish(publish) => {
+            if protocol == Protocol::V5 {
+                // The CONNACK said retain is not available and granted no topic aliases.
+                if publish.retain {
+                    return Err(Some(ReasonCode::RetainNotSupported));
+                }
+                if publish.properties.topic_alias.is_some() {
+                    return Err(Some(ReasonCode::TopicAliasInvalid));
+                }
+            }
+            on_publish(shard, conn, state, &publish)
+        }
+        Packet::PubRel(ack) => {
+            let known = state.borrow_mut().session.pubrel(ack.pkid);
+            let reason = if known || protocol == Protocol::V311 {
+                ReasonCode::Success
+            } else {
+                ReasonCode::PacketIdentifierNotFound
+            };
+            conn.send(|out| {
+                let _ = mqtt::encode_pubcomp_reason(ack.pkid, reason, protocol, out);
+            });
+            Ok(())
+        }
+        Packet::PingReq => {
+            conn.send(|out| {
+                let _ = Packet::PingResp.encode(protocol, out);
+            });
+            Ok(())
+        }
+        Packet::Disconnect(_) => {
+            conn.closing.set(true);
+            Ok(())
+        }
+        Packet::Subscribe(subscribe) => {
+            // No downlink yet: every filter is refused [MQTT-3.8.4-5 / 3.9.3].
+            let refusal = match protocol {
+                Protocol::V311 => ReasonCode::UnspecifiedError,
+                Protocol::V5 => ReasonCode::NotAuthorized,
+            };
+            let suback = SubAck {
+                pkid: subscribe.pkid,
+                properties: Properties::default(),
+                return_codes: vec![refusal; subscribe.filters.len()],
+            };
+            conn.send(|out| {
+                let _ = Packet::SubAck(suback).encode(protocol, out);
+            });
+            Ok(())
+        }
+        Packet::Unsubscribe(unsubscribe) => {
+            let reasons = match protocol {
+                Protocol::V311 => Vec::new(),
+                Protocol::V5 => vec![ReasonCode::NoSubscriptionExisted; unsubscribe.filters.len()],
+            };
+            let unsuback = UnsubAck {
+                pkid: unsubscribe.pkid,
+                properties: Properties::default(),
+                reasons,
+            };
+            conn.send(|out| {
+                let _ = Packet::UnsubAck(unsuback).encode(protocol, out);
+            });
+            Ok(())
+        }
+        // A second CONNECT, acknowledgements of PUBLISHes this server never sent, AUTH
+        // without an authentication method: protocol errors.
+        _ => Err(Some(ReasonCode::ProtocolError)),
+    }
+}
+
+fn on_publish(
+    shard: &Rc<Shard>,
+    conn: &Rc<Conn>,
+    state: &Rc<std::cell::RefCell<DeviceState>>,
+    publish: &mqtt::Publish<'_>,
+) -> Result<(), Option<ReasonCode>> {
+    let max_inflight = usize::from(shard.config.mqtt.max_inflight);
+    match publish.qos {
+        QoS::AtMostOnce => {
+            if shard.overloaded() {
+                // QoS 0 is best effort: under overload it is dropped, and counted.
+                shard.metrics.qos0_dropped.inc();
+                shard.metrics.messages_rejected[reason_index("qos0_dropped_overload")].inc();
+                return Ok(());
+            }
+        }
+        QoS::AtLeastOnce => {}
+        QoS::ExactlyOnce => {
+            let action = state
+                .borrow_mut()
+                .session
+                .qos2_publish(publish.pkid, max_inflight);
+            match action {
+                Qos2Action::Deliver => {}
+                Qos2Action::AwaitDurable => return Ok(()),
+                Qos2Action::ResendPubrec => {
+                    let protocol = conn.protocol;
+                    conn.send(|out| {
+                        let _ = mqtt::encode_pubrec(publish.pkid, protocol, out);
+                    });
+                    return Ok(());
+                }
+                Qos2Action::TooMany => return Err(Some(ReasonCode::ReceiveMaximumExceeded)),
+            }
+        }
+    }
+    if publish.qos != QoS::AtMostOnce {
+        if conn.protocol == Protocol::V5 && conn.inflight.get() >= max_inflight {
+            return Err(Some(ReasonCode::ReceiveMaximumExceeded));
+        }
+        conn.inflight.set(conn.inflight.get() + 1);
+    }
+    let received_ms = now_ms();
+    let verdict = {
+        let device = state.borrow();
+        match precheck(
+            &conn.device,
+            publish.topic,
+            publish.payload,
+            &device.replay,
+            received_ms,
+            &shard.limits,
+        ) {
+            Ok(_) => Verdict::Verify {
+                key: device.device.key,
+            },
+            Err(Rejection::Replay(ReplayError::Duplicate { .. })) if publish.dup => {
+                Verdict::Redelivery
+            }
+            Err(rejection) => Verdict::Reject {
+                reason: rejection.reason(),
+                detail: rejection.to_string(),
+                seq: match rejection {
+                    Rejection::Replay(
+                        ReplayError::Duplicate { seq } | ReplayError::TooOld { seq, .. },
+                    ) => Some(seq),
+                    _ => None,
+                },
+            },
+        }
+    };
+    shard.submit(Work {
+        conn: Rc::clone(conn),
+        device: Rc::clone(state),
+        qos: publish.qos,
+        pkid: publish.pkid,
+        received_ms,
+        topic: publish.topic.to_string(),
+        payload: publish.payload.to_vec(),
+        verdict,
+    });
+    Ok(())
+}
+
+/// Checks the device and its credential; returns its state on this (its home) shard.
+fn authenticate(
+    shard: &Shard,
+    info: &ConnectInfo,
+    device_id: &str,
+) -> Result<Rc<std::cell::RefCell<DeviceState>>, (ReasonCode, &'static str)> {
+    if shard.stopping.get() {
+        return Err((ReasonCode::ServerUnavailable, "shutting_down"));
+    }
+    if info.auth_method {
+        return Err((ReasonCode::BadAuthenticationMethod, "auth_method"));
+    }
+    if shard.conns.borrow().len() >= shard.config.mqtt.connections_per_shard_max {
+        return Err((ReasonCode::ServerBusy, "connections_max"));
+    }
+    let registry = shard.shared.registry();
+    let Some(device) = registry.get(device_id) else {
+        return Err((ReasonCode::BadUserNameOrPassword, "unknown_device"));
+    };
+    if device.status == DeviceStatus::Revoked {
+        return Err((ReasonCode::Banned, "revoked_device"));
+    }
+    let password = info.password.as_deref().unwrap_or_default();
+    let credential = Credential::parse(password)
+        .map_err(|_| (ReasonCode::BadUserNameOrPassword, "bad_credential"))?;
+    let now = now_ms();
+    let window = shard.config.auth.credential_window_ms;
+    credential
+        .verify(device_id, &info.client_id, &device.key, now, window)
+        .map_err(|_| (ReasonCode::BadUserNameOrPassword, "bad_credential"))?;
+    let state = shard.device_state(device_id, device);
+    state
+        .borrow_mut()
+        .nonces
+        .accept(credential.nonce, credential.ts_ms, now, window)
+        .map_err(|_| (ReasonCode::BadUserNameOrPassword, "replayed_credential"))?;
+    Ok(state)
+}
+
+/// Refuses a CONNECT: slows repeat offenders down, then CONNACK with the reason and close.
+async fn refuse(
+    shard: &Shard,
+    stream: &mut TcpStream,
+    info: &ConnectInfo,
+    peer: SocketAddr,
+    reason: ReasonCode,
+    why: &'static str,
+) {
+    shard.metrics.connect_refused.inc();
+    tracing::info!(peer = %peer, username = ?info.username, why, "CONNECT refused");
+    let auth_failure = matches!(
+        reason,
+        ReasonCode::BadUserNameOrPassword | ReasonCode::Banned | ReasonCode::NotAuthorized
+    );
+    if auth_failure {
+        let delay_ms = shard.throttle.borrow_mut().failed(peer.ip(), now_ms());
+        if delay_ms > 0 {
+            shard.metrics.auth_throttled.inc();
+            glommio::timer::sleep(Duration::from_millis(delay_ms)).await;
+        }
+    }
+    let mut out = Vec::new();
+    encode_connack(info.protocol, reason, false, shard, None, &mut out);
+    let _ = stream.write_all(&out).await;
+    let _ = stream.flush().await;
+}
+
+fn encode_connack(
+    protocol: Protocol,
+    reason: ReasonCode,
+    session_present: bool,
+    shard: &Shard,
+    server_keep_alive: Option<u16>,
+    out: &mut Vec<u8>,
+) {
+    // 3.1.1 has six return codes; map the v5 reasons onto the closest one.
+    let reason = match protocol {
+        Protocol::V5 => reason,
+        Protocol::V311 => match reason {
+            ReasonCode::Success
+            | ReasonCode::UnsupportedProtocolVersion
+            | ReasonCode::ClientIdentifierNotValid
+            | ReasonCode::ServerUnavailable
+            | ReasonCode::BadUserNameOrPassword
+            | ReasonCode::NotAuthorized => reason,
+            ReasonCode::ServerBusy => ReasonCode::ServerUnavailable,
+            _ => ReasonCode::NotAuthorized,
+        },
+    };
+    let mut properties = Properties::default();
+    if protocol == Protocol::V5 && reason == ReasonCode::Success {
+        properties.receive_maximum = Some(shard.config.mqtt.max_inflight);
+        properties.maximum_packet_size = u32::try_from(shard.config.mqtt.max_packet_bytes).ok();
+        properties.retain_available = Some(0);
+        properties.wildcard_subscription_available = Some(0);
+        properties.subscription_identifier_available = Some(0);
+        properties.shared_subscription_available = Some(0);
+        properties.server_keep_alive = server_keep_alive;
+    }
+    let connack = ConnAck {
+        session_present: session_present && reason == ReasonCode::Success,
+        reason,
+        properties,
+    };
+    let result = Packet::ConnAck(connack).encode(protocol, out);
+    debug_assert!(result.is_ok(), "CONNACK encoding: {result:?}");
+}
+
+async fn write_loop(conn: Rc<Conn>, mut writer: Writer) -> Writer {
+    let mut sending = Vec::new();
+    loop {
+        conn.out_notify.notified().await;
+        std::mem::swap(&mut sending, &mut *conn.out.borrow_mut());
+        if !sending.is_empty() {
+            if writer.write_all(&sending).await.is_err() {
+                conn.finished.set(true);
+                conn.closing.set(true);
+                conn.resume.notify();
+                break;
+            }
+            sending.clear();
+        }
+        if conn.finished.get() {
+            // Anything queued while the last write was in flight.
+            let rest = std::mem::take(&mut *conn.out.borrow_mut());
+            let _ = writer.write_all(&rest).await;
+            if let (Protocol::V5, Some(reason)) = (conn.protocol, conn.close_reason.get()) {
+                let mut out = Vec::new();
+                let disconnect = Disconnect {
+                    reason,
+                    properties: Properties::default(),
+                };
+                if Packet::Disconnect(disconnect)
+                    .encode(Protocol::V5, &mut out)
+                    .is_ok()
+                {
+                    let _ = writer.write_all(&out).await;
+                }
+            }
+            let _ = writer.flush().await;
+            break;
+        }
+    }
+    writer
+}
+
+enum ReadOutcome {
+    Data,
+    Eof,
+    TimedOut,
+}
+
+/// Reads at least once into the spare room of `buf`, sized for `need` more bytes.
+async fn read_into(reader: &mut Reader, buf: &mut Vec<u8>, need: usize) -> ReadOutcome {
+    let filled = buf.len();
+    buf.resize(filled + need.max(READ_CHUNK), 0);
+    let result = reader.read(&mut buf[filled..]).await;
+    match result {
+        Ok(0) => {
+            buf.truncate(filled);
+            ReadOutcome::Eof
+        }
+        Ok(n) => {
+            buf.truncate(filled + n);
+            ReadOutcome::Data
+        }
+        Err(error) => {
+            buf.truncate(filled);
+            if error.kind() == std::io::ErrorKind::TimedOut {
+                ReadOutcome::TimedOut
+            } else {
+                ReadOutcome::Eof
+            }
+        }
+    }
+}
+
+/// Reads more of the CONNECT from an unsplit stream.
+async fn read_more(stream: &mut TcpStream, buf: &mut Vec<u8>, need: usize) -> bool {
+    let filled = buf.len();
+    buf.resize(filled + need.max(512), 0);
+    match stream.read(&mut buf[filled..]).await {
+        Ok(n) if n > 0 => {
+            buf.truncate(filled + n);
+            true
+        }
+        _ => false,
+    }
+}
+
+/// The protocol level byte of a CONNECT at the front of `buf`, if far enough in.
+fn connect_level(buf: &[u8]) -> Option<u8> {
+    // Fixed header: type byte, then a variable byte integer of 1..=4 bytes.
+    let varint_len = buf.iter().skip(1).take(4).position(|b| b & 0x80 == 0)? + 1;
+    // Protocol name: u16 length (4) + "MQTT", then the level.
+    buf.get(1 + varint_len + 6).copied()
+}
+
+fn count_malformed(shard: &Shard) {
+    shard.metrics.messages_rejected[reason_index("malformed")].inc();
+}

@@ -1,0 +1,275 @@
+//! `ingestd serve`: the thread-per-core ingestion server.
+//!
+//! One glommio executor per shard, each pinned to a core with its own SO_REUSEPORT
+//! listener and its own durable log (see `shard`). This module starts them, reports
+//! readiness and liveness to systemd, turns SIGTERM into a drain, and waits.
+
+mod conn;
+pub mod handoff;
+mod notify;
+mod shard;
+
+use crate::config::Config;
+use crate::log::{self, LogReader, RecordKind, ShardLog};
+use crate::metrics;
+use crate::record::{self, ReadingMeta};
+use crate::registry::Registry;
+use glommio::{LocalExecutorBuilder, Placement};
+use std::collections::HashMap;
+use std::rc::Rc;
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::{mpsc, Arc};
+use std::time::{Duration, SystemTime, UNIX_EPOCH};
+
+/// What every shard can reach: plain data and atomics, never locks on the message path.
+pub struct Shared {
+    pub shards: usize,
+    pub metrics: Arc<metrics::Registry>,
+    registry: Arc<Registry>,
+    /// Set by SIGTERM/SIGINT (or a failed log): every shard drains and exits.
+    pub stop: Arc<AtomicBool>,
+    /// A shard's log failed: exit non-zero so the supervisor restarts and recovery runs.
+    pub failed: AtomicBool,
+    /// Each shard's ticker increments its counter; the watchdog requires all to move.
+    pub heartbeats: Vec<AtomicU64>,
+}
+
+impl Shared {
+    /// The device registry (read at CONNECT, never per message).
+    pub fn registry(&self) -> Arc<Registry> {
+        Arc::clone(&self.registry)
+    }
+}
+
+/// Why the server could not start or did not end cleanly.
+#[derive(Debug, thiserror::Error)]
+pub enum ServeError {
+    #[error("shard {shard}: {message}")]
+    Shard { shard: usize, message: String },
+    #[error("metrics listener {addr}: {source}")]
+    Metrics {
+        addr: String,
+        source: std::io::Error,
+    },
+    #[error("signal handler: {0}")]
+    Signal(std::io::Error),
+    #[error("a durable log failed an fsync; exited without acknowledging what it could not prove written")]
+    LogFailed,
+}
+
+/// Wall-clock milliseconds since the Unix epoch: record timestamps and freshness checks.
+pub fn now_ms() -> u64 {
+    SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map_or(0, |d| d.as_millis() as u64)
+}
+
+/// Locked memory each shard's executor asks for its io_uring buffers. Small, so several
+/// shards fit in the 8 MiB default `ulimit -l`; the unit raises the limit anyway.
+const IO_MEMORY_BYTES: usize = 512 << 10;
+
+/// Runs the server until SIGTERM/SIGINT (or `stop` is set) and every shard has drained.
+pub fn run(config: Config, registry: Registry) -> Result<(), ServeError> {
+    run_with_stop(config, registry, Arc::new(AtomicBool::new(false)))
+}
+
+/// [`run`] with the stop flag supplied (tests stop the server without signals).
+pub fn run_with_stop(
+    config: Config,
+    registry: Registry,
+    stop: Arc<AtomicBool>,
+) -> Result<(), ServeError> {
+    let shards = config.shard_count();
+    let config = Arc::new(config);
+    let metrics = Arc::new(metrics::Registry::new(shards));
+    let shared = Arc::new(Shared {
+        shards,
+        metrics: Arc::clone(&metrics),
+        registry: Arc::new(registry),
+        stop: Arc::clone(&stop),
+        failed: AtomicBool::new(false),
+        heartbeats: (0..shards).map(|_| AtomicU64::new(0)).collect(),
+    });
+    for signal in [signal_hook::consts::SIGTERM, signal_hook::consts::SIGINT] {
+        signal_hook::flag::register(signal, Arc::clone(&stop)).map_err(ServeError::Signal)?;
+    }
+    if !config.metrics.listen.is_empty() {
+        let listener = std::net::TcpListener::bind(&config.metrics.listen).map_err(|source| {
+            ServeError::Metrics {
+                addr: config.metrics.listen.clone(),
+                source,
+            }
+        })?;
+        metrics::serve_http(listener, Arc::clone(&metrics)).map_err(|source| {
+            ServeError::Metrics {
+                addr: config.metrics.listen.clone(),
+                source,
+            }
+        })?;
+    }
+
+    let mut rings = handoff::Rings::new(shards, 1024);
+    let cores = std::thread::available_parallelism().map_or(1, |n| n.get());
+    let (ready_tx, ready_rx) = mpsc::channel::<Result<usize, String>>();
+    let mut handles = Vec::with_capacity(shards);
+    for id in 0..shards {
+        let producers = std::mem::take(&mut rings.producers[id]);
+        let consumers: Vec<_> = std::mem::take(&mut rings.consumers[id])
+            .into_iter()
+            .flatten()
+            .collect();
+        let config = Arc::clone(&config);
+        let shared = Arc::clone(&shared);
+        let ready = ready_tx.clone();
+        let spawned = LocalExecutorBuilder::new(Placement::Fixed(id % cores))
+            .name(&format!("ingestd-shard-{id}"))
+            .io_memory(IO_MEMORY_BYTES)
+            .spawn(move || shard_main(id, config, shared, producers, consumers, ready));
+        match spawned {
+            Ok(handle) => handles.push(handle),
+            Err(error) => {
+                stop.store(true, Ordering::Relaxed);
+                return Err(ServeError::Shard {
+                    shard: id,
+                    message: format!("cannot start executor: {error}"),
+                });
+            }
+        }
+    }
+    drop(ready_tx);
+    let mut first_error = None;
+    for _ in 0..shards {
+        match ready_rx.recv() {
+            Ok(Ok(_)) => {}
+            Ok(Err(message)) => {
+                first_error.get_or_insert(message);
+            }
+            Err(_) => {
+                first_error.get_or_insert("a shard exited during start-up".to_string());
+            }
+        }
+    }
+    if let Some(message) = first_error {
+        stop.store(true, Ordering::Relaxed);
+        for handle in handles {
+            let _ = handle.join();
+        }
+        return Err(ServeError::Shard { shard: 0, message });
+    }
+    metrics.health.ready.store(true, Ordering::Relaxed);
+    let _ = sd_notify::notify(&[sd_notify::NotifyState::Ready]);
+    tracing::info!(shards, listen = %config.mqtt.listen, "ingestd ready");
+
+    let watchdog_us = sd_notify::watchdog_enabled();
+    let mut last_beats: Vec<u64> = vec![0; shards];
+    let mut last_watchdog = std::time::Instant::now();
+    while !stop.load(Ordering::Relaxed) {
+        std::thread::sleep(Duration::from_millis(20));
+        if let Some(interval) = watchdog_us {
+            if last_watchdog.elapsed() >= interval / 2 {
+                let beats: Vec<u64> = shared
+                    .heartbeats
+                    .iter()
+                    .map(|b| b.load(Ordering::Relaxed))
+                    .collect();
+                // Only a node whose every shard loop is turning is alive.
+                if beats
+                    .iter()
+                    .zip(&last_beats)
+                    .all(|(now, before)| now > before)
+                {
+                    let _ = sd_notify::notify(&[sd_notify::NotifyState::Watchdog]);
+                }
+                last_beats = beats;
+                last_watchdog = std::time::Instant::now();
+            }
+        }
+    }
+    metrics.health.draining.store(true, Ordering::Relaxed);
+    let _ = sd_notify::notify(&[sd_notify::NotifyState::Stopping]);
+    tracing::info!("draining");
+    for handle in handles {
+        let _ = handle.join();
+    }
+    if shared.failed.load(Ordering::Relaxed) {
+        return Err(ServeError::LogFailed);
+    }
+    tracing::info!("stopped");
+    Ok(())
+}
+
+async fn shard_main(
+    id: usize,
+    config: Arc<Config>,
+    shared: Arc<Shared>,
+    producers: Vec<Option<rtrb::Producer<handoff::Handoff>>>,
+    consumers: Vec<rtrb::Consumer<handoff::Handoff>>,
+    ready: mpsc::Sender<Result<usize, String>>,
+) {
+    let dir = log::shard_dir(&config.data_dir, id);
+    let (log, recovery) = match ShardLog::open(&dir, config.log.segment_bytes_max).await {
+        Ok(opened) => opened,
+        Err(error) => {
+            let _ = ready.send(Err(format!("shard {id}: durable log: {error}")));
+            return;
+        }
+    };
+    if recovery.truncated_bytes > 0 {
+        tracing::warn!(shard = id, bytes = recovery.truncated_bytes, torn = ?recovery.torn, "cut a torn tail from the durable log");
+    }
+    let highest = match highest_sequences(&dir) {
+        Ok(highest) => highest,
+        Err(error) => {
+            let _ = ready.send(Err(format!("shard {id}: reading the durable log: {error}")));
+            return;
+        }
+    };
+    let listener = match glommio::net::TcpListener::bind(config.mqtt.listen.as_str()) {
+        Ok(listener) => listener,
+        Err(error) => {
+            let _ = ready.send(Err(format!(
+                "shard {id}: mqtt.listen {}: {error}",
+                config.mqtt.listen
+            )));
+            return;
+        }
+    };
+    let shard = Rc::new(shard::Shard::new(id, config, shared, log, producers));
+    // Replay protection survives restarts: every device's window resumes above the highest
+    // sequence its durable log holds.
+    for (device_id, seq) in highest {
+        if let Some(device) = shard.shared.registry().get(&device_id) {
+            let state = shard.device_state(&device_id, device);
+            state.borrow_mut().replay = ingestd_shards::replay::ReplayWindow::resume_after(seq);
+        }
+    }
+    let _ = ready.send(Ok(id));
+    let tasks = [
+        glommio::spawn_local(shard::acceptor(Rc::clone(&shard), listener)),
+        glommio::spawn_local(shard::ticker(Rc::clone(&shard), consumers)),
+        glommio::spawn_local(shard::pipeline(Rc::clone(&shard))),
+        glommio::spawn_local(shard::committer(Rc::clone(&shard))),
+    ];
+    for task in tasks {
+        task.await;
+    }
+}
+
+/// The highest sequence number of each device's readings in a shard's log.
+fn highest_sequences(dir: &std::path::Path) -> Result<HashMap<String, u64>, log::ReadError> {
+    let mut highest: HashMap<String, u64> = HashMap::new();
+    for entry in LogReader::open(dir, 0)? {
+        let entry = entry?;
+        if entry.kind != RecordKind::Reading {
+            continue;
+        }
+        let Some((meta, _)) = record::split(&entry.payload) else {
+            continue;
+        };
+        if let Ok(meta) = serde_json::from_slice::<ReadingMeta>(meta) {
+            let seq = highest.entry(meta.device).or_insert(meta.seq);
+            *seq = (*seq).max(meta.seq);
+        }
+    }
+    Ok(highest)
+}

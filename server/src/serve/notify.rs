@@ -1,0 +1,46 @@
+//! A single-waiter wake-up flag for tasks on one shard.
+//!
+//! `notify` before `notified` is remembered (one pending wake), so a wake-up between a
+//! task's last check and its wait is never lost. One waiter at a time: each use (the
+//! pipeline, the committer, one connection's writer) has exactly one task waiting on it.
+
+use std::cell::{Cell, RefCell};
+use std::future::Future;
+use std::pin::Pin;
+use std::task::{Context, Poll, Waker};
+
+#[derive(Debug, Default)]
+pub struct Notify {
+    pending: Cell<bool>,
+    waker: RefCell<Option<Waker>>,
+}
+
+impl Notify {
+    /// Wakes the waiter, or makes the next wait return at once.
+    pub fn notify(&self) {
+        self.pending.set(true);
+        if let Some(waker) = self.waker.borrow_mut().take() {
+            waker.wake();
+        }
+    }
+
+    /// Waits for a notification (consuming it).
+    pub fn notified(&self) -> Notified<'_> {
+        Notified { notify: self }
+    }
+}
+
+pub struct Notified<'a> {
+    notify: &'a Notify,
+}
+
+impl Future for Notified<'_> {
+    type Output = ();
+    fn poll(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<()> {
+        if self.notify.pending.replace(false) {
+            return Poll::Ready(());
+        }
+        *self.notify.waker.borrow_mut() = Some(cx.waker().clone());
+        Poll::Pending
+    }
+}
