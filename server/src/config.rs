@@ -70,7 +70,7 @@ pub struct MqttConfig {
     pub connect_timeout_ms: u64,
 }
 
-#[derive(Debug, Clone, Deserialize, PartialEq, Default)]
+#[derive(Debug, Clone, Deserialize, PartialEq)]
 #[serde(deny_unknown_fields, default)]
 pub struct TlsConfig {
     /// MQTT over TLS listener; empty string disables it.
@@ -82,6 +82,8 @@ pub struct TlsConfig {
     /// PEM CA certificates of the device CA: when set, devices may authenticate with a
     /// client certificate whose subject common name is their device id.
     pub client_ca_path: Option<PathBuf>,
+    /// Oldest TLS version accepted: "1.3" (default) or "1.2".
+    pub min_version: String,
 }
 
 #[derive(Debug, Clone, Deserialize, PartialEq)]
@@ -171,6 +173,18 @@ impl Default for MqttConfig {
             connections_per_shard_max: 100_000,
             topic_prefix: "devices".to_string(),
             connect_timeout_ms: 10_000,
+        }
+    }
+}
+
+impl Default for TlsConfig {
+    fn default() -> Self {
+        Self {
+            listen: String::new(),
+            cert_path: None,
+            key_path: None,
+            client_ca_path: None,
+            min_version: "1.3".to_string(),
         }
     }
 }
@@ -332,6 +346,12 @@ impl Config {
             return Err(invalid(
                 "tls.cert_path",
                 "tls.listen is set, so tls.cert_path and tls.key_path are required",
+            ));
+        }
+        if !["1.2", "1.3"].contains(&self.tls.min_version.as_str()) {
+            return Err(invalid(
+                "tls.min_version",
+                format!("{:?} is not \"1.2\" or \"1.3\"", self.tls.min_version),
             ));
         }
         if self.auth.credential_window_ms == 0 {

@@ -161,6 +161,7 @@ pub struct ShardMetrics {
     pub log_pending_bytes: Gauge,
     pub handoff_ring_occupancy: Gauge,
     pub backpressure_pauses: Counter,
+    pub tls_handshake_failures: Counter,
 }
 
 /// Readiness and liveness shared between the shards and the HTTP thread.
@@ -196,7 +197,7 @@ impl Registry {
     #[must_use]
     pub fn render(&self) -> String {
         let mut out = String::with_capacity(16 * 1024);
-        let counters: [Metric; 13] = [
+        let counters: [Metric; 14] = [
             (
                 "ingestd_connections_accepted_total",
                 "TCP connections accepted",
@@ -254,6 +255,11 @@ impl Registry {
                 "ingestd_backpressure_pauses_total",
                 "times a shard stopped reading sockets",
                 |m| m.backpressure_pauses.get(),
+            ),
+            (
+                "ingestd_tls_handshake_failures_total",
+                "TLS handshakes that failed or timed out",
+                |m| m.tls_handshake_failures.get(),
             ),
             ("ingestd_connections_open", "open device connections", |m| {
                 m.connections_open.get()

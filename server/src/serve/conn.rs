@@ -13,6 +13,7 @@ use super::handoff::{self, Handoff};
 use super::notify::Notify;
 use super::now_ms;
 use super::shard::{DeviceState, Shard, Verdict, Work};
+use super::tls::{self, TlsStream};
 use crate::metrics::reason_index;
 use crate::registry::DeviceStatus;
 use futures_lite::future;
@@ -31,6 +32,75 @@ use std::net::SocketAddr;
 use std::os::fd::{AsRawFd, RawFd};
 use std::rc::Rc;
 use std::time::Duration;
+
+/// A device's byte stream: plain TCP or TLS over TCP.
+pub enum Transport {
+    Plain(TcpStream),
+    Tls(Box<TlsStream>),
+}
+
+impl Transport {
+    fn tcp(&self) -> &TcpStream {
+        match self {
+            Transport::Plain(tcp) => tcp,
+            Transport::Tls(tls) => tls.tcp(),
+        }
+    }
+
+    /// The device id of a verified client certificate, if the device presented one.
+    fn certificate_device_id(&self) -> Option<String> {
+        match self {
+            Transport::Plain(_) => None,
+            Transport::Tls(tls) => tls::certificate_device_id(tls.session()),
+        }
+    }
+}
+
+impl futures_lite::AsyncRead for Transport {
+    fn poll_read(
+        self: std::pin::Pin<&mut Self>,
+        cx: &mut std::task::Context<'_>,
+        buf: &mut [u8],
+    ) -> std::task::Poll<std::io::Result<usize>> {
+        match self.get_mut() {
+            Transport::Plain(tcp) => std::pin::Pin::new(tcp).poll_read(cx, buf),
+            Transport::Tls(tls) => std::pin::Pin::new(&mut **tls).poll_read(cx, buf),
+        }
+    }
+}
+
+impl futures_lite::AsyncWrite for Transport {
+    fn poll_write(
+        self: std::pin::Pin<&mut Self>,
+        cx: &mut std::task::Context<'_>,
+        buf: &[u8],
+    ) -> std::task::Poll<std::io::Result<usize>> {
+        match self.get_mut() {
+            Transport::Plain(tcp) => std::pin::Pin::new(tcp).poll_write(cx, buf),
+            Transport::Tls(tls) => std::pin::Pin::new(&mut **tls).poll_write(cx, buf),
+        }
+    }
+
+    fn poll_flush(
+        self: std::pin::Pin<&mut Self>,
+        cx: &mut std::task::Context<'_>,
+    ) -> std::task::Poll<std::io::Result<()>> {
+        match self.get_mut() {
+            Transport::Plain(tcp) => std::pin::Pin::new(tcp).poll_flush(cx),
+            Transport::Tls(tls) => std::pin::Pin::new(&mut **tls).poll_flush(cx),
+        }
+    }
+
+    fn poll_close(
+        self: std::pin::Pin<&mut Self>,
+        cx: &mut std::task::Context<'_>,
+    ) -> std::task::Poll<std::io::Result<()>> {
+        match self.get_mut() {
+            Transport::Plain(tcp) => std::pin::Pin::new(tcp).poll_close(cx),
+            Transport::Tls(tls) => std::pin::Pin::new(&mut **tls).poll_close(cx),
+        }
+    }
+}
 
 /// Bytes asked of the socket per read.
 const READ_CHUNK: usize = 4096;
@@ -139,14 +209,14 @@ struct ConnectInfo {
 /// Serves one connection from its first byte (or from `buffered`, when handed in).
 pub async fn serve(
     shard: Rc<Shard>,
-    mut stream: TcpStream,
+    mut stream: Transport,
     mut buf: Vec<u8>,
     peer: SocketAddr,
     handed_in: bool,
 ) {
     let max_packet = shard.config.mqtt.max_packet_bytes;
     let connect_timeout = Duration::from_millis(shard.config.mqtt.connect_timeout_ms);
-    let _ = stream.set_read_timeout(Some(connect_timeout));
+    let _ = stream.tcp().set_read_timeout(Some(connect_timeout));
 
     // CONNECT: the first packet, whatever the version [MQTT-3.1.0-1].
     let info = loop {
@@ -198,17 +268,38 @@ pub async fn serve(
         }
     };
 
-    let Some(device_id) = info.username.clone() else {
-        refuse(
-            &shard,
-            &mut stream,
-            &info,
-            peer,
-            ReasonCode::BadUserNameOrPassword,
-            "no_username",
-        )
-        .await;
-        return;
+    // Mutual TLS: a verified client certificate names the device; a username, if given,
+    // must agree with it. Otherwise the username names the device and the password proves it.
+    let cert_device = stream.certificate_device_id();
+    let device_id = match (&cert_device, &info.username) {
+        (Some(cert), Some(user)) if cert != user => {
+            let why = "certificate_mismatch";
+            refuse(
+                &shard,
+                &mut stream,
+                &info,
+                peer,
+                ReasonCode::NotAuthorized,
+                why,
+            )
+            .await;
+            return;
+        }
+        (Some(cert), _) => cert.clone(),
+        (None, Some(user)) => user.clone(),
+        (None, None) => {
+            let why = "no_username";
+            refuse(
+                &shard,
+                &mut stream,
+                &info,
+                peer,
+                ReasonCode::BadUserNameOrPassword,
+                why,
+            )
+            .await;
+            return;
+        }
     };
     let home = ingestd_shards::home_shard(&device_id, shard.shards);
     if home != shard.id {
@@ -216,7 +307,14 @@ pub async fn serve(
             !handed_in,
             "a handed-in connection must be on its home shard"
         );
-        let fd = match handoff::detach(&stream) {
+        let (tcp, tls) = match stream {
+            Transport::Plain(tcp) => (tcp, None),
+            Transport::Tls(tls) => {
+                let (tcp, session) = tls.into_parts();
+                (tcp, Some(Box::new(session)))
+            }
+        };
+        let fd = match handoff::detach(&tcp) {
             Ok(fd) => fd,
             Err(error) => {
                 tracing::warn!(%error, "cannot hand off connection");
@@ -229,22 +327,29 @@ pub async fn serve(
             peer,
             from_shard: shard.id,
             device_id,
+            tls,
         };
-        if shard.hand_off(home, handoff).is_err() {
+        if let Err(handoff) = shard.hand_off(home, handoff) {
+            // The home shard's ring is full: refuse here, over the original socket.
+            let mut stream = match handoff.tls {
+                Some(session) => Transport::Tls(Box::new(TlsStream::from_parts(tcp, *session))),
+                None => Transport::Plain(tcp),
+            };
+            let why = "handoff_ring_full";
             refuse(
                 &shard,
                 &mut stream,
                 &info,
                 peer,
                 ReasonCode::ServerBusy,
-                "handoff_ring_full",
+                why,
             )
             .await;
         }
         // The stream drops here; the home shard holds the duplicated descriptor.
         return;
     }
-    let state = match authenticate(&shard, &info, &device_id) {
+    let state = match authenticate(&shard, &info, &device_id, cert_device.is_some()) {
         Ok(state) => state,
         Err((reason, why)) => {
             refuse(&shard, &mut stream, &info, peer, reason, why).await;
@@ -255,7 +360,7 @@ pub async fn serve(
 
     let conn = Rc::new(Conn::new(
         shard.next_conn_id(),
-        stream.as_raw_fd(),
+        stream.tcp().as_raw_fd(),
         info.protocol,
         device_id.clone(),
         peer,
@@ -289,7 +394,9 @@ pub async fn serve(
         info.keep_alive_s
     };
     let server_keep_alive = (keep_alive_s != info.keep_alive_s).then_some(keep_alive_s);
-    let _ = stream.set_read_timeout(Some(Duration::from_millis(u64::from(keep_alive_s) * 1500)));
+    let _ = stream
+        .tcp()
+        .set_read_timeout(Some(Duration::from_millis(u64::from(keep_alive_s) * 1500)));
     conn.send(|out| {
         encode_connack(
             info.protocol,
@@ -334,8 +441,8 @@ pub async fn serve(
     }
 }
 
-type Reader = futures_lite::io::ReadHalf<TcpStream>;
-type Writer = futures_lite::io::WriteHalf<TcpStream>;
+type Reader = futures_lite::io::ReadHalf<Transport>;
+type Writer = futures_lite::io::WriteHalf<Transport>;
 
 async fn read_loop(
     shard: &Rc<Shard>,
@@ -573,6 +680,7 @@ fn authenticate(
     shard: &Shard,
     info: &ConnectInfo,
     device_id: &str,
+    certificate_verified: bool,
 ) -> Result<Rc<std::cell::RefCell<DeviceState>>, (ReasonCode, &'static str)> {
     if shard.stopping.get() {
         return Err((ReasonCode::ServerUnavailable, "shutting_down"));
@@ -589,6 +697,10 @@ fn authenticate(
     };
     if device.status == DeviceStatus::Revoked {
         return Err((ReasonCode::Banned, "revoked_device"));
+    }
+    if certificate_verified {
+        // The device CA vouched for the device id; the registry for its status.
+        return Ok(shard.device_state(device_id, device));
     }
     let password = info.password.as_deref().unwrap_or_default();
     let credential = Credential::parse(password)
@@ -610,7 +722,7 @@ fn authenticate(
 /// Refuses a CONNECT: slows repeat offenders down, then CONNACK with the reason and close.
 async fn refuse(
     shard: &Shard,
-    stream: &mut TcpStream,
+    stream: &mut Transport,
     info: &ConnectInfo,
     peer: SocketAddr,
     reason: ReasonCode,
@@ -746,7 +858,7 @@ async fn read_into(reader: &mut Reader, buf: &mut Vec<u8>, need: usize) -> ReadO
 }
 
 /// Reads more of the CONNECT from an unsplit stream.
-async fn read_more(stream: &mut TcpStream, buf: &mut Vec<u8>, need: usize) -> bool {
+async fn read_more(stream: &mut Transport, buf: &mut Vec<u8>, need: usize) -> bool {
     let filled = buf.len();
     buf.resize(filled + need.max(512), 0);
     match stream.read(&mut buf[filled..]).await {

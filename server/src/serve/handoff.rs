@@ -22,6 +22,9 @@ pub struct Handoff {
     pub from_shard: usize,
     /// The device id the CONNECT named; the receiving shard asserts it is the home.
     pub device_id: String,
+    /// The TLS session, for a TLS connection: handshake done, keys and buffered records
+    /// move with it.
+    pub tls: Option<Box<rustls::ServerConnection>>,
 }
 
 /// Takes a descriptor of `stream`'s socket that survives dropping the stream.

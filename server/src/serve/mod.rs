@@ -8,6 +8,7 @@ mod conn;
 pub mod handoff;
 mod notify;
 mod shard;
+pub mod tls;
 
 use crate::config::Config;
 use crate::log::{self, LogReader, RecordKind, ShardLog};
@@ -224,16 +225,34 @@ async fn shard_main(
             return;
         }
     };
-    let listener = match glommio::net::TcpListener::bind(config.mqtt.listen.as_str()) {
-        Ok(listener) => listener,
-        Err(error) => {
-            let _ = ready.send(Err(format!(
-                "shard {id}: mqtt.listen {}: {error}",
-                config.mqtt.listen
-            )));
-            return;
+    let mut listeners = Vec::new();
+    if !config.mqtt.listen.is_empty() {
+        match glommio::net::TcpListener::bind(config.mqtt.listen.as_str()) {
+            Ok(listener) => listeners.push((listener, None)),
+            Err(error) => {
+                let addr = &config.mqtt.listen;
+                let _ = ready.send(Err(format!("config key `mqtt.listen` ({addr}): {error}")));
+                return;
+            }
         }
-    };
+    }
+    if !config.tls.listen.is_empty() {
+        let tls = match tls::server_config(&config.tls) {
+            Ok(tls) => tls,
+            Err(message) => {
+                let _ = ready.send(Err(message));
+                return;
+            }
+        };
+        match glommio::net::TcpListener::bind(config.tls.listen.as_str()) {
+            Ok(listener) => listeners.push((listener, Some(tls))),
+            Err(error) => {
+                let addr = &config.tls.listen;
+                let _ = ready.send(Err(format!("config key `tls.listen` ({addr}): {error}")));
+                return;
+            }
+        }
+    }
     let shard = Rc::new(shard::Shard::new(id, config, shared, log, producers));
     // Replay protection survives restarts: every device's window resumes above the highest
     // sequence its durable log holds.
@@ -244,12 +263,18 @@ async fn shard_main(
         }
     }
     let _ = ready.send(Ok(id));
-    let tasks = [
-        glommio::spawn_local(shard::acceptor(Rc::clone(&shard), listener)),
+    let mut tasks = vec![
         glommio::spawn_local(shard::ticker(Rc::clone(&shard), consumers)),
         glommio::spawn_local(shard::pipeline(Rc::clone(&shard))),
         glommio::spawn_local(shard::committer(Rc::clone(&shard))),
     ];
+    for (listener, tls) in listeners {
+        tasks.push(glommio::spawn_local(shard::acceptor(
+            Rc::clone(&shard),
+            listener,
+            tls,
+        )));
+    }
     for task in tasks {
         task.await;
     }

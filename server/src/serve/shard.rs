@@ -13,9 +13,10 @@
 //!
 //! All of it is `!Send` and lives on this core; only `Handoff`s and counters cross cores.
 
-use super::conn::{self, Conn};
+use super::conn::{self, Conn, Transport};
 use super::handoff::{self, Handoff};
 use super::notify::Notify;
+use super::tls::TlsStream;
 use super::Shared;
 use crate::config::Config;
 use crate::log::{RecordKind, ShardLog};
@@ -267,7 +268,11 @@ impl Shard {
 }
 
 /// Accepts connections until the shard stops.
-pub async fn acceptor(shard: Rc<Shard>, listener: TcpListener) {
+pub async fn acceptor(
+    shard: Rc<Shard>,
+    listener: TcpListener,
+    tls: Option<Arc<rustls::ServerConfig>>,
+) {
     loop {
         let accepted = future::or(async { Some(listener.accept().await) }, async {
             shard.stop_notify.notified().await;
@@ -286,13 +291,73 @@ pub async fn acceptor(shard: Rc<Shard>, listener: TcpListener) {
                     Err(_) => continue,
                 };
                 let shard = Rc::clone(&shard);
-                glommio::spawn_local(conn::serve(shard, stream, Vec::new(), peer, false)).detach();
+                match &tls {
+                    None => {
+                        glommio::spawn_local(conn::serve(
+                            shard,
+                            Transport::Plain(stream),
+                            Vec::new(),
+                            peer,
+                            false,
+                        ))
+                        .detach();
+                    }
+                    Some(config) => {
+                        let config = Arc::clone(config);
+                        glommio::spawn_local(tls_handshake(shard, stream, config, peer)).detach();
+                    }
+                }
             }
             Err(error) => {
                 // EMFILE and friends: back off instead of spinning on the error.
                 tracing::warn!(shard = shard.id, %error, "accept failed");
                 glommio::timer::sleep(Duration::from_millis(50)).await;
             }
+        }
+    }
+}
+
+/// Runs the TLS handshake (bounded by the connect timeout), then serves the connection. A
+/// failed or stalled handshake only costs its task: nothing is kept.
+async fn tls_handshake(
+    shard: Rc<Shard>,
+    stream: glommio::net::TcpStream,
+    config: Arc<rustls::ServerConfig>,
+    peer: std::net::SocketAddr,
+) {
+    let session = match rustls::ServerConnection::new(config) {
+        Ok(session) => session,
+        Err(error) => {
+            tracing::warn!(%error, "TLS session setup failed");
+            return;
+        }
+    };
+    let timeout = Duration::from_millis(shard.config.mqtt.connect_timeout_ms);
+    let _ = stream.set_read_timeout(Some(timeout));
+    let mut tls = TlsStream::from_parts(stream, session);
+    let handshake = future::or(async { Some(tls.handshake().await) }, async {
+        glommio::timer::sleep(timeout).await;
+        None
+    })
+    .await;
+    match handshake {
+        Some(Ok(())) => {
+            glommio::spawn_local(conn::serve(
+                shard,
+                Transport::Tls(Box::new(tls)),
+                Vec::new(),
+                peer,
+                false,
+            ))
+            .detach();
+        }
+        Some(Err(error)) => {
+            shard.metrics.tls_handshake_failures.inc();
+            tracing::debug!(%peer, %error, "TLS handshake failed");
+        }
+        None => {
+            shard.metrics.tls_handshake_failures.inc();
+            tracing::debug!(%peer, "TLS handshake timed out");
         }
     }
 }
@@ -315,7 +380,11 @@ pub async fn ticker(shard: Rc<Shard>, mut incoming: Vec<rtrb::Consumer<Handoff>>
                     handoff.device_id,
                     handoff.from_shard
                 );
-                let stream = handoff::attach(handoff.fd);
+                let tcp = handoff::attach(handoff.fd);
+                let stream = match handoff.tls {
+                    Some(session) => Transport::Tls(Box::new(TlsStream::from_parts(tcp, *session))),
+                    None => Transport::Plain(tcp),
+                };
                 let shard2 = Rc::clone(&shard);
                 glommio::spawn_local(conn::serve(
                     shard2,
