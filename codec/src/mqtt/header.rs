@@ -191,3 +191,50 @@ where
     }
     result
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn var_int_boundaries() {
+        // (value, minimal encoding) at every length boundary (§1.5.5, table 1-1).
+        let cases: [(usize, &[u8]); 8] = [
+            (0, &[0x00]),
+            (127, &[0x7F]),
+            (128, &[0x80, 0x01]),
+            (16_383, &[0xFF, 0x7F]),
+            (16_384, &[0x80, 0x80, 0x01]),
+            (2_097_151, &[0xFF, 0xFF, 0x7F]),
+            (2_097_152, &[0x80, 0x80, 0x80, 0x01]),
+            (268_435_455, &[0xFF, 0xFF, 0xFF, 0x7F]),
+        ];
+        for (value, bytes) in cases {
+            let mut out = Vec::new();
+            write_var_int(&mut out, value).unwrap();
+            assert_eq!(out, bytes, "{value}");
+            match read_var_int(bytes).unwrap() {
+                VarInt::Value { value: v, len } => assert_eq!((v, len), (value, bytes.len())),
+                VarInt::NeedMore => panic!("need more for {value}"),
+            }
+        }
+        assert_eq!(
+            write_var_int(&mut Vec::new(), MAX_VAR_INT + 1),
+            Err(EncodeError::PacketTooLarge(MAX_VAR_INT + 1))
+        );
+        // Non-minimal forms of 0 and 127.
+        assert!(matches!(
+            read_var_int(&[0x80, 0x00]),
+            Err(DecodeError::NonMinimalVarInt)
+        ));
+        assert!(matches!(
+            read_var_int(&[0xFF, 0x80, 0x00]),
+            Err(DecodeError::NonMinimalVarInt)
+        ));
+        assert!(matches!(
+            read_var_int(&[0x80, 0x80, 0x80, 0x80]),
+            Err(DecodeError::RemainingLengthTooLong)
+        ));
+        assert!(matches!(read_var_int(&[0x80, 0x80]), Ok(VarInt::NeedMore)));
+    }
+}
