@@ -144,7 +144,11 @@ impl Credential {
             return Err(CredentialError::BadDeviceId);
         }
         if self.ts_ms.abs_diff(now_ms) > window_ms {
-            return Err(if self.ts_ms < now_ms { CredentialError::Expired } else { CredentialError::NotYetValid });
+            return Err(if self.ts_ms < now_ms {
+                CredentialError::Expired
+            } else {
+                CredentialError::NotYetValid
+            });
         }
         let mut msg = [0u8; 512];
         let len = write_connect_message(device_id, client_id, self.ts_ms, &self.nonce, &mut msg)?;
@@ -178,7 +182,9 @@ fn write_connect_message(
     let mut at = 0;
     for p in pieces {
         let end = at + p.len();
-        buf.get_mut(at..end).ok_or(CredentialError::BadClientId)?.copy_from_slice(p);
+        buf.get_mut(at..end)
+            .ok_or(CredentialError::BadClientId)?
+            .copy_from_slice(p);
         at = end;
     }
     Ok(at)
@@ -186,7 +192,8 @@ fn write_connect_message(
 
 /// The signed CONNECT message as a vector (for test vectors and other implementations).
 pub fn connect_message(device_id: &str, client_id: &str, ts_ms: u64, nonce: &[u8; 16]) -> Vec<u8> {
-    let mut v = Vec::with_capacity(CONNECT_PREFIX.len() + 4 + device_id.len() + client_id.len() + 24);
+    let mut v =
+        Vec::with_capacity(CONNECT_PREFIX.len() + 4 + device_id.len() + client_id.len() + 24);
     v.extend_from_slice(CONNECT_PREFIX);
     v.extend_from_slice(&(device_id.len() as u16).to_be_bytes());
     v.extend_from_slice(device_id.as_bytes());
@@ -199,7 +206,17 @@ pub fn connect_message(device_id: &str, client_id: &str, ts_ms: u64, nonce: &[u8
 
 /// Makes the password a device sends: `v1.<ts_ms>.<nonce hex>.<signature hex>`. The nonce
 /// must be fresh random bytes for every CONNECT.
-pub fn sign_credential(device_id: &str, client_id: &str, key: &SigningKey, ts_ms: u64, nonce: [u8; 16]) -> String {
+pub fn sign_credential(
+    device_id: &str,
+    client_id: &str,
+    key: &SigningKey,
+    ts_ms: u64,
+    nonce: [u8; 16],
+) -> String {
     let sig = key.sign(&connect_message(device_id, client_id, ts_ms, &nonce));
-    format!("v1.{ts_ms}.{}.{}", hex::encode(&nonce), hex::encode(&sig.to_bytes()))
+    format!(
+        "v1.{ts_ms}.{}.{}",
+        hex::encode(&nonce),
+        hex::encode(&sig.to_bytes())
+    )
 }

@@ -1,5 +1,7 @@
 //! CONNECT credential: parsing, canonical text, window edges, binding to device and client.
 
+#![allow(clippy::unwrap_used)] // test helpers outside #[test] fns
+
 use ingestd_codec::credential::{sign_credential, Credential, CredentialError, MAX_PASSWORD_LEN};
 use ingestd_codec::envelope::SigningKey;
 
@@ -16,7 +18,13 @@ fn format_and_length() {
     let (_, p) = pw();
     assert!(p.starts_with(&format!("v1.{TS}.{}.", "ab".repeat(16))));
     assert_eq!(p.len(), 3 + 13 + 1 + 32 + 1 + 128);
-    let max = sign_credential("d", "c", &SigningKey::from_bytes(&[1; 32]), u64::MAX, [0; 16]);
+    let max = sign_credential(
+        "d",
+        "c",
+        &SigningKey::from_bytes(&[1; 32]),
+        u64::MAX,
+        [0; 16],
+    );
     assert_eq!(max.len(), MAX_PASSWORD_LEN);
     assert!(Credential::parse(max.as_bytes()).is_ok());
 }
@@ -27,17 +35,44 @@ fn window_edges_and_binding() {
     let vk = k.verifying_key();
     let c = Credential::parse(p.as_bytes()).unwrap();
     assert_eq!(c.verify("co2-0001", "cid", &vk, TS, 300_000), Ok(()));
-    assert_eq!(c.verify("co2-0001", "cid", &vk, TS + 300_000, 300_000), Ok(()));
-    assert_eq!(c.verify("co2-0001", "cid", &vk, TS - 300_000, 300_000), Ok(()));
-    assert_eq!(c.verify("co2-0001", "cid", &vk, TS + 300_001, 300_000), Err(CredentialError::Expired));
-    assert_eq!(c.verify("co2-0001", "cid", &vk, TS - 300_001, 300_000), Err(CredentialError::NotYetValid));
-    assert_eq!(c.verify("co2-0002", "cid", &vk, TS, 300_000), Err(CredentialError::BadSignature));
-    assert_eq!(c.verify("co2-0001", "cid2", &vk, TS, 300_000), Err(CredentialError::BadSignature));
-    assert_eq!(c.verify("co2/0001", "cid", &vk, TS, 300_000), Err(CredentialError::BadDeviceId));
+    assert_eq!(
+        c.verify("co2-0001", "cid", &vk, TS + 300_000, 300_000),
+        Ok(())
+    );
+    assert_eq!(
+        c.verify("co2-0001", "cid", &vk, TS - 300_000, 300_000),
+        Ok(())
+    );
+    assert_eq!(
+        c.verify("co2-0001", "cid", &vk, TS + 300_001, 300_000),
+        Err(CredentialError::Expired)
+    );
+    assert_eq!(
+        c.verify("co2-0001", "cid", &vk, TS - 300_001, 300_000),
+        Err(CredentialError::NotYetValid)
+    );
+    assert_eq!(
+        c.verify("co2-0002", "cid", &vk, TS, 300_000),
+        Err(CredentialError::BadSignature)
+    );
+    assert_eq!(
+        c.verify("co2-0001", "cid2", &vk, TS, 300_000),
+        Err(CredentialError::BadSignature)
+    );
+    assert_eq!(
+        c.verify("co2/0001", "cid", &vk, TS, 300_000),
+        Err(CredentialError::BadDeviceId)
+    );
     let other = SigningKey::from_bytes(&[2; 32]).verifying_key();
-    assert_eq!(c.verify("co2-0001", "cid", &other, TS, 300_000), Err(CredentialError::BadSignature));
+    assert_eq!(
+        c.verify("co2-0001", "cid", &other, TS, 300_000),
+        Err(CredentialError::BadSignature)
+    );
     let long_client = "c".repeat(1000);
-    assert_eq!(c.verify("co2-0001", &long_client, &vk, TS, 300_000), Err(CredentialError::BadClientId));
+    assert_eq!(
+        c.verify("co2-0001", &long_client, &vk, TS, 300_000),
+        Err(CredentialError::BadClientId)
+    );
 }
 
 #[test]
@@ -59,9 +94,23 @@ fn only_canonical_text_parses() {
         p.replacen(&TS.to_string(), "+1", 1),
     ];
     for b in &bad {
-        assert_eq!(Credential::parse(b.as_bytes()), Err(CredentialError::Malformed), "{b:?}");
+        assert_eq!(
+            Credential::parse(b.as_bytes()),
+            Err(CredentialError::Malformed),
+            "{b:?}"
+        );
     }
-    assert_eq!(Credential::parse(p.replacen("v1.", "v2.", 1).as_bytes()), Err(CredentialError::UnknownVersion));
-    assert_eq!(Credential::parse(&[0xff; 300]), Err(CredentialError::Malformed));
-    assert!(Credential::parse(p.replacen(&TS.to_string(), "18446744073709551615", 1).as_bytes()).is_ok());
+    assert_eq!(
+        Credential::parse(p.replacen("v1.", "v2.", 1).as_bytes()),
+        Err(CredentialError::UnknownVersion)
+    );
+    assert_eq!(
+        Credential::parse(&[0xff; 300]),
+        Err(CredentialError::Malformed)
+    );
+    assert!(Credential::parse(
+        p.replacen(&TS.to_string(), "18446744073709551615", 1)
+            .as_bytes()
+    )
+    .is_ok());
 }

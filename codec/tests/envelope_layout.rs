@@ -1,8 +1,10 @@
 //! Byte-by-byte tests of the binary layout and the rejection order, plus the small helpers.
 
+#![allow(clippy::unwrap_used)] // test helpers outside #[test] fns
+
 use ingestd_codec::envelope::{
-    check_clock_skew, decode, decode_binary, decode_json, device_id_from_topic, sign, BatchVerifier, EnvelopeError, Kind,
-    Reading, SigningKey, DEFAULT_MAX_BYTES, MAX_BINARY_LEN,
+    check_clock_skew, decode, decode_binary, decode_json, device_id_from_topic, sign,
+    BatchVerifier, EnvelopeError, Kind, Reading, SigningKey, DEFAULT_MAX_BYTES, MAX_BINARY_LEN,
 };
 
 const TOPIC: &str = "devices/co2-0001/telemetry";
@@ -12,8 +14,20 @@ fn key() -> SigningKey {
 }
 
 fn sample() -> Vec<u8> {
-    let readings = [Reading::new(Kind::TemperatureC, 21.25), Reading::new(Kind::Co2Ppm, 415.5)];
-    let env = sign(&key(), TOPIC, "co2-0001", 42, 1_764_201_600_000, &readings, &mut Vec::new()).unwrap();
+    let readings = [
+        Reading::new(Kind::TemperatureC, 21.25),
+        Reading::new(Kind::Co2Ppm, 415.5),
+    ];
+    let env = sign(
+        &key(),
+        TOPIC,
+        "co2-0001",
+        42,
+        1_764_201_600_000,
+        &readings,
+        &mut Vec::new(),
+    )
+    .unwrap();
     let mut out = Vec::new();
     env.encode_binary(&mut out);
     out
@@ -35,32 +49,62 @@ fn binary_layout_byte_by_byte() {
         0x00, 0x02, 0x41, 0xaa, 0x00, 0x00,             // kind 2 temperature_c, 21.25f32
     ];
     assert_eq!(&b[..body.len()], body);
-    assert_eq!(b.len(), body.len() + 64, "body then exactly a 64-byte signature");
+    assert_eq!(
+        b.len(),
+        body.len() + 64,
+        "body then exactly a 64-byte signature"
+    );
     let env = decode_binary(&b, DEFAULT_MAX_BYTES).unwrap();
     assert_eq!(env.device_id, "co2-0001");
     assert_eq!((env.seq, env.ts_ms), (42, 1_764_201_600_000));
-    assert_eq!(env.readings.as_slice(), &[Reading::new(Kind::Co2Ppm, 415.5), Reading::new(Kind::TemperatureC, 21.25)]);
-    env.verify(TOPIC, &key().verifying_key(), &mut Vec::new()).unwrap();
+    assert_eq!(
+        env.readings.as_slice(),
+        &[
+            Reading::new(Kind::Co2Ppm, 415.5),
+            Reading::new(Kind::TemperatureC, 21.25)
+        ]
+    );
+    env.verify(TOPIC, &key().verifying_key(), &mut Vec::new())
+        .unwrap();
 }
 
 #[test]
 fn every_proper_prefix_is_truncated_and_any_suffix_is_trailing() {
     let b = sample();
     for n in 0..b.len() {
-        assert_eq!(decode_binary(&b[..n], DEFAULT_MAX_BYTES), Err(EnvelopeError::Truncated), "prefix {n}");
+        assert_eq!(
+            decode_binary(&b[..n], DEFAULT_MAX_BYTES),
+            Err(EnvelopeError::Truncated),
+            "prefix {n}"
+        );
     }
     let mut longer = b.clone();
     longer.push(0);
-    assert_eq!(decode_binary(&longer, DEFAULT_MAX_BYTES), Err(EnvelopeError::TrailingBytes));
+    assert_eq!(
+        decode_binary(&longer, DEFAULT_MAX_BYTES),
+        Err(EnvelopeError::TrailingBytes)
+    );
 }
 
 #[test]
 fn size_is_checked_before_parsing() {
     let b = sample();
     assert_eq!(decode_binary(&b, b.len()).map(|_| ()), Ok(()));
-    assert_eq!(decode_binary(&b, b.len() - 1), Err(EnvelopeError::Oversize { len: b.len(), max: b.len() - 1 }));
+    assert_eq!(
+        decode_binary(&b, b.len() - 1),
+        Err(EnvelopeError::Oversize {
+            len: b.len(),
+            max: b.len() - 1
+        })
+    );
     // Even garbage gets `oversize`, not a parse error.
-    assert_eq!(decode(&[0xff; 2000], DEFAULT_MAX_BYTES), Err(EnvelopeError::Oversize { len: 2000, max: 1024 }));
+    assert_eq!(
+        decode(&[0xff; 2000], DEFAULT_MAX_BYTES),
+        Err(EnvelopeError::Oversize {
+            len: 2000,
+            max: 1024
+        })
+    );
 }
 
 #[test]
@@ -86,9 +130,15 @@ fn field_defects_in_wire_order() {
     assert_eq!(with(29, 2), Err(EnvelopeError::DuplicateKind(2))); // kinds 2, 2
     let mut nan = b.clone();
     nan[30..34].copy_from_slice(&f32::NAN.to_bits().to_be_bytes());
-    assert_eq!(decode_binary(&nan, DEFAULT_MAX_BYTES), Err(EnvelopeError::NonFiniteValue));
+    assert_eq!(
+        decode_binary(&nan, DEFAULT_MAX_BYTES),
+        Err(EnvelopeError::NonFiniteValue)
+    );
     nan[30..34].copy_from_slice(&f32::INFINITY.to_bits().to_be_bytes());
-    assert_eq!(decode_binary(&nan, DEFAULT_MAX_BYTES), Err(EnvelopeError::NonFiniteValue));
+    assert_eq!(
+        decode_binary(&nan, DEFAULT_MAX_BYTES),
+        Err(EnvelopeError::NonFiniteValue)
+    );
     // Count says 3 but only 2 readings + signature: the signature is read as a reading, and
     // the envelope ends early.
     assert!(with(27, 3).is_err());
@@ -97,9 +147,23 @@ fn field_defects_in_wire_order() {
 #[test]
 fn largest_binary_envelope_is_340_bytes() {
     let id = "d".repeat(64);
-    let readings: Vec<Reading> = (1..=32).map(|k| Reading { kind: k, value: -1.5 }).collect();
+    let readings: Vec<Reading> = (1..=32)
+        .map(|k| Reading {
+            kind: k,
+            value: -1.5,
+        })
+        .collect();
     let topic = format!("devices/{id}/telemetry");
-    let env = sign(&key(), &topic, &id, u64::MAX, u64::MAX, &readings, &mut Vec::new()).unwrap();
+    let env = sign(
+        &key(),
+        &topic,
+        &id,
+        u64::MAX,
+        u64::MAX,
+        &readings,
+        &mut Vec::new(),
+    )
+    .unwrap();
     let mut b = Vec::new();
     env.encode_binary(&mut b);
     assert_eq!(b.len(), MAX_BINARY_LEN);
@@ -110,14 +174,67 @@ fn largest_binary_envelope_is_340_bytes() {
 fn sign_sorts_and_validates() {
     let k = key();
     let s = &mut Vec::new();
-    let dup = [Reading::new(Kind::Co2Ppm, 1.0), Reading::new(Kind::Co2Ppm, 2.0)];
-    assert_eq!(sign(&k, TOPIC, "co2-0001", 0, 0, &dup, s), Err(EnvelopeError::DuplicateKind(1)));
-    assert_eq!(sign(&k, TOPIC, "co2-0001", 0, 0, &[], s), Err(EnvelopeError::NoReadings));
-    assert_eq!(sign(&k, TOPIC, "co2 0001", 0, 0, &[Reading::new(Kind::Co2Ppm, 1.0)], s), Err(EnvelopeError::BadDeviceId));
-    assert_eq!(sign(&k, TOPIC, "co2-0001", 0, 0, &[Reading { kind: 0, value: 1.0 }], s), Err(EnvelopeError::BadKind));
-    assert_eq!(sign(&k, TOPIC, "co2-0001", 0, 0, &[Reading::new(Kind::Co2Ppm, f32::NAN)], s), Err(EnvelopeError::NonFiniteValue));
-    let many: Vec<Reading> = (1..=33).map(|k| Reading { kind: k, value: 0.0 }).collect();
-    assert_eq!(sign(&k, TOPIC, "co2-0001", 0, 0, &many, s), Err(EnvelopeError::TooManyReadings));
+    let dup = [
+        Reading::new(Kind::Co2Ppm, 1.0),
+        Reading::new(Kind::Co2Ppm, 2.0),
+    ];
+    assert_eq!(
+        sign(&k, TOPIC, "co2-0001", 0, 0, &dup, s),
+        Err(EnvelopeError::DuplicateKind(1))
+    );
+    assert_eq!(
+        sign(&k, TOPIC, "co2-0001", 0, 0, &[], s),
+        Err(EnvelopeError::NoReadings)
+    );
+    assert_eq!(
+        sign(
+            &k,
+            TOPIC,
+            "co2 0001",
+            0,
+            0,
+            &[Reading::new(Kind::Co2Ppm, 1.0)],
+            s
+        ),
+        Err(EnvelopeError::BadDeviceId)
+    );
+    assert_eq!(
+        sign(
+            &k,
+            TOPIC,
+            "co2-0001",
+            0,
+            0,
+            &[Reading {
+                kind: 0,
+                value: 1.0
+            }],
+            s
+        ),
+        Err(EnvelopeError::BadKind)
+    );
+    assert_eq!(
+        sign(
+            &k,
+            TOPIC,
+            "co2-0001",
+            0,
+            0,
+            &[Reading::new(Kind::Co2Ppm, f32::NAN)],
+            s
+        ),
+        Err(EnvelopeError::NonFiniteValue)
+    );
+    let many: Vec<Reading> = (1..=33)
+        .map(|k| Reading {
+            kind: k,
+            value: 0.0,
+        })
+        .collect();
+    assert_eq!(
+        sign(&k, TOPIC, "co2-0001", 0, 0, &many, s),
+        Err(EnvelopeError::TooManyReadings)
+    );
 }
 
 #[test]
@@ -135,40 +252,109 @@ fn json_and_binary_share_the_signature() {
     );
     let j = decode(&json, DEFAULT_MAX_BYTES).unwrap();
     assert_eq!(j, env);
-    j.verify(TOPIC, &key().verifying_key(), &mut Vec::new()).unwrap();
-    assert_eq!(j.verify("devices/co2-0001/telemetry2", &key().verifying_key(), &mut Vec::new()), Err(EnvelopeError::BadSignature));
+    j.verify(TOPIC, &key().verifying_key(), &mut Vec::new())
+        .unwrap();
+    assert_eq!(
+        j.verify(
+            "devices/co2-0001/telemetry2",
+            &key().verifying_key(),
+            &mut Vec::new()
+        ),
+        Err(EnvelopeError::BadSignature)
+    );
 }
 
 #[test]
 fn json_specific_rejections() {
-    let ok = r#"{"v":1,"device":"d","seq":1,"ts":2,"readings":{"co2_ppm":1},"sig":"SIG"}"#.replace("SIG", &"ab".repeat(64));
+    let ok = r#"{"v":1,"device":"d","seq":1,"ts":2,"readings":{"co2_ppm":1},"sig":"SIG"}"#
+        .replace("SIG", &"ab".repeat(64));
     assert!(decode_json(ok.as_bytes(), 1024).is_ok());
     let bad = |from: &str, to: &str| decode_json(ok.replacen(from, to, 1).as_bytes(), 1024).err();
-    assert_eq!(bad(r#""v":1"#, r#""v":1.0"#), Some(EnvelopeError::BadJson("v must be an integer")));
-    assert_eq!(bad(r#""v":1"#, r#""v":7"#), Some(EnvelopeError::UnknownVersion(7)));
-    assert_eq!(bad(r#""seq":1"#, r#""seq":-1"#).map(|e| e.reason()), Some("bad_json"));
-    assert_eq!(bad(r#""seq":1"#, r#""seq":18446744073709551616"#).map(|e| e.reason()), Some("bad_json"));
-    assert_eq!(bad(r#""co2_ppm":1"#, r#""co2_ppm":NaN"#).map(|e| e.reason()), Some("bad_json"));
-    assert_eq!(bad(r#""co2_ppm":1"#, r#""co2_ppm":null"#).map(|e| e.reason()), Some("bad_json"));
-    assert_eq!(bad(r#""co2_ppm":1"#, r#""co2_ppm":-1e39"#), Some(EnvelopeError::NonFiniteValue));
-    assert_eq!(bad(r#""co2_ppm":1"#, r#""kind_032768":1"#), Some(EnvelopeError::BadKind));
-    assert_eq!(bad(r#""co2_ppm":1"#, r#""kind_65536":1"#), Some(EnvelopeError::BadKind));
-    assert_eq!(bad(r#""co2_ppm":1"#, r#""kind_0":1"#), Some(EnvelopeError::BadKind));
-    assert_eq!(bad(r#""co2_ppm":1"#, r#""\u0063o2_ppm":1"#), Some(EnvelopeError::BadKind));
-    assert_eq!(bad(r#""device":"d""#, r#""device":"\u0064""#), Some(EnvelopeError::BadDeviceId));
-    assert_eq!(bad(r#""device":"d""#, r#""device":"""#), Some(EnvelopeError::BadDeviceId));
-    assert_eq!(bad(r#""sig":""#, r#""sig":"g"#), Some(EnvelopeError::BadSignatureEncoding));
-    assert_eq!(bad(r#""sig":""#, r#""sig":1,"x":""#), Some(EnvelopeError::BadJson("unknown field")));
-    assert_eq!(bad("}", "}]"), Some(EnvelopeError::BadJson("not a JSON object")));
-    assert_eq!(decode_json(b"[1]", 1024).map(|_| ()), Err(EnvelopeError::BadJson("not a JSON object")));
+    assert_eq!(
+        bad(r#""v":1"#, r#""v":1.0"#),
+        Some(EnvelopeError::BadJson("v must be an integer"))
+    );
+    assert_eq!(
+        bad(r#""v":1"#, r#""v":7"#),
+        Some(EnvelopeError::UnknownVersion(7))
+    );
+    assert_eq!(
+        bad(r#""seq":1"#, r#""seq":-1"#).map(|e| e.reason()),
+        Some("bad_json")
+    );
+    assert_eq!(
+        bad(r#""seq":1"#, r#""seq":18446744073709551616"#).map(|e| e.reason()),
+        Some("bad_json")
+    );
+    assert_eq!(
+        bad(r#""co2_ppm":1"#, r#""co2_ppm":NaN"#).map(|e| e.reason()),
+        Some("bad_json")
+    );
+    assert_eq!(
+        bad(r#""co2_ppm":1"#, r#""co2_ppm":null"#).map(|e| e.reason()),
+        Some("bad_json")
+    );
+    assert_eq!(
+        bad(r#""co2_ppm":1"#, r#""co2_ppm":-1e39"#),
+        Some(EnvelopeError::NonFiniteValue)
+    );
+    assert_eq!(
+        bad(r#""co2_ppm":1"#, r#""kind_032768":1"#),
+        Some(EnvelopeError::BadKind)
+    );
+    assert_eq!(
+        bad(r#""co2_ppm":1"#, r#""kind_65536":1"#),
+        Some(EnvelopeError::BadKind)
+    );
+    assert_eq!(
+        bad(r#""co2_ppm":1"#, r#""kind_0":1"#),
+        Some(EnvelopeError::BadKind)
+    );
+    assert_eq!(
+        bad(r#""co2_ppm":1"#, r#""\u0063o2_ppm":1"#),
+        Some(EnvelopeError::BadKind)
+    );
+    assert_eq!(
+        bad(r#""device":"d""#, r#""device":"\u0064""#),
+        Some(EnvelopeError::BadDeviceId)
+    );
+    assert_eq!(
+        bad(r#""device":"d""#, r#""device":"""#),
+        Some(EnvelopeError::BadDeviceId)
+    );
+    assert_eq!(
+        bad(r#""sig":""#, r#""sig":"g"#),
+        Some(EnvelopeError::BadSignatureEncoding)
+    );
+    assert_eq!(
+        bad(r#""sig":""#, r#""sig":1,"x":""#),
+        Some(EnvelopeError::BadJson("unknown field"))
+    );
+    assert_eq!(
+        bad("}", "}]"),
+        Some(EnvelopeError::BadJson("not a JSON object"))
+    );
+    assert_eq!(
+        decode_json(b"[1]", 1024).map(|_| ()),
+        Err(EnvelopeError::BadJson("not a JSON object"))
+    );
     let many: Vec<String> = (12..45).map(|k| format!("\"kind_{k}\":1")).collect();
-    assert_eq!(bad(r#""co2_ppm":1"#, &many.join(",")), Some(EnvelopeError::TooManyReadings));
+    assert_eq!(
+        bad(r#""co2_ppm":1"#, &many.join(",")),
+        Some(EnvelopeError::TooManyReadings)
+    );
 }
 
 #[test]
 fn topic_helper() {
-    assert_eq!(device_id_from_topic("devices/co2-0001/telemetry", "devices"), Some("co2-0001"));
-    assert_eq!(device_id_from_topic("site/a/b/x.y_z/telemetry", "site/a/b"), Some("x.y_z"));
+    assert_eq!(
+        device_id_from_topic("devices/co2-0001/telemetry", "devices"),
+        Some("co2-0001")
+    );
+    assert_eq!(
+        device_id_from_topic("site/a/b/x.y_z/telemetry", "site/a/b"),
+        Some("x.y_z")
+    );
     for t in [
         "devices/co2-0001/status",
         "devices//telemetry",
@@ -188,8 +374,14 @@ fn topic_helper() {
 fn clock_skew_rule() {
     assert_eq!(check_clock_skew(1_000_000, 1_300_000, 300_000), Ok(()));
     assert_eq!(check_clock_skew(1_600_000, 1_300_000, 300_000), Ok(()));
-    assert_eq!(check_clock_skew(999_999, 1_300_000, 300_000), Err(EnvelopeError::ClockSkew));
-    assert_eq!(check_clock_skew(u64::MAX, 0, 300_000), Err(EnvelopeError::ClockSkew));
+    assert_eq!(
+        check_clock_skew(999_999, 1_300_000, 300_000),
+        Err(EnvelopeError::ClockSkew)
+    );
+    assert_eq!(
+        check_clock_skew(u64::MAX, 0, 300_000),
+        Err(EnvelopeError::ClockSkew)
+    );
 }
 
 #[test]

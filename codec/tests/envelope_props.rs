@@ -1,9 +1,12 @@
 //! Property tests: round trips of both forms, binary/JSON signature equivalence, no panics on
 //! arbitrary input, batch verification agreeing with single verification.
 
+#![allow(clippy::unwrap_used)] // test helpers outside #[test] fns
+
 use ingestd_codec::credential::{sign_credential, Credential};
 use ingestd_codec::envelope::{
-    decode, decode_binary, decode_json, sign, BatchVerifier, Envelope, EnvelopeError, Reading, SigningKey,
+    decode, decode_binary, decode_json, sign, BatchVerifier, Envelope, EnvelopeError, Reading,
+    SigningKey,
 };
 use proptest::prelude::*;
 
@@ -12,12 +15,17 @@ fn device_id() -> impl Strategy<Value = String> {
 }
 
 fn finite_f32() -> impl Strategy<Value = f32> {
-    any::<u32>().prop_map(f32::from_bits).prop_filter("finite", |v| v.is_finite())
+    any::<u32>()
+        .prop_map(f32::from_bits)
+        .prop_filter("finite", |v| v.is_finite())
 }
 
 fn readings() -> impl Strategy<Value = Vec<Reading>> {
-    proptest::collection::btree_map(1u16..=u16::MAX, finite_f32(), 1..=32)
-        .prop_map(|m| m.into_iter().map(|(kind, value)| Reading { kind, value }).collect())
+    proptest::collection::btree_map(1u16..=u16::MAX, finite_f32(), 1..=32).prop_map(|m| {
+        m.into_iter()
+            .map(|(kind, value)| Reading { kind, value })
+            .collect()
+    })
 }
 
 fn key(seed: u8) -> SigningKey {

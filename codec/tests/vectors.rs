@@ -1,11 +1,15 @@
 //! Runs every case of docs/test-vectors.json through the Rust code, and checks the file is
 //! exactly what the generator produces now (so code, file and spec cannot drift apart).
 
+#![allow(clippy::unwrap_used)] // test helpers outside #[test] fns
+
 use std::collections::HashMap;
 
 use ed25519_dalek::{SigningKey, VerifyingKey};
 use ingestd_codec::credential::{connect_message, Credential, CredentialError};
-use ingestd_codec::envelope::{self, decode, decode_binary, decode_json, device_id_from_topic, hex, Envelope, EnvelopeError};
+use ingestd_codec::envelope::{
+    self, decode, decode_binary, decode_json, device_id_from_topic, hex, Envelope, EnvelopeError,
+};
 use serde_json::Value;
 
 const PATH: &str = concat!(env!("CARGO_MANIFEST_DIR"), "/../docs/test-vectors.json");
@@ -16,7 +20,8 @@ fn load() -> Value {
 }
 
 fn s<'a>(v: &'a Value, k: &str) -> &'a str {
-    v[k].as_str().unwrap_or_else(|| panic!("field {k} missing in {v}"))
+    v[k].as_str()
+        .unwrap_or_else(|| panic!("field {k} missing in {v}"))
 }
 
 fn keys(file: &Value) -> HashMap<String, VerifyingKey> {
@@ -24,7 +29,11 @@ fn keys(file: &Value) -> HashMap<String, VerifyingKey> {
     for k in file["keys"].as_array().unwrap() {
         let seed: [u8; 32] = hex::decode_vec(s(k, "seed")).unwrap().try_into().unwrap();
         let public = SigningKey::from_bytes(&seed).verifying_key();
-        assert_eq!(hex::encode(public.as_bytes()), s(k, "public_key"), "seed and public key disagree");
+        assert_eq!(
+            hex::encode(public.as_bytes()),
+            s(k, "public_key"),
+            "seed and public key disagree"
+        );
         m.insert(s(k, "device_id").to_owned(), public);
     }
     m
@@ -39,7 +48,10 @@ fn check_envelope<'p>(
     keys: &HashMap<String, VerifyingKey>,
 ) -> Result<Envelope<'p>, EnvelopeError> {
     if payload.len() > max {
-        return Err(EnvelopeError::Oversize { len: payload.len(), max });
+        return Err(EnvelopeError::Oversize {
+            len: payload.len(),
+            max,
+        });
     }
     let topic_dev = device_id_from_topic(topic, prefix).ok_or(EnvelopeError::BadTopic)?;
     let env = decode(payload, max)?;
@@ -85,7 +97,11 @@ fn every_case_gets_its_verdict() {
                 };
                 assert_eq!(got, expected, "case {name}: {verdict:?}");
                 // The form-specific decoder agrees with the auto-detecting one.
-                let direct = if form == "binary" { decode_binary(&payload, max) } else { decode_json(&payload, max) };
+                let direct = if form == "binary" {
+                    decode_binary(&payload, max)
+                } else {
+                    decode_json(&payload, max)
+                };
                 if let Ok(env) = verdict {
                     assert_eq!(direct, Ok(env), "case {name}");
                     check_valid(case, &env, topic, max);
@@ -106,13 +122,20 @@ fn every_case_gets_its_verdict() {
                 };
                 assert_eq!(got, expected, "case {name}: {verdict:?}");
                 if let (Ok(c), Some(m)) = (verdict, case["signed_message"].as_str()) {
-                    assert_eq!(hex::encode(&connect_message(user, client, c.ts_ms, &c.nonce)), m, "case {name}");
+                    assert_eq!(
+                        hex::encode(&connect_message(user, client, c.ts_ms, &c.nonce)),
+                        m,
+                        "case {name}"
+                    );
                 }
             }
             other => panic!("case {name}: unknown form {other}"),
         }
     }
-    assert!(counted["binary"] >= 20 && counted["json"] >= 15 && counted["credential"] >= 8, "{counted:?}");
+    assert!(
+        counted["binary"] >= 20 && counted["json"] >= 15 && counted["credential"] >= 8,
+        "{counted:?}"
+    );
 }
 
 fn check_valid(case: &Value, env: &Envelope<'_>, topic: &str, max: usize) {
@@ -128,7 +151,9 @@ fn check_valid(case: &Value, env: &Envelope<'_>, topic: &str, max: usize) {
         assert_eq!(u64::from(r.kind), w["kind"].as_u64().unwrap(), "{name}");
         assert_eq!(format!("{:08x}", r.value.to_bits()), s(w, "bits"), "{name}");
         let mut kn = Vec::new();
-        envelope::Kind::from_code(r.kind).unwrap().write_name(&mut kn);
+        envelope::Kind::from_code(r.kind)
+            .unwrap()
+            .write_name(&mut kn);
         assert_eq!(String::from_utf8(kn).unwrap(), s(w, "name"), "{name}");
     }
     let mut body = Vec::new();
@@ -143,7 +168,12 @@ fn check_valid(case: &Value, env: &Envelope<'_>, topic: &str, max: usize) {
     assert_eq!(decode_binary(&bin, max).as_ref(), Ok(env), "{name}");
     let mut json = Vec::new();
     env.encode_json(&mut json);
-    assert_eq!(decode_json(&json, max).as_ref(), Ok(env), "{name}: {}", String::from_utf8_lossy(&json));
+    assert_eq!(
+        decode_json(&json, max).as_ref(),
+        Ok(env),
+        "{name}: {}",
+        String::from_utf8_lossy(&json)
+    );
     if s(case, "form") == "binary" {
         assert_eq!(hex::encode(&bin), s(case, "payload"), "{name}");
     }

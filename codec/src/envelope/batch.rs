@@ -100,7 +100,9 @@ impl BatchVerifier {
             let r = match pre {
                 Some(e) => Err(*e),
                 None if batch_ok => Ok(()),
-                None => key.verify_strict(msg, sig).map_err(|_| EnvelopeError::BadSignature),
+                None => key
+                    .verify_strict(msg, sig)
+                    .map_err(|_| EnvelopeError::BadSignature),
             };
             out.push(r);
         }

@@ -5,8 +5,8 @@
 //! leftovers (`TrailingBytes`).
 
 use super::{
-    check_reading, is_valid_device_id, Envelope, EnvelopeError, Reading, Readings, MAX_DEVICE_ID_LEN, MAX_READINGS,
-    SIGNATURE_LEN, VERSION,
+    check_reading, is_valid_device_id, Envelope, EnvelopeError, Reading, Readings,
+    MAX_DEVICE_ID_LEN, MAX_READINGS, SIGNATURE_LEN, VERSION,
 };
 
 /// A bounds-checked reader; every short read is `Truncated`.
@@ -16,7 +16,10 @@ struct Cursor<'a> {
 
 impl<'a> Cursor<'a> {
     fn take(&mut self, n: usize) -> Result<&'a [u8], EnvelopeError> {
-        let (head, tail) = self.rest.split_at_checked(n).ok_or(EnvelopeError::Truncated)?;
+        let (head, tail) = self
+            .rest
+            .split_at_checked(n)
+            .ok_or(EnvelopeError::Truncated)?;
         self.rest = tail;
         Ok(head)
     }
@@ -42,7 +45,10 @@ impl<'a> Cursor<'a> {
 /// Decodes a binary envelope. `max_bytes` is checked first, before any parsing.
 pub fn decode_binary(payload: &[u8], max_bytes: usize) -> Result<Envelope<'_>, EnvelopeError> {
     if payload.len() > max_bytes {
-        return Err(EnvelopeError::Oversize { len: payload.len(), max: max_bytes });
+        return Err(EnvelopeError::Oversize {
+            len: payload.len(),
+            max: max_bytes,
+        });
     }
     let mut c = Cursor { rest: payload };
     let version = c.u8()?;
@@ -86,5 +92,12 @@ pub fn decode_binary(payload: &[u8], max_bytes: usize) -> Result<Envelope<'_>, E
     if !c.rest.is_empty() {
         return Err(EnvelopeError::TrailingBytes);
     }
-    Ok(Envelope { version, device_id, seq, ts_ms, readings, signature })
+    Ok(Envelope {
+        version,
+        device_id,
+        seq,
+        ts_ms,
+        readings,
+        signature,
+    })
 }

@@ -19,7 +19,10 @@ use serde_json::value::RawValue;
 
 use super::hex;
 use super::kind::write_decimal;
-use super::{is_valid_device_id, Envelope, EnvelopeError, Kind, Reading, Readings, MAX_READINGS, SIGNATURE_LEN, VERSION};
+use super::{
+    is_valid_device_id, Envelope, EnvelopeError, Kind, Reading, Readings, MAX_READINGS,
+    SIGNATURE_LEN, VERSION,
+};
 
 /// A JSON string, borrowed when it has no escapes.
 struct Str<'a>(Cow<'a, str>);
@@ -110,7 +113,9 @@ impl<'de> Deserialize<'de> for ReadingsMap {
                 while let Some(key) = map.next_key::<Str<'de>>()? {
                     let value: &'de RawValue = map.next_value()?;
                     if err.is_none() {
-                        if let Err(e) = add_reading(&mut out, &key.0, value, matches!(key.0, Cow::Owned(_))) {
+                        if let Err(e) =
+                            add_reading(&mut out, &key.0, value, matches!(key.0, Cow::Owned(_)))
+                        {
                             err = Some(e);
                         }
                     }
@@ -126,7 +131,12 @@ impl<'de> Deserialize<'de> for ReadingsMap {
     }
 }
 
-fn add_reading(out: &mut Readings, name: &str, value: &RawValue, escaped: bool) -> Result<(), EnvelopeError> {
+fn add_reading(
+    out: &mut Readings,
+    name: &str,
+    value: &RawValue,
+    escaped: bool,
+) -> Result<(), EnvelopeError> {
     if out.len() >= MAX_READINGS {
         return Err(EnvelopeError::TooManyReadings);
     }
@@ -138,11 +148,16 @@ fn add_reading(out: &mut Readings, name: &str, value: &RawValue, escaped: bool) 
         return Err(EnvelopeError::BadJson("reading value must be a number"));
     }
     // Directly to binary32: see the module comment. Out-of-range text parses to ±inf.
-    let v: f32 = text.parse().map_err(|_| EnvelopeError::BadJson("reading value must be a number"))?;
+    let v: f32 = text
+        .parse()
+        .map_err(|_| EnvelopeError::BadJson("reading value must be a number"))?;
     if !v.is_finite() {
         return Err(EnvelopeError::NonFiniteValue);
     }
-    out.insert_sorted(Reading { kind: kind.code(), value: v })
+    out.insert_sorted(Reading {
+        kind: kind.code(),
+        value: v,
+    })
 }
 
 fn parse_u64(raw: &RawValue, what: &'static str) -> Result<u64, EnvelopeError> {
@@ -154,13 +169,20 @@ fn parse_u64(raw: &RawValue, what: &'static str) -> Result<u64, EnvelopeError> {
 /// unknown field; missing field; `device`; `seq`; `ts`; `readings`; `sig`.
 pub fn decode_json(payload: &[u8], max_bytes: usize) -> Result<Envelope<'_>, EnvelopeError> {
     if payload.len() > max_bytes {
-        return Err(EnvelopeError::Oversize { len: payload.len(), max: max_bytes });
+        return Err(EnvelopeError::Oversize {
+            len: payload.len(),
+            max: max_bytes,
+        });
     }
-    let top: Top<'_> = serde_json::from_slice(payload).map_err(|_| EnvelopeError::BadJson("not a JSON object"))?;
+    let top: Top<'_> =
+        serde_json::from_slice(payload).map_err(|_| EnvelopeError::BadJson("not a JSON object"))?;
     if top.duplicate {
         return Err(EnvelopeError::BadJson("duplicate field"));
     }
-    let v = parse_u64(top.v.ok_or(EnvelopeError::BadJson("missing field v"))?, "v must be an integer")?;
+    let v = parse_u64(
+        top.v.ok_or(EnvelopeError::BadJson("missing field v"))?,
+        "v must be an integer",
+    )?;
     if v != u64::from(VERSION) {
         return Err(EnvelopeError::UnknownVersion(v));
     }
@@ -168,12 +190,14 @@ pub fn decode_json(payload: &[u8], max_bytes: usize) -> Result<Envelope<'_>, Env
         return Err(EnvelopeError::BadJson("unknown field"));
     }
     let missing = EnvelopeError::BadJson("missing field");
-    let (device, seq, ts, readings, sig) = match (top.device, top.seq, top.ts, top.readings, top.sig) {
-        (Some(d), Some(s), Some(t), Some(r), Some(g)) => (d, s, t, r, g),
-        _ => return Err(missing),
-    };
+    let (device, seq, ts, readings, sig) =
+        match (top.device, top.seq, top.ts, top.readings, top.sig) {
+            (Some(d), Some(s), Some(t), Some(r), Some(g)) => (d, s, t, r, g),
+            _ => return Err(missing),
+        };
 
-    let device = serde_json::from_str::<Str<'_>>(device.get()).map_err(|_| EnvelopeError::BadJson("device must be a string"))?;
+    let device = serde_json::from_str::<Str<'_>>(device.get())
+        .map_err(|_| EnvelopeError::BadJson("device must be a string"))?;
     let device_id = match device.0 {
         Cow::Borrowed(s) if is_valid_device_id(s.as_bytes()) => s,
         _ => return Err(EnvelopeError::BadDeviceId),
@@ -183,12 +207,22 @@ pub fn decode_json(payload: &[u8], max_bytes: usize) -> Result<Envelope<'_>, Env
     let readings = serde_json::from_str::<ReadingsMap>(readings.get())
         .map_err(|_| EnvelopeError::BadJson("readings must be an object"))?
         .0?;
-    let sig = serde_json::from_str::<Str<'_>>(sig.get()).map_err(|_| EnvelopeError::BadSignatureEncoding)?;
+    let sig = serde_json::from_str::<Str<'_>>(sig.get())
+        .map_err(|_| EnvelopeError::BadSignatureEncoding)?;
     let signature: [u8; SIGNATURE_LEN] = match sig.0 {
-        Cow::Borrowed(s) => hex::decode_array(s.as_bytes(), true).ok_or(EnvelopeError::BadSignatureEncoding)?,
+        Cow::Borrowed(s) => {
+            hex::decode_array(s.as_bytes(), true).ok_or(EnvelopeError::BadSignatureEncoding)?
+        }
         Cow::Owned(_) => return Err(EnvelopeError::BadSignatureEncoding),
     };
-    Ok(Envelope { version: VERSION, device_id, seq, ts_ms, readings, signature })
+    Ok(Envelope {
+        version: VERSION,
+        device_id,
+        seq,
+        ts_ms,
+        readings,
+        signature,
+    })
 }
 
 /// Writes the JSON form (see [`Envelope::encode_json`]).

@@ -92,13 +92,19 @@ impl Kind {
     /// The registered JSON name, or `None` for codes without one (use [`Kind::write_name`]).
     pub fn name(self) -> Option<&'static str> {
         let code = self.code();
-        KINDS.iter().find(|(c, _, _)| *c == code).map(|(_, n, _)| *n)
+        KINDS
+            .iter()
+            .find(|(c, _, _)| *c == code)
+            .map(|(_, n, _)| *n)
     }
 
     /// The unit of a registered kind.
     pub fn unit(self) -> Option<&'static str> {
         let code = self.code();
-        KINDS.iter().find(|(c, _, _)| *c == code).map(|(_, _, u)| *u)
+        KINDS
+            .iter()
+            .find(|(c, _, _)| *c == code)
+            .map(|(_, _, u)| *u)
     }
 
     /// Appends the JSON key: the registered name, or `kind_<decimal code>`.

@@ -182,7 +182,10 @@ pub struct Reading {
 impl Reading {
     /// A reading of a given kind.
     pub fn new(kind: Kind, value: f32) -> Reading {
-        Reading { kind: kind.code(), value }
+        Reading {
+            kind: kind.code(),
+            value,
+        }
     }
 }
 
@@ -195,7 +198,10 @@ impl PartialEq for Reading {
 }
 impl Eq for Reading {}
 
-const EMPTY_READING: Reading = Reading { kind: 0, value: 0.0 };
+const EMPTY_READING: Reading = Reading {
+    kind: 0,
+    value: 0.0,
+};
 
 /// Up to [`MAX_READINGS`] readings kept inline (no heap), sorted by kind when produced by a
 /// decoder or [`Readings::insert_sorted`].
@@ -207,7 +213,10 @@ pub struct Readings {
 
 impl Default for Readings {
     fn default() -> Self {
-        Readings { len: 0, items: [EMPTY_READING; MAX_READINGS] }
+        Readings {
+            len: 0,
+            items: [EMPTY_READING; MAX_READINGS],
+        }
     }
 }
 
@@ -234,7 +243,10 @@ impl Readings {
 
     /// Appends without any ordering check (decoders check order themselves).
     pub fn push(&mut self, r: Reading) -> Result<(), EnvelopeError> {
-        let slot = self.items.get_mut(usize::from(self.len)).ok_or(EnvelopeError::TooManyReadings)?;
+        let slot = self
+            .items
+            .get_mut(usize::from(self.len))
+            .ok_or(EnvelopeError::TooManyReadings)?;
         *slot = r;
         self.len += 1;
         Ok(())
@@ -331,7 +343,9 @@ pub struct Envelope<'a> {
 pub fn is_valid_device_id(id: &[u8]) -> bool {
     !id.is_empty()
         && id.len() <= MAX_DEVICE_ID_LEN
-        && id.iter().all(|b| b.is_ascii_alphanumeric() || matches!(b, b'.' | b'_' | b'-'))
+        && id
+            .iter()
+            .all(|b| b.is_ascii_alphanumeric() || matches!(b, b'.' | b'_' | b'-'))
 }
 
 /// The device id of an uplink topic `{prefix}/{device_id}/telemetry`, or `None` if the topic
@@ -359,7 +373,11 @@ pub fn check_clock_skew(ts_ms: u64, now_ms: u64, skew_ms: u64) -> Result<(), Env
 
 /// Appends the signed message for a topic and an already-encoded canonical body:
 /// `"ingestd/envelope/v1\n" || u16 topic_len || topic || body`.
-pub fn write_signed_message_for_body(topic: &str, body: &[u8], out: &mut Vec<u8>) -> Result<(), EnvelopeError> {
+pub fn write_signed_message_for_body(
+    topic: &str,
+    body: &[u8],
+    out: &mut Vec<u8>,
+) -> Result<(), EnvelopeError> {
     let topic_len = u16::try_from(topic.len()).map_err(|_| EnvelopeError::BadTopic)?;
     out.extend_from_slice(SIGNED_MESSAGE_PREFIX);
     out.extend_from_slice(&topic_len.to_be_bytes());
@@ -385,7 +403,7 @@ impl<'a> Envelope<'a> {
     pub fn write_canonical_body(&self, out: &mut Vec<u8>) {
         out.push(self.version);
         out.push(0); // flags: reserved
-        // A valid id is at most 64 bytes; saturating keeps an invalid one from wrapping.
+                     // A valid id is at most 64 bytes; saturating keeps an invalid one from wrapping.
         out.push(u8::try_from(self.device_id.len()).unwrap_or(u8::MAX));
         out.extend_from_slice(self.device_id.as_bytes());
         out.extend_from_slice(&self.seq.to_be_bytes());
@@ -399,7 +417,11 @@ impl<'a> Envelope<'a> {
 
     /// Appends the signed message: prefix || u16 topic length || topic || canonical body.
     /// Fails only for a topic longer than 65535 bytes (impossible in MQTT).
-    pub fn write_signed_message(&self, topic: &str, out: &mut Vec<u8>) -> Result<(), EnvelopeError> {
+    pub fn write_signed_message(
+        &self,
+        topic: &str,
+        out: &mut Vec<u8>,
+    ) -> Result<(), EnvelopeError> {
         let topic_len = u16::try_from(topic.len()).map_err(|_| EnvelopeError::BadTopic)?;
         out.extend_from_slice(SIGNED_MESSAGE_PREFIX);
         out.extend_from_slice(&topic_len.to_be_bytes());
@@ -421,11 +443,17 @@ impl<'a> Envelope<'a> {
     /// Verifies the signature for the topic the envelope was published to, with RFC 8032
     /// `verify_strict` (rejects non-canonical encodings and small-order points). `scratch`
     /// is cleared and reused for the signed message.
-    pub fn verify(&self, topic: &str, key: &VerifyingKey, scratch: &mut Vec<u8>) -> Result<(), EnvelopeError> {
+    pub fn verify(
+        &self,
+        topic: &str,
+        key: &VerifyingKey,
+        scratch: &mut Vec<u8>,
+    ) -> Result<(), EnvelopeError> {
         scratch.clear();
         self.write_signed_message(topic, scratch)?;
         let sig = Signature::from_bytes(&self.signature);
-        key.verify_strict(scratch, &sig).map_err(|_| EnvelopeError::BadSignature)
+        key.verify_strict(scratch, &sig)
+            .map_err(|_| EnvelopeError::BadSignature)
     }
 
     /// Appends the binary form: canonical body || signature.
@@ -471,7 +499,9 @@ pub fn sign<'a>(
 /// Decodes either form: JSON if the first non-whitespace byte is `{`, binary otherwise.
 /// (Binary versions 9, 10, 13, 32 and 123 are therefore never to be allocated.)
 pub fn decode(payload: &[u8], max_bytes: usize) -> Result<Envelope<'_>, EnvelopeError> {
-    let first = payload.iter().find(|b| !matches!(b, b' ' | b'\t' | b'\n' | b'\r'));
+    let first = payload
+        .iter()
+        .find(|b| !matches!(b, b' ' | b'\t' | b'\n' | b'\r'));
     if first == Some(&b'{') {
         decode_json(payload, max_bytes)
     } else {
