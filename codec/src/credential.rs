@@ -191,6 +191,7 @@ fn write_connect_message(
 }
 
 /// The signed CONNECT message as a vector (for test vectors and other implementations).
+/// Lengths are written as u16: ids over 65535 bytes (impossible in MQTT) would be cut.
 pub fn connect_message(device_id: &str, client_id: &str, ts_ms: u64, nonce: &[u8; 16]) -> Vec<u8> {
     let mut v =
         Vec::with_capacity(CONNECT_PREFIX.len() + 4 + device_id.len() + client_id.len() + 24);

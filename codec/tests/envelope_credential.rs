@@ -1,5 +1,7 @@
 //! CONNECT credential: parsing, canonical text, window edges, binding to device and client.
 
+#![allow(clippy::unwrap_used)] // test helpers outside #[test] fns
+
 use ingestd_codec::credential::{sign_credential, Credential, CredentialError, MAX_PASSWORD_LEN};
 use ingestd_codec::envelope::SigningKey;
 

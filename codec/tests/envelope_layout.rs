@@ -1,5 +1,7 @@
 //! Byte-by-byte tests of the binary layout and the rejection order, plus the small helpers.
 
+#![allow(clippy::unwrap_used)] // test helpers outside #[test] fns
+
 use ingestd_codec::envelope::{
     check_clock_skew, decode, decode_binary, decode_json, device_id_from_topic, sign,
     BatchVerifier, EnvelopeError, Kind, Reading, SigningKey, DEFAULT_MAX_BYTES, MAX_BINARY_LEN,

@@ -1,6 +1,8 @@
 //! Property tests: round trips of both forms, binary/JSON signature equivalence, no panics on
 //! arbitrary input, batch verification agreeing with single verification.
 
+#![allow(clippy::unwrap_used)] // test helpers outside #[test] fns
+
 use ingestd_codec::credential::{sign_credential, Credential};
 use ingestd_codec::envelope::{
     decode, decode_binary, decode_json, sign, BatchVerifier, Envelope, EnvelopeError, Reading,

@@ -13,6 +13,10 @@ fuzz_target!(|data: &[u8]| {
         let mut json = Vec::new();
         env.encode_json(&mut json);
         let again = ingestd_codec::envelope::decode_json(&json, usize::MAX);
-        assert_eq!(again, Ok(env), "JSON form of a binary envelope does not round-trip");
+        assert_eq!(
+            again,
+            Ok(env),
+            "JSON form of a binary envelope does not round-trip"
+        );
     }
 });

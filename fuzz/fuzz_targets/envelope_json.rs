@@ -13,9 +13,17 @@ fuzz_target!(|data: &[u8]| {
     if let Ok(env) = first {
         let mut json = Vec::new();
         env.encode_json(&mut json);
-        assert_eq!(decode_json(&json, usize::MAX), Ok(env), "JSON re-encoding does not round-trip");
+        assert_eq!(
+            decode_json(&json, usize::MAX),
+            Ok(env),
+            "JSON re-encoding does not round-trip"
+        );
         let mut bin = Vec::new();
         env.encode_binary(&mut bin);
-        assert_eq!(decode_binary(&bin, DEFAULT_MAX_BYTES), Ok(env), "binary form does not round-trip");
+        assert_eq!(
+            decode_binary(&bin, DEFAULT_MAX_BYTES),
+            Ok(env),
+            "binary form does not round-trip"
+        );
     }
 });

@@ -1,6 +1,7 @@
 //! Minimal hex encoding and decoding (lowercase out, either case in), so the crate needs no
 //! extra dependency for the signature text in the JSON form and the CONNECT password.
 
+/// Indexed only by a nibble (< 16), so the indexing below cannot panic.
 const DIGITS: &[u8; 16] = b"0123456789abcdef";
 
 /// Appends the lowercase hex form of `bytes` to `out`.
