@@ -36,7 +36,8 @@ fn stock_clients_publish_at_qos_0_1_2_over_plain_and_tls() {
         ),
     )
     .unwrap();
-    let server = Server::start(&fleet, &data, &["--config", &config.display().to_string()]).with_tls(tls_port);
+    let server = Server::start(&fleet, &data, &["--config", &config.display().to_string()])
+        .with_tls(tls_port);
     let port = server.mqtt.to_string();
     let tls = tls_port.to_string();
     let cafile = pki.join("ca.pem").display().to_string();
@@ -44,12 +45,38 @@ fn stock_clients_publish_at_qos_0_1_2_over_plain_and_tls() {
 
     // Plain TCP, binary envelope, QoS 0, 1 and 2, MQTT 3.1.1 and 5.
     let device = fleet.device(0);
-    for (seq, qos, version) in [(1u64, "0", "mqttv311"), (2, "1", "mqttv311"), (3, "2", "mqttv311"), (4, "1", "mqttv5"), (5, "2", "mqttv5")] {
-        let file = write_payload(fleet.dir.path(), "p.bin", &fleet.payload(&device, seq, false));
+    for (seq, qos, version) in [
+        (1u64, "0", "mqttv311"),
+        (2, "1", "mqttv311"),
+        (3, "2", "mqttv311"),
+        (4, "1", "mqttv5"),
+        (5, "2", "mqttv5"),
+    ] {
+        let file = write_payload(
+            fleet.dir.path(),
+            "p.bin",
+            &fleet.payload(&device, seq, false),
+        );
         let password = fleet.password(&device, &device);
         let (ok, out) = mosquitto_pub(&[
-            "-h", "127.0.0.1", "-p", &port, "-V", version, "-i", &device, "-u", &device, "-P", &password,
-            "-t", &topic(&device), "-q", qos, "-f", &file,
+            "-h",
+            "127.0.0.1",
+            "-p",
+            &port,
+            "-V",
+            version,
+            "-i",
+            &device,
+            "-u",
+            &device,
+            "-P",
+            &password,
+            "-t",
+            &topic(&device),
+            "-q",
+            qos,
+            "-f",
+            &file,
         ]);
         assert!(ok, "mosquitto_pub qos {qos} {version}: {out}");
         expected.insert((device.clone(), seq));
@@ -57,11 +84,31 @@ fn stock_clients_publish_at_qos_0_1_2_over_plain_and_tls() {
     // TLS with the CONNECT credential, QoS 0, 1, 2.
     let device = fleet.device(1);
     for (seq, qos) in [(1u64, "0"), (2, "1"), (3, "2")] {
-        let file = write_payload(fleet.dir.path(), "p.bin", &fleet.payload(&device, seq, false));
+        let file = write_payload(
+            fleet.dir.path(),
+            "p.bin",
+            &fleet.payload(&device, seq, false),
+        );
         let password = fleet.password(&device, &device);
         let (ok, out) = mosquitto_pub(&[
-            "-h", "127.0.0.1", "-p", &tls, "--cafile", &cafile, "-i", &device, "-u", &device, "-P", &password,
-            "-t", &topic(&device), "-q", qos, "-f", &file,
+            "-h",
+            "127.0.0.1",
+            "-p",
+            &tls,
+            "--cafile",
+            &cafile,
+            "-i",
+            &device,
+            "-u",
+            &device,
+            "-P",
+            &password,
+            "-t",
+            &topic(&device),
+            "-q",
+            qos,
+            "-f",
+            &file,
         ]);
         assert!(ok, "mosquitto_pub over TLS qos {qos}: {out}");
         expected.insert((device.clone(), seq));
@@ -70,10 +117,24 @@ fn stock_clients_publish_at_qos_0_1_2_over_plain_and_tls() {
     let device = fleet.device(3);
     let file = write_payload(fleet.dir.path(), "p.bin", &fleet.payload(&device, 7, false));
     let (ok, out) = mosquitto_pub(&[
-        "-h", "127.0.0.1", "-p", &tls, "--cafile", &cafile,
-        "--cert", &pki.join("dev-000003.pem").display().to_string(),
-        "--key", &pki.join("dev-000003.key").display().to_string(),
-        "-i", &device, "-t", &topic(&device), "-q", "1", "-f", &file,
+        "-h",
+        "127.0.0.1",
+        "-p",
+        &tls,
+        "--cafile",
+        &cafile,
+        "--cert",
+        &pki.join("dev-000003.pem").display().to_string(),
+        "--key",
+        &pki.join("dev-000003.key").display().to_string(),
+        "-i",
+        &device,
+        "-t",
+        &topic(&device),
+        "-q",
+        "1",
+        "-f",
+        &file,
     ]);
     assert!(ok, "mosquitto_pub with a client certificate: {out}");
     expected.insert((device.clone(), 7));
@@ -81,21 +142,57 @@ fn stock_clients_publish_at_qos_0_1_2_over_plain_and_tls() {
     let other = fleet.device(2);
     let file = write_payload(fleet.dir.path(), "p.bin", &fleet.payload(&other, 1, false));
     let (ok, _) = mosquitto_pub(&[
-        "-h", "127.0.0.1", "-p", &tls, "--cafile", &cafile,
-        "--cert", &pki.join("dev-000003.pem").display().to_string(),
-        "--key", &pki.join("dev-000003.key").display().to_string(),
-        "-i", &other, "-u", &other, "-t", &topic(&other), "-q", "1", "-f", &file,
+        "-h",
+        "127.0.0.1",
+        "-p",
+        &tls,
+        "--cafile",
+        &cafile,
+        "--cert",
+        &pki.join("dev-000003.pem").display().to_string(),
+        "--key",
+        &pki.join("dev-000003.key").display().to_string(),
+        "-i",
+        &other,
+        "-u",
+        &other,
+        "-t",
+        &topic(&other),
+        "-q",
+        "1",
+        "-f",
+        &file,
     ]);
-    assert!(!ok, "a certificate for dev-000003 must not connect as dev-000002");
+    assert!(
+        !ok,
+        "a certificate for dev-000003 must not connect as dev-000002"
+    );
 
     // paho-mqtt, the JSON envelope, 3.1.1 and 5.
     let device = fleet.device(2);
     for (seq, qos, version) in [(1u64, "1", "4"), (2, "2", "5")] {
-        let file = write_payload(fleet.dir.path(), "p.json", &fleet.payload(&device, seq, true));
+        let file = write_payload(
+            fleet.dir.path(),
+            "p.json",
+            &fleet.payload(&device, seq, true),
+        );
         let password = fleet.password(&device, &device);
         let output = Command::new("python3")
-            .arg(concat!(env!("CARGO_MANIFEST_DIR"), "/tests/python/paho_publish.py"))
-            .args(["127.0.0.1", &port, &device, &device, &password, &topic(&device), &file, qos, version])
+            .arg(concat!(
+                env!("CARGO_MANIFEST_DIR"),
+                "/tests/python/paho_publish.py"
+            ))
+            .args([
+                "127.0.0.1",
+                &port,
+                &device,
+                &device,
+                &password,
+                &topic(&device),
+                &file,
+                qos,
+                version,
+            ])
             .output()
             .unwrap();
         assert!(
@@ -118,7 +215,7 @@ fn stock_clients_publish_at_qos_0_1_2_over_plain_and_tls() {
         .find(|r| r.kind == RecordKind::Reading && r.meta["device"] == "dev-000002")
         .unwrap();
     assert_eq!(json_record.raw.first(), Some(&b'{'));
-    assert_eq!(json_record.meta["region"], "ap-south");
+    assert_eq!(json_record.meta["region"], "us-east");
     assert_eq!(json_record.meta["readings"]["co2_ppm"], 401.0);
 }
 
@@ -137,7 +234,10 @@ fn every_refusal_gets_its_answer_and_others_keep_being_served() {
         let fleet_keys = fleet.keys.clone();
         let dir = fleet.dir.path().to_path_buf();
         std::thread::spawn(move || {
-            let fleet = Fleet { dir: tempfile::tempdir_in(&dir).unwrap(), keys: fleet_keys };
+            let fleet = Fleet {
+                dir: tempfile::tempdir_in(&dir).unwrap(),
+                keys: fleet_keys,
+            };
             run_device(addr, &fleet, "dev-000000", 1, 8, &stop)
         })
     };
@@ -146,9 +246,15 @@ fn every_refusal_gets_its_answer_and_others_keep_being_served() {
     let v3 = Protocol::V311;
     // Unknown device: 3.1.1 "bad user name or password", v5 0x86.
     let (_, reply) = Client::connect_with(addr, "ghost", Some("ghost"), Some(b"v1.1.00.00"), v3);
-    assert_eq!(reply, Reply::ConnAck(ReasonCode::BadUserNameOrPassword, false));
+    assert_eq!(
+        reply,
+        Reply::ConnAck(ReasonCode::BadUserNameOrPassword, false)
+    );
     let (_, reply) = Client::connect_with(addr, "ghost", Some("ghost"), Some(b"v1.1.00.00"), v5);
-    assert_eq!(reply, Reply::ConnAck(ReasonCode::BadUserNameOrPassword, false));
+    assert_eq!(
+        reply,
+        Reply::ConnAck(ReasonCode::BadUserNameOrPassword, false)
+    );
     // Revoked device: v5 "banned", 3.1.1 "not authorized".
     let (_, reply) = Client::connect(addr, &fleet, "dev-000007", v5);
     assert_eq!(reply, Reply::ConnAck(ReasonCode::Banned, false));
@@ -156,22 +262,60 @@ fn every_refusal_gets_its_answer_and_others_keep_being_served() {
     assert_eq!(reply, Reply::ConnAck(ReasonCode::NotAuthorized, false));
     // Bad credential: signed by another device's key, or bound to another client id.
     let forged = fleet.password("dev-000002", "dev-000001");
-    let (_, reply) = Client::connect_with(addr, "dev-000001", Some("dev-000001"), Some(forged.as_bytes()), v5);
-    assert_eq!(reply, Reply::ConnAck(ReasonCode::BadUserNameOrPassword, false));
+    let (_, reply) = Client::connect_with(
+        addr,
+        "dev-000001",
+        Some("dev-000001"),
+        Some(forged.as_bytes()),
+        v5,
+    );
+    assert_eq!(
+        reply,
+        Reply::ConnAck(ReasonCode::BadUserNameOrPassword, false)
+    );
     let other_client = fleet.password("dev-000001", "someone-else");
-    let (_, reply) = Client::connect_with(addr, "dev-000001", Some("dev-000001"), Some(other_client.as_bytes()), v5);
-    assert_eq!(reply, Reply::ConnAck(ReasonCode::BadUserNameOrPassword, false));
+    let (_, reply) = Client::connect_with(
+        addr,
+        "dev-000001",
+        Some("dev-000001"),
+        Some(other_client.as_bytes()),
+        v5,
+    );
+    assert_eq!(
+        reply,
+        Reply::ConnAck(ReasonCode::BadUserNameOrPassword, false)
+    );
     // A replayed (sniffed) credential is refused the second time.
     let password = fleet.password("dev-000001", "dev-000001");
-    let (first, reply) = Client::connect_with(addr, "dev-000001", Some("dev-000001"), Some(password.as_bytes()), v5);
+    let (first, reply) = Client::connect_with(
+        addr,
+        "dev-000001",
+        Some("dev-000001"),
+        Some(password.as_bytes()),
+        v5,
+    );
     assert_eq!(reply, Reply::ConnAck(ReasonCode::Success, false));
     drop(first);
-    let (_, reply) = Client::connect_with(addr, "dev-000001", Some("dev-000001"), Some(password.as_bytes()), v5);
-    assert_eq!(reply, Reply::ConnAck(ReasonCode::BadUserNameOrPassword, false));
+    let (_, reply) = Client::connect_with(
+        addr,
+        "dev-000001",
+        Some("dev-000001"),
+        Some(password.as_bytes()),
+        v5,
+    );
+    assert_eq!(
+        reply,
+        Reply::ConnAck(ReasonCode::BadUserNameOrPassword, false)
+    );
     // Unsupported protocol level: 3.1.1 CONNACK 0x01.
     let mut raw = Client::open(addr, v3);
-    raw.send_raw(&[0x10, 0x0c, 0x00, 0x04, b'M', b'Q', b'T', b'T', 0x03, 0x02, 0x00, 0x3c, 0x00, 0x00]);
-    assert_eq!(raw.read(), Reply::ConnAck(ReasonCode::UnsupportedProtocolVersion, false));
+    raw.send_raw(&[
+        0x10, 0x0c, 0x00, 0x04, b'M', b'Q', b'T', b'T', 0x03, 0x02, 0x00, 0x3c, 0x00, 0x00,
+    ]);
+    assert_eq!(
+        raw.read(),
+        Reply::ConnAck(ReasonCode::UnsupportedProtocolVersion, false)
+    );
 
     // Per-message refusals on an authenticated v5 connection: each gets its PUBACK reason
     // and a dead letter with the reason code.
@@ -186,12 +330,24 @@ fn every_refusal_gets_its_answer_and_others_keep_being_served() {
     let stale = fleet.payload_at(device, 12, now_ms() - 3_600_000, false);
     let cases: Vec<(String, Vec<u8>, ReasonCode)> = vec![
         (own.clone(), good.clone(), ReasonCode::Success),
-        (topic("dev-000004"), fleet.payload(device, 13, false), ReasonCode::NotAuthorized),
+        (
+            topic("dev-000004"),
+            fleet.payload(device, 13, false),
+            ReasonCode::NotAuthorized,
+        ),
         (own.clone(), bad_signature, ReasonCode::NotAuthorized),
         (own.clone(), good, ReasonCode::ImplementationSpecificError),
         (own.clone(), stale, ReasonCode::ImplementationSpecificError),
-        (own.clone(), b"\x01not an envelope".to_vec(), ReasonCode::PayloadFormatInvalid),
-        (own.clone(), fleet.payload("dev-000004", 14, false), ReasonCode::NotAuthorized),
+        (
+            own.clone(),
+            b"\x01\x00\x0adev-0".to_vec(),
+            ReasonCode::PayloadFormatInvalid,
+        ),
+        (
+            own.clone(),
+            fleet.payload("dev-000004", 14, false),
+            ReasonCode::NotAuthorized,
+        ),
     ];
     for (i, (topic, payload, expected)) in cases.iter().enumerate() {
         let pkid = i as u16 + 1;
@@ -202,7 +358,14 @@ fn every_refusal_gets_its_answer_and_others_keep_being_served() {
     reasons.sort();
     assert_eq!(
         reasons,
-        ["bad_signature", "clock_skew", "replayed", "topic_not_allowed", "truncated", "wrong_device"]
+        [
+            "bad_signature",
+            "clock_skew",
+            "replayed",
+            "topic_not_allowed",
+            "truncated",
+            "wrong_device"
+        ]
     );
     // SUBSCRIBE is refused per filter until downlink exists.
     client.send(Packet::Subscribe(ingestd_codec::mqtt::Subscribe {
@@ -213,7 +376,10 @@ fn every_refusal_gets_its_answer_and_others_keep_being_served() {
             options: ingestd_codec::mqtt::SubscriptionOptions::qos(QoS::AtLeastOnce),
         }],
     }));
-    assert_eq!(client.read(), Reply::SubAck(vec![ReasonCode::NotAuthorized]));
+    assert_eq!(
+        client.read(),
+        Reply::SubAck(vec![ReasonCode::NotAuthorized])
+    );
     // An oversize packet (above mqtt.max_packet_bytes, 16 KiB): DISCONNECT 0x95, closed.
     let huge = vec![0u8; 20_000];
     client.publish(&own, &huge, QoS::AtLeastOnce, 60);
@@ -223,7 +389,10 @@ fn every_refusal_gets_its_answer_and_others_keep_being_served() {
     // A malformed packet: QoS 3 in a PUBLISH. v5: DISCONNECT 0x81; 3.1.1: closed.
     let (mut client, _) = Client::connect(addr, &fleet, "dev-000005", v5);
     client.send_raw(&[0x36, 0x03, 0x00, 0x01, b'x']);
-    assert_eq!(client.read(), Reply::Disconnect(ReasonCode::MalformedPacket));
+    assert_eq!(
+        client.read(),
+        Reply::Disconnect(ReasonCode::MalformedPacket)
+    );
     let (mut client, _) = Client::connect(addr, &fleet, "dev-000005", v3);
     client.send_raw(&[0x36, 0x03, 0x00, 0x01, b'x']);
     assert_eq!(client.read(), Reply::Closed);
@@ -233,14 +402,23 @@ fn every_refusal_gets_its_answer_and_others_keep_being_served() {
     assert_eq!(raw.read(), Reply::Closed);
     // 3.1.1: a foreign-topic publish is dead-lettered and acknowledged (no reason codes).
     let (mut client, _) = Client::connect(addr, &fleet, "dev-000006", v3);
-    client.publish(&topic("dev-000004"), &fleet.payload("dev-000006", 1, false), QoS::AtLeastOnce, 1);
+    client.publish(
+        &topic("dev-000004"),
+        &fleet.payload("dev-000006", 1, false),
+        QoS::AtLeastOnce,
+        1,
+    );
     assert_eq!(client.read(), Reply::PubAck(1, ReasonCode::Success));
     assert_eq!(dead_letters(&data, "dev-000006"), ["topic_not_allowed"]);
 
     // The well-behaved device was served all along.
     stop.store(true, Ordering::Relaxed);
     let acked = background.join().unwrap();
-    assert!(acked.len() > 10, "background device acked only {}", acked.len());
+    assert!(
+        acked.len() > 10,
+        "background device acked only {}",
+        acked.len()
+    );
     let stored: HashSet<_> = readings(&data)
         .into_iter()
         .filter(|(d, _)| d == "dev-000000")
@@ -248,7 +426,12 @@ fn every_refusal_gets_its_answer_and_others_keep_being_served() {
         .collect();
     assert!(acked.iter().all(|s| stored.contains(s)));
     assert!(server.metric("ingestd_connect_refused_total", "") >= 8);
-    assert!(server.metric("ingestd_messages_rejected_total", "reason=\"bad_signature\"") >= 1);
+    assert!(
+        server.metric(
+            "ingestd_messages_rejected_total",
+            "reason=\"bad_signature\""
+        ) >= 1
+    );
     assert!(server.metric("ingestd_messages_rejected_total", "reason=\"malformed\"") >= 2);
 }
 
@@ -261,7 +444,12 @@ fn connections_are_served_on_their_home_shard() {
         let device = fleet.device(i);
         let (mut client, reply) = Client::connect(server.addr(), &fleet, &device, Protocol::V311);
         assert_eq!(reply, Reply::ConnAck(ReasonCode::Success, false));
-        client.publish(&topic(&device), &fleet.payload(&device, 1, false), QoS::AtLeastOnce, 1);
+        client.publish(
+            &topic(&device),
+            &fleet.payload(&device, 1, false),
+            QoS::AtLeastOnce,
+            1,
+        );
         assert_eq!(client.read(), Reply::PubAck(1, ReasonCode::Success));
     }
     // Connections land on listeners by address hash: with 16 of them on 2 shards, some
@@ -275,14 +463,26 @@ fn connections_are_served_on_their_home_shard() {
     assert_eq!(records.len(), 16);
     for record in records {
         let device = record.meta["device"].as_str().unwrap();
-        assert_eq!(record.shard, ingestd_shards::home_shard(device, 2), "{device}");
-        assert_eq!(record.meta["shard"].as_u64().unwrap() as usize, record.shard);
+        assert_eq!(
+            record.shard,
+            ingestd_shards::home_shard(device, 2),
+            "{device}"
+        );
+        assert_eq!(
+            record.meta["shard"].as_u64().unwrap() as usize,
+            record.shard
+        );
     }
 }
 
 /// Devices publish under load; returns the acknowledged (device, seq) pairs once `act`
 /// (run mid-load) returns and the devices finished.
-fn under_load(server: &Server, fleet: &Arc<Fleet>, devices: usize, act: impl FnOnce()) -> Vec<(String, u64)> {
+fn under_load(
+    server: &mut Server,
+    fleet: &Arc<Fleet>,
+    devices: usize,
+    act: impl FnOnce(&mut Server),
+) -> Vec<(String, u64)> {
     let stop = Arc::new(AtomicBool::new(false));
     let addr = server.addr();
     let threads: Vec<_> = (0..devices)
@@ -292,14 +492,20 @@ fn under_load(server: &Server, fleet: &Arc<Fleet>, devices: usize, act: impl FnO
             std::thread::spawn(move || {
                 let device = fleet.device(i);
                 let acked = run_device(addr, &fleet, &device, 1, 16, &stop);
-                acked.into_iter().map(move |s| (device.clone(), s)).collect::<Vec<_>>()
+                acked
+                    .into_iter()
+                    .map(move |s| (device.clone(), s))
+                    .collect::<Vec<_>>()
             })
         })
         .collect();
     std::thread::sleep(Duration::from_millis(1500));
-    act();
+    act(server);
     stop.store(true, Ordering::Relaxed);
-    threads.into_iter().flat_map(|t| t.join().unwrap()).collect()
+    threads
+        .into_iter()
+        .flat_map(|t| t.join().unwrap())
+        .collect()
 }
 
 #[test]
@@ -307,23 +513,36 @@ fn kill_9_under_load_loses_nothing_acknowledged() {
     let fleet = Arc::new(Fleet::provision(8));
     let data = fleet.dir.path().join("data");
     let mut server = Server::start(&fleet, &data, &[]);
-    let acked = under_load(&server, &fleet, 8, || server_kill(&mut server));
-    assert!(acked.len() > 100, "only {} acknowledged before the kill", acked.len());
+    let acked = under_load(&mut server, &fleet, 8, Server::kill9);
+    assert!(
+        acked.len() > 100,
+        "only {} acknowledged before the kill",
+        acked.len()
+    );
     server.restart();
     let stored: HashSet<_> = readings(&data).into_iter().collect();
     let missing: Vec<_> = acked.iter().filter(|a| !stored.contains(a)).collect();
-    assert!(missing.is_empty(), "{} acknowledged readings missing after kill -9, e.g. {:?}", missing.len(), &missing[..missing.len().min(5)]);
+    assert!(
+        missing.is_empty(),
+        "{} acknowledged readings missing after kill -9, e.g. {:?}",
+        missing.len(),
+        &missing[..missing.len().min(5)]
+    );
     // Each (device, seq) once.
     assert_eq!(stored.len(), readings(&data).len());
     // Replay protection survived the restart: a sequence from before is refused.
     let (device, seq) = acked[0].clone();
     let (mut client, _) = Client::connect(server.addr(), &fleet, &device, Protocol::V5);
-    client.publish(&topic(&device), &fleet.payload(&device, seq, false), QoS::AtLeastOnce, 1);
-    assert_eq!(client.read(), Reply::PubAck(1, ReasonCode::ImplementationSpecificError));
-}
-
-fn server_kill(server: &mut Server) {
-    server.kill9();
+    client.publish(
+        &topic(&device),
+        &fleet.payload(&device, seq, false),
+        QoS::AtLeastOnce,
+        1,
+    );
+    assert_eq!(
+        client.read(),
+        Reply::PubAck(1, ReasonCode::ImplementationSpecificError)
+    );
 }
 
 #[test]
@@ -332,9 +551,14 @@ fn sigterm_under_load_drains_and_loses_nothing_acknowledged() {
     let data = fleet.dir.path().join("data");
     let mut server = Server::start(&fleet, &data, &[]);
     let mut status = None;
-    let acked = under_load(&server, &fleet, 8, || status = Some(server.terminate()));
+    let acked = under_load(&mut server, &fleet, 8, |server| {
+        status = Some(server.terminate())
+    });
     let status = status.unwrap();
-    assert!(status.success(), "ingestd exited with {status} after SIGTERM");
+    assert!(
+        status.success(),
+        "ingestd exited with {status} after SIGTERM"
+    );
     assert!(acked.len() > 100);
     let stored: HashSet<_> = readings(&data).into_iter().collect();
     assert!(acked.iter().all(|a| stored.contains(a)));
@@ -363,18 +587,24 @@ fn health_endpoints_and_metrics() {
 /// A device CA, a server certificate for 127.0.0.1, and client certificates whose common
 /// name is the device id.
 fn make_pki(dir: &std::path::Path, devices: &[&str]) {
-    use rcgen::{BasicConstraints, CertificateParams, DistinguishedName, DnType, ExtendedKeyUsagePurpose, IsCa, KeyPair};
+    use rcgen::{
+        BasicConstraints, CertificateParams, DistinguishedName, DnType, ExtendedKeyUsagePurpose,
+        IsCa, KeyPair,
+    };
     std::fs::create_dir_all(dir).unwrap();
     let ca_key = KeyPair::generate().unwrap();
     let mut ca_params = CertificateParams::default();
     ca_params.is_ca = IsCa::Ca(BasicConstraints::Unconstrained);
     ca_params.distinguished_name = DistinguishedName::new();
-    ca_params.distinguished_name.push(DnType::CommonName, "ingestd test device CA");
+    ca_params
+        .distinguished_name
+        .push(DnType::CommonName, "ingestd test device CA");
     let ca = ca_params.self_signed(&ca_key).unwrap();
     std::fs::write(dir.join("ca.pem"), ca.pem()).unwrap();
 
     let server_key = KeyPair::generate().unwrap();
-    let server_params = CertificateParams::new(vec!["localhost".to_string(), "127.0.0.1".to_string()]).unwrap();
+    let server_params =
+        CertificateParams::new(vec!["localhost".to_string(), "127.0.0.1".to_string()]).unwrap();
     let server = server_params.signed_by(&server_key, &ca, &ca_key).unwrap();
     std::fs::write(dir.join("server.pem"), server.pem()).unwrap();
     std::fs::write(dir.join("server.key"), server_key.serialize_pem()).unwrap();

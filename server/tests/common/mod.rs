@@ -255,7 +255,10 @@ impl Server {
             if let Some(status) = child.try_wait().unwrap() {
                 return status;
             }
-            assert!(Instant::now() < deadline, "ingestd did not exit 30 s after SIGTERM");
+            assert!(
+                Instant::now() < deadline,
+                "ingestd did not exit 30 s after SIGTERM"
+            );
             std::thread::sleep(Duration::from_millis(20));
         }
     }
@@ -279,7 +282,11 @@ impl Drop for Server {
 pub fn http_get(port: u16, path: &str) -> Option<(u16, String)> {
     let mut stream = TcpStream::connect(("127.0.0.1", port)).ok()?;
     stream.set_read_timeout(Some(Duration::from_secs(5))).ok()?;
-    write!(stream, "GET {path} HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n").ok()?;
+    write!(
+        stream,
+        "GET {path} HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n"
+    )
+    .ok()?;
     let mut response = String::new();
     stream.read_to_string(&mut response).ok()?;
     let code = response.split(' ').nth(1)?.parse().ok()?;
@@ -388,9 +395,20 @@ impl Client {
     }
 
     /// Opens and CONNECTs with the device's credential; returns the CONNACK reason.
-    pub fn connect(addr: SocketAddr, fleet: &Fleet, device: &str, protocol: Protocol) -> (Client, Reply) {
+    pub fn connect(
+        addr: SocketAddr,
+        fleet: &Fleet,
+        device: &str,
+        protocol: Protocol,
+    ) -> (Client, Reply) {
         let password = fleet.password(device, device);
-        Self::connect_with(addr, device, Some(device), Some(password.as_bytes()), protocol)
+        Self::connect_with(
+            addr,
+            device,
+            Some(device),
+            Some(password.as_bytes()),
+            protocol,
+        )
     }
 
     pub fn connect_with(
@@ -482,7 +500,11 @@ pub fn run_device(
     stop: &std::sync::atomic::AtomicBool,
 ) -> Vec<u64> {
     let (mut client, reply) = Client::connect(addr, fleet, device, Protocol::V311);
-    assert_eq!(reply, Reply::ConnAck(ReasonCode::Success, false), "{device}");
+    assert_eq!(
+        reply,
+        Reply::ConnAck(ReasonCode::Success, false),
+        "{device}"
+    );
     let topic = topic(device);
     let mut acked = Vec::new();
     let mut seq = first_seq;
