@@ -565,6 +565,49 @@ fn sigterm_under_load_drains_and_loses_nothing_acknowledged() {
 }
 
 #[test]
+fn replay_protection_survives_a_restart_with_another_shard_count() {
+    let fleet = Fleet::provision(6);
+    let data = fleet.dir.path().join("data");
+    let mut server = Server::start_with_shards(&fleet, &data, 2, &[]);
+    for i in 0..6 {
+        let device = fleet.device(i);
+        let (mut client, _) = Client::connect(server.addr(), &fleet, &device, Protocol::V5);
+        client.publish(
+            &topic(&device),
+            &fleet.payload(&device, 500, false),
+            QoS::AtLeastOnce,
+            1,
+        );
+        assert_eq!(client.read(), Reply::PubAck(1, ReasonCode::Success));
+    }
+    assert!(server.terminate().success());
+    // Three shards now: most devices have another home, whose log never saw them.
+    let server = Server::start_with_shards(&fleet, &data, 3, &[]);
+    for i in 0..6 {
+        let device = fleet.device(i);
+        let (mut client, _) = Client::connect(server.addr(), &fleet, &device, Protocol::V5);
+        client.publish(
+            &topic(&device),
+            &fleet.payload(&device, 500, false),
+            QoS::AtLeastOnce,
+            1,
+        );
+        assert_eq!(
+            client.read(),
+            Reply::PubAck(1, ReasonCode::ImplementationSpecificError),
+            "{device} replay accepted"
+        );
+        client.publish(
+            &topic(&device),
+            &fleet.payload(&device, 501, false),
+            QoS::AtLeastOnce,
+            2,
+        );
+        assert_eq!(client.read(), Reply::PubAck(2, ReasonCode::Success));
+    }
+}
+
+#[test]
 fn health_endpoints_and_metrics() {
     let fleet = Fleet::provision(1);
     let data = fleet.dir.path().join("data");

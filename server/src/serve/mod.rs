@@ -109,6 +109,16 @@ pub fn run_with_stop(
         })?;
     }
 
+    // Replay protection survives restarts, and changes of the shard count: every device's
+    // window resumes above the highest sequence any shard's log holds for it.
+    let mut highest: Vec<HashMap<String, u64>> = vec![HashMap::new(); shards];
+    for (device, seq) in highest_sequences(&config.data_dir).map_err(|e| ServeError::Shard {
+        shard: 0,
+        message: format!("reading the durable log: {e}"),
+    })? {
+        highest[ingestd_shards::home_shard(&device, shards)].insert(device, seq);
+    }
+
     let mut rings = handoff::Rings::new(shards, 1024);
     let cores = std::thread::available_parallelism().map_or(1, |n| n.get());
     let (ready_tx, ready_rx) = mpsc::channel::<Result<usize, String>>();
@@ -122,10 +132,11 @@ pub fn run_with_stop(
         let config = Arc::clone(&config);
         let shared = Arc::clone(&shared);
         let ready = ready_tx.clone();
+        let highest = std::mem::take(&mut highest[id]);
         let spawned = LocalExecutorBuilder::new(Placement::Fixed(id % cores))
             .name(&format!("ingestd-shard-{id}"))
             .io_memory(IO_MEMORY_BYTES)
-            .spawn(move || shard_main(id, config, shared, producers, consumers, ready));
+            .spawn(move || shard_main(id, config, shared, producers, consumers, highest, ready));
         match spawned {
             Ok(handle) => handles.push(handle),
             Err(error) => {
@@ -205,6 +216,7 @@ async fn shard_main(
     shared: Arc<Shared>,
     producers: Vec<Option<rtrb::Producer<handoff::Handoff>>>,
     consumers: Vec<rtrb::Consumer<handoff::Handoff>>,
+    highest: HashMap<String, u64>,
     ready: mpsc::Sender<Result<usize, String>>,
 ) {
     let dir = log::shard_dir(&config.data_dir, id);
@@ -218,13 +230,6 @@ async fn shard_main(
     if recovery.truncated_bytes > 0 {
         tracing::warn!(shard = id, bytes = recovery.truncated_bytes, torn = ?recovery.torn, "cut a torn tail from the durable log");
     }
-    let highest = match highest_sequences(&dir) {
-        Ok(highest) => highest,
-        Err(error) => {
-            let _ = ready.send(Err(format!("shard {id}: reading the durable log: {error}")));
-            return;
-        }
-    };
     let mut listeners = Vec::new();
     if !config.mqtt.listen.is_empty() {
         match glommio::net::TcpListener::bind(config.mqtt.listen.as_str()) {
@@ -254,8 +259,6 @@ async fn shard_main(
         }
     }
     let shard = Rc::new(shard::Shard::new(id, config, shared, log, producers));
-    // Replay protection survives restarts: every device's window resumes above the highest
-    // sequence its durable log holds.
     for (device_id, seq) in highest {
         if let Some(device) = shard.shared.registry().get(&device_id) {
             let state = shard.device_state(&device_id, device);
@@ -280,20 +283,35 @@ async fn shard_main(
     }
 }
 
-/// The highest sequence number of each device's readings in a shard's log.
-fn highest_sequences(dir: &std::path::Path) -> Result<HashMap<String, u64>, log::ReadError> {
+/// The highest sequence number of each device's readings, over every shard's log in the
+/// data directory (whatever the shard count was when they were written).
+fn highest_sequences(data_dir: &std::path::Path) -> Result<HashMap<String, u64>, log::ReadError> {
     let mut highest: HashMap<String, u64> = HashMap::new();
-    for entry in LogReader::open(dir, 0)? {
-        let entry = entry?;
-        if entry.kind != RecordKind::Reading {
+    let root = data_dir.join("log");
+    let Ok(entries) = std::fs::read_dir(&root) else {
+        return Ok(highest);
+    };
+    for entry in entries.flatten() {
+        let path = entry.path();
+        let is_shard = path
+            .file_name()
+            .and_then(|n| n.to_str())
+            .is_some_and(|n| n.starts_with("shard-"));
+        if !is_shard {
             continue;
         }
-        let Some((meta, _)) = record::split(&entry.payload) else {
-            continue;
-        };
-        if let Ok(meta) = serde_json::from_slice::<ReadingMeta>(meta) {
-            let seq = highest.entry(meta.device).or_insert(meta.seq);
-            *seq = (*seq).max(meta.seq);
+        for entry in LogReader::open(&path, 0)? {
+            let entry = entry?;
+            if entry.kind != RecordKind::Reading {
+                continue;
+            }
+            let Some((meta, _)) = record::split(&entry.payload) else {
+                continue;
+            };
+            if let Ok(meta) = serde_json::from_slice::<ReadingMeta>(meta) {
+                let seq = highest.entry(meta.device).or_insert(meta.seq);
+                *seq = (*seq).max(meta.seq);
+            }
         }
     }
     Ok(highest)

@@ -159,6 +159,15 @@ pub struct Server {
 impl Server {
     /// Starts with 2 shards on free ports and waits until /readyz says ready.
     pub fn start(fleet: &Fleet, data_dir: &Path, extra: &[&str]) -> Server {
+        Self::start_with_shards(fleet, data_dir, 2, extra)
+    }
+
+    pub fn start_with_shards(
+        fleet: &Fleet,
+        data_dir: &Path,
+        shards: usize,
+        extra: &[&str],
+    ) -> Server {
         let mqtt = free_port();
         let metrics = free_port();
         let mut args: Vec<String> = vec![
@@ -172,7 +181,7 @@ impl Server {
             "--registry".into(),
             fleet.registry().display().to_string(),
             "--shards".into(),
-            "2".into(),
+            shards.to_string(),
         ];
         args.extend(extra.iter().map(|s| s.to_string()));
         let mut server = Server {
