@@ -663,3 +663,105 @@ fn make_pki(dir: &std::path::Path, devices: &[&str]) {
         std::fs::write(dir.join(format!("{device}.key")), key.serialize_pem()).unwrap();
     }
 }
+
+/// The README's main command on a fresh directory: provision, then `ingestd serve` with no
+/// config and no flags (plain MQTT on 1883, metrics on 127.0.0.1:9100, data under ./data).
+#[test]
+fn readme_main_command_serves_on_embedded_defaults() {
+    for port in [1883, 9100] {
+        assert!(
+            std::net::TcpListener::bind(("0.0.0.0", port)).is_ok(),
+            "port {port} is taken on this machine; the embedded default needs it"
+        );
+    }
+    let dir = tempfile::tempdir().unwrap();
+    let status = Command::new(BIN)
+        .current_dir(dir.path())
+        .args(["devices", "provision", "--count", "10", "--out", "devices"])
+        .status()
+        .unwrap();
+    assert!(status.success());
+    let mut child = Command::new(BIN)
+        .current_dir(dir.path())
+        .arg("serve")
+        .env("INGESTD_LOG", "warn")
+        .spawn()
+        .unwrap();
+    let deadline = std::time::Instant::now() + Duration::from_secs(20);
+    while http_get(9100, "/readyz").is_none_or(|(code, _)| code != 200) {
+        assert!(child.try_wait().unwrap().is_none(), "ingestd serve exited");
+        assert!(std::time::Instant::now() < deadline, "not ready");
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    let secrets = dir
+        .path()
+        .join("devices/secrets.json")
+        .display()
+        .to_string();
+    let run = |args: &[&str]| {
+        let output = Command::new(BIN)
+            .current_dir(dir.path())
+            .args(args)
+            .output()
+            .unwrap();
+        assert!(
+            output.status.success(),
+            "{args:?}: {}",
+            String::from_utf8_lossy(&output.stderr)
+        );
+        String::from_utf8(output.stdout).unwrap().trim().to_string()
+    };
+    let device = "dev-000004";
+    run(&[
+        "devices",
+        "sign",
+        "--secrets",
+        &secrets,
+        "--device",
+        device,
+        "--seq",
+        "1",
+        "--reading",
+        "co2_ppm=415.5",
+        "--out",
+        "r.bin",
+    ]);
+    let password = run(&[
+        "devices",
+        "credential",
+        "--secrets",
+        &secrets,
+        "--device",
+        device,
+        "--client-id",
+        device,
+    ]);
+    let file = dir.path().join("r.bin").display().to_string();
+    let (ok, out) = mosquitto_pub(&[
+        "-h",
+        "127.0.0.1",
+        "-p",
+        "1883",
+        "-q",
+        "1",
+        "-i",
+        device,
+        "-u",
+        device,
+        "-P",
+        &password,
+        "-t",
+        &topic(device),
+        "-f",
+        &file,
+    ]);
+    assert!(ok, "{out}");
+    let tail = run(&["log", "tail"]);
+    assert!(tail.contains("\"kind\":\"reading\""), "{tail}");
+    nix::sys::signal::kill(
+        nix::unistd::Pid::from_raw(child.id() as i32),
+        nix::sys::signal::Signal::SIGTERM,
+    )
+    .unwrap();
+    assert!(child.wait().unwrap().success());
+}
