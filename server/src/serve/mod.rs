@@ -278,9 +278,25 @@ async fn shard_main(
             tls,
         )));
     }
-    for task in tasks {
-        task.await;
-    }
+    let drain_timeout = std::time::Duration::from_millis(shard.config.shutdown.drain_timeout_ms);
+    let finished = async {
+        for task in tasks {
+            task.await;
+        }
+    };
+    // The backstop of a drain: a device that stops reading its socket must not keep the
+    // process alive. Whatever was not acknowledged by then is resent by its device.
+    let deadline = async {
+        while !shard.stopping.get() {
+            glommio::timer::sleep(std::time::Duration::from_millis(20)).await;
+        }
+        glommio::timer::sleep(drain_timeout + std::time::Duration::from_secs(1)).await;
+        tracing::warn!(
+            shard = id,
+            "drain timeout: closing the remaining connections"
+        );
+    };
+    futures_lite::future::or(finished, deadline).await;
 }
 
 /// The highest sequence number of each device's readings, over every shard's log in the
