@@ -6,6 +6,7 @@
 //! HTTP thread reads them when scraped. Metric names are stable and documented in
 //! docs/OPERATIONS.md.
 
+use ingestd_codec::envelope::EnvelopeError;
 use std::fmt::Write as _;
 use std::io::{BufRead, BufReader, Read as _, Write as _};
 use std::net::{TcpListener, TcpStream};
@@ -98,47 +99,31 @@ impl Histogram {
     }
 }
 
-/// Why a message did not become a reading: the dead-letter reason codes, in one list so
-/// the metrics and the dead letters can never disagree on a name.
-pub const REJECT_REASONS: [&str; 27] = [
-    // The envelope's own reasons (ingestd_codec::envelope::EnvelopeError::ALL_REASONS).
-    "oversize",
-    "truncated",
-    "trailing_bytes",
-    "unknown_version",
-    "bad_flags",
-    "bad_device_id",
-    "no_readings",
-    "too_many_readings",
-    "unsorted_readings",
-    "duplicate_kind",
-    "bad_kind",
-    "non_finite_value",
-    "bad_json",
-    "bad_signature_encoding",
-    "bad_topic",
-    "wrong_device",
-    "bad_signature",
-    "unknown_device",
-    "replayed",
-    "clock_skew",
-    // The shard's.
+/// Reasons a message is refused besides the envelope's own
+/// (`ingestd_codec::envelope::EnvelopeError::ALL_REASONS`, which come first).
+pub const SHARD_REASONS: [&str; 5] = [
     "stale_sequence",
     "topic_not_allowed",
     "qos0_dropped_overload",
     "malformed",
-    "revoked_device",
-    "duplicate_qos2",
     "other",
 ];
 
-/// Index of a reason in [`REJECT_REASONS`]; unknown reasons count as "other".
+const ENVELOPE_REASONS: &[&str] = &EnvelopeError::ALL_REASONS;
+const REASON_COUNT: usize = EnvelopeError::ALL_REASONS.len() + SHARD_REASONS.len();
+
+/// Every dead-letter reason code, in counter order: one list shared with the dead letters,
+/// so metrics and records can never disagree on a name.
+pub fn reject_reasons() -> impl Iterator<Item = &'static str> {
+    ENVELOPE_REASONS.iter().chain(SHARD_REASONS.iter()).copied()
+}
+
+/// Index of a reason among [`reject_reasons`]; unknown reasons count as "other".
 #[must_use]
 pub fn reason_index(reason: &str) -> usize {
-    REJECT_REASONS
-        .iter()
-        .position(|r| *r == reason)
-        .unwrap_or(REJECT_REASONS.len() - 1)
+    reject_reasons()
+        .position(|r| r == reason)
+        .unwrap_or(REASON_COUNT - 1)
 }
 
 /// Everything one shard counts.
@@ -151,7 +136,7 @@ pub struct ShardMetrics {
     pub connect_refused: Counter,
     pub auth_throttled: Counter,
     pub messages_accepted: Counter,
-    pub messages_rejected: [Counter; REJECT_REASONS.len()],
+    pub messages_rejected: [Counter; REASON_COUNT],
     pub qos0_dropped: Counter,
     pub verify_batches: Counter,
     pub verify_signatures: Counter,
@@ -300,7 +285,7 @@ impl Registry {
             "# HELP {name} messages refused, by reason\n# TYPE {name} counter"
         );
         for (shard, metrics) in self.shards.iter().enumerate() {
-            for (reason, counter) in REJECT_REASONS.iter().zip(&metrics.messages_rejected) {
+            for (reason, counter) in reject_reasons().zip(&metrics.messages_rejected) {
                 let count = counter.get();
                 if count > 0 {
                     let _ = writeln!(
@@ -385,13 +370,16 @@ mod tests {
 
     #[test]
     fn every_reason_has_its_own_counter() {
-        for reason in ingestd_codec::envelope::EnvelopeError::ALL_REASONS {
-            assert_ne!(REJECT_REASONS[reason_index(reason)], "other", "{reason}");
+        let names: Vec<_> = reject_reasons().collect();
+        assert_eq!(names.len(), REASON_COUNT);
+        for reason in EnvelopeError::ALL_REASONS.iter().chain(&[
+            "stale_sequence",
+            "topic_not_allowed",
+            "malformed",
+        ]) {
+            assert_eq!(names[reason_index(reason)], *reason);
         }
-        for reason in ["stale_sequence", "topic_not_allowed", "malformed"] {
-            assert_eq!(REJECT_REASONS[reason_index(reason)], reason);
-        }
-        assert_eq!(REJECT_REASONS[reason_index("no such reason")], "other");
+        assert_eq!(names[reason_index("no such reason")], "other");
     }
 
     #[test]

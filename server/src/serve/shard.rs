@@ -575,8 +575,9 @@ fn finish(
 /// The v5 reason code of a refused PUBLISH's acknowledgement.
 fn ack_reason(reason: &str) -> ReasonCode {
     match reason {
-        "topic_not_allowed" | "wrong_device" | "bad_signature" | "unknown_device"
-        | "revoked_device" => ReasonCode::NotAuthorized,
+        "topic_not_allowed" | "wrong_device" | "bad_signature" | "unknown_device" => {
+            ReasonCode::NotAuthorized
+        }
         "replayed" | "stale_sequence" | "clock_skew" => ReasonCode::ImplementationSpecificError,
         _ => ReasonCode::PayloadFormatInvalid,
     }
