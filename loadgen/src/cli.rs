@@ -284,7 +284,14 @@ mod tests {
             }
         );
         let a = parse(&[
-            "--burst-rate", "900", "--burst-every", "10", "--burst-len", "2", "--messages", "5",
+            "--burst-rate",
+            "900",
+            "--burst-every",
+            "10",
+            "--burst-len",
+            "2",
+            "--messages",
+            "5",
         ]);
         assert!(matches!(a.schedule().unwrap(), Schedule::Burst { .. }));
         assert_eq!(a.duration_s(), None);

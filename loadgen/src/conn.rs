@@ -388,7 +388,8 @@ pub async fn publish(ctx: Rc<Ctx>, mut dev: DevicePlan, session: Session) {
             if empty || qos == QoS::AtMostOnce {
                 break;
             }
-            let deadline = *drain_deadline.get_or_insert_with(|| Instant::now() + ctx.drain_timeout);
+            let deadline =
+                *drain_deadline.get_or_insert_with(|| Instant::now() + ctx.drain_timeout);
             if Instant::now() >= deadline {
                 break;
             }
@@ -464,10 +465,7 @@ pub async fn idle(ctx: Rc<Ctx>, dev: DevicePlan, session: Session, end: Instant)
     let (up, closed) = {
         let mut sh = shared.borrow_mut();
         sh.finishing = true;
-        (
-            !sh.closed && sh.pingresps + 1 >= sh.pings,
-            sh.closed,
-        )
+        (!sh.closed && sh.pingresps + 1 >= sh.pings, sh.closed)
     };
     if up {
         ctx.stats.borrow_mut().stayed_up += 1;
@@ -518,7 +516,16 @@ async fn read_loop(
                                 match sh.inflight.remove(&ack.pkid) {
                                     None => st.error("ack_for_unknown_packet_id"),
                                     Some(slot) => {
-                                        if on_ack(&mut st, &slot, u8::from(ack.reason), now, t, device_index, seq_base, ctx.keep_acked) {
+                                        if on_ack(
+                                            &mut st,
+                                            &slot,
+                                            u8::from(ack.reason),
+                                            now,
+                                            t,
+                                            device_index,
+                                            seq_base,
+                                            ctx.keep_acked,
+                                        ) {
                                             acked += 1;
                                         } else {
                                             refused += 1;
@@ -530,7 +537,16 @@ async fn read_loop(
                                 let code = u8::from(ack.reason);
                                 match sh.inflight.get_mut(&ack.pkid) {
                                     Some(slot) if !slot.released => {
-                                        if on_ack(&mut st, slot, code, now, t, device_index, seq_base, ctx.keep_acked) {
+                                        if on_ack(
+                                            &mut st,
+                                            slot,
+                                            code,
+                                            now,
+                                            t,
+                                            device_index,
+                                            seq_base,
+                                            ctx.keep_acked,
+                                        ) {
                                             acked += 1;
                                             slot.released = true;
                                             sh.pubrels.push(ack.pkid);
@@ -550,10 +566,14 @@ async fn read_loop(
                             }
                             Packet::PingResp => sh.pingresps += 1,
                             Packet::Disconnect(d) => {
-                                error = Some(format!("server_disconnect_{:?}", d.reason).to_lowercase());
+                                error = Some(
+                                    format!("server_disconnect_{:?}", d.reason).to_lowercase(),
+                                );
                             }
                             Packet::Publish(_) => st.error("unexpected_publish"),
-                            other => st.error(&format!("unexpected_{:?}", other.packet_type()).to_lowercase()),
+                            other => st.error(
+                                &format!("unexpected_{:?}", other.packet_type()).to_lowercase(),
+                            ),
                         }
                     }
                 }
@@ -584,7 +604,11 @@ async fn read_loop(
             Ok(0) | Err(_) => {
                 let mut sh = shared.borrow_mut();
                 if !sh.finishing && !sh.closed {
-                    let kind = if timed { "connection_lost" } else { "idle_connection_lost" };
+                    let kind = if timed {
+                        "connection_lost"
+                    } else {
+                        "idle_connection_lost"
+                    };
                     ctx.stats.borrow_mut().error(kind);
                     Progress::add(&ctx.progress.closed, 1);
                 }

@@ -28,7 +28,10 @@ struct SecretEntry {
 pub fn parse_seed(hex: &str) -> Result<[u8; 32], String> {
     let bytes = hex.as_bytes();
     if bytes.len() != 64 {
-        return Err(format!("secret_key has {} hex digits, need 64", bytes.len()));
+        return Err(format!(
+            "secret_key has {} hex digits, need 64",
+            bytes.len()
+        ));
     }
     let mut out = [0u8; 32];
     for (slot, pair) in out.iter_mut().zip(bytes.chunks_exact(2)) {

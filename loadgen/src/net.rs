@@ -129,7 +129,9 @@ pub fn source_addr(n: usize, count: usize) -> Option<Ipv4Addr> {
     let k = (n % count) as u32;
     // 127.0.0.1 .. 127.0.0.N, continuing into 127.0.1.x past 254.
     let host = 1 + k + k / 254 * 2;
-    Some(Ipv4Addr::from(u32::from(Ipv4Addr::new(127, 0, 0, 0)) + host))
+    Some(Ipv4Addr::from(
+        u32::from(Ipv4Addr::new(127, 0, 0, 0)) + host,
+    ))
 }
 
 /// Opens TCP (TCP_NODELAY on), then TLS if configured. Errors are short kinds for the
@@ -158,9 +160,7 @@ pub async fn open(
         Some(tls) => {
             let handshake = tls.connector.connect(tls.name.clone(), stream);
             let s = glommio::timer::timeout(timeout, async {
-                handshake
-                    .await
-                    .map_err(glommio::GlommioError::IoError)
+                handshake.await.map_err(glommio::GlommioError::IoError)
             })
             .await
             .map_err(|_| "tls_handshake".to_string())?;

@@ -107,8 +107,16 @@ fn encoded_len(
     // The JSON length does not depend on the signature value: sign with a throwaway key.
     let key = SigningKey::from_bytes(&[7; 32]);
     let mut scratch = Vec::new();
-    let env = envelope::sign(&key, "t", device_id, u64::MAX, u64::MAX / 2, &readings, &mut scratch)
-        .map_err(|e| e.to_string())?;
+    let env = envelope::sign(
+        &key,
+        "t",
+        device_id,
+        u64::MAX,
+        u64::MAX / 2,
+        &readings,
+        &mut scratch,
+    )
+    .map_err(|e| e.to_string())?;
     let mut out = Vec::new();
     env.encode_json(&mut out);
     Ok(out.len())
@@ -295,7 +303,13 @@ pub fn build_frames(
             .map_err(|_| "more than 4 GiB of messages on one connection".to_string())?;
         frames.starts.push(start);
         frames.payload_bytes += payload.len() as u64;
-        encode_publish(spec.protocol, spec.qos, spec.topic, &payload, &mut frames.bytes)?;
+        encode_publish(
+            spec.protocol,
+            spec.qos,
+            spec.topic,
+            &payload,
+            &mut frames.bytes,
+        )?;
     }
     Ok(frames)
 }
@@ -340,11 +354,23 @@ mod tests {
         ];
         // 3 + 10 + 8 + 8 + 1 + 3 × 6 + 64
         assert_eq!(binary_len(10, 3), 112);
-        assert_eq!(padding_for(Format::Binary, "dev-000000", &base, 0).unwrap(), 0);
-        assert_eq!(padding_for(Format::Binary, "dev-000000", &base, 112).unwrap(), 0);
-        assert_eq!(padding_for(Format::Binary, "dev-000000", &base, 113).unwrap(), 1);
+        assert_eq!(
+            padding_for(Format::Binary, "dev-000000", &base, 0).unwrap(),
+            0
+        );
+        assert_eq!(
+            padding_for(Format::Binary, "dev-000000", &base, 112).unwrap(),
+            0
+        );
+        assert_eq!(
+            padding_for(Format::Binary, "dev-000000", &base, 113).unwrap(),
+            1
+        );
         // 84 + 10 + 6n >= 200 → n = 18 readings, 15 of them padding: 202 bytes.
-        assert_eq!(padding_for(Format::Binary, "dev-000000", &base, 200).unwrap(), 15);
+        assert_eq!(
+            padding_for(Format::Binary, "dev-000000", &base, 200).unwrap(),
+            15
+        );
         assert!(padding_for(Format::Binary, "dev-000000", &base, 1000).is_err());
         let n = padding_for(Format::Json, "dev-000000", &base, 400).unwrap();
         assert!(encoded_len(Format::Json, "dev-000000", &base, n).unwrap() >= 400);
@@ -390,7 +416,8 @@ mod tests {
             assert_eq!(env.seq, 1000 + k as u64);
             assert_eq!(env.ts_ms, 1_764_201_600_000 + 10 * k as u64);
             let mut scratch = Vec::new();
-            env.verify(topic, &key.verifying_key(), &mut scratch).unwrap();
+            env.verify(topic, &key.verifying_key(), &mut scratch)
+                .unwrap();
         }
     }
 
@@ -470,11 +497,17 @@ mod tests {
                 case["name"]
             );
             if format == Format::Binary {
-                assert_eq!(hex(&out), case["payload"].as_str().unwrap(), "{}", case["name"]);
+                assert_eq!(
+                    hex(&out),
+                    case["payload"].as_str().unwrap(),
+                    "{}",
+                    case["name"]
+                );
             } else {
                 // The JSON text of a vector may use other spacing or member order; compare
                 // the decoded meaning and the signature.
-                let theirs = envelope::decode(case["payload"].as_str().unwrap().as_bytes(), 4096).unwrap();
+                let theirs =
+                    envelope::decode(case["payload"].as_str().unwrap().as_bytes(), 4096).unwrap();
                 assert_eq!(ours, theirs, "{}", case["name"]);
             }
             checked += 1;

@@ -192,7 +192,11 @@ impl Report {
             self.config.threads,
             self.config.qos,
             self.config.mqtt_version,
-            if self.config.plain { "plain" } else { &self.config.format },
+            if self.config.plain {
+                "plain"
+            } else {
+                &self.config.format
+            },
             if self.config.tls { ", TLS" } else { "" }
         );
         let _ = writeln!(
@@ -380,14 +384,16 @@ mod tests {
     use crate::stats::Event;
 
     fn sample() -> (Report, Stats) {
-        let mut stats = Stats::default();
-        stats.sent = 10;
-        stats.acked = 9;
-        stats.refused = 1;
-        stats.last_event_s = 2.0;
-        stats.connect_attempts = 2;
-        stats.connected = 2;
-        stats.connect_span_s = 0.5;
+        let mut stats = Stats {
+            sent: 10,
+            acked: 9,
+            refused: 1,
+            last_event_s: 2.0,
+            connect_attempts: 2,
+            connected: 2,
+            connect_span_s: 0.5,
+            ..Stats::default()
+        };
         for i in 1..=9 {
             stats.record_latency_us(i * 1000);
         }

@@ -153,10 +153,13 @@ pub fn run(args: Args) -> Result<Outcome, String> {
         .unwrap_or_else(|| std::thread::available_parallelism().map_or(1, |n| n.get()))
         .clamp(1, devices.len());
     let tls = if args.tls {
-        let host = args
-            .server_name
-            .clone()
-            .unwrap_or_else(|| args.target.rsplit_once(':').map_or(args.target.clone(), |(h, _)| h.trim_matches(['[', ']']).to_string()));
+        let host = args.server_name.clone().unwrap_or_else(|| {
+            args.target
+                .rsplit_once(':')
+                .map_or(args.target.clone(), |(h, _)| {
+                    h.trim_matches(['[', ']']).to_string()
+                })
+        });
         Some(net::tls_setup(
             args.ca.as_deref(),
             args.cert.as_deref(),
@@ -194,7 +197,8 @@ pub fn run(args: Args) -> Result<Outcome, String> {
         args: Arc::new(args.clone()),
     });
     let total_devices = devices.len();
-    let mut per_thread: Vec<Vec<(usize, Device, Label)>> = (0..threads).map(|_| Vec::new()).collect();
+    let mut per_thread: Vec<Vec<(usize, Device, Label)>> =
+        (0..threads).map(|_| Vec::new()).collect();
     for (i, d) in devices.into_iter().enumerate() {
         let label = mix.label_for(i, total_devices);
         if let Some(bucket) = per_thread.get_mut(i % threads) {
@@ -230,14 +234,18 @@ pub fn run(args: Args) -> Result<Outcome, String> {
             if args.pin { "Placement::Fixed" } else { "Placement::Unbound" }
         );
     }
-    let connect_open = plan
-        .connect_gate
-        .open_when(threads, Duration::from_millis(5), &plan.running);
+    let connect_open =
+        plan.connect_gate
+            .open_when(threads, Duration::from_millis(5), &plan.running);
     if connect_open.is_some() && !quiet {
         eprintln!(
             "loadgen: signed in {:.2} s; connecting {total_devices} devices{}",
             signing.elapsed().as_secs_f64(),
-            if args.connect_rate > 0.0 { format!(" at {}/s", args.connect_rate) } else { String::new() }
+            if args.connect_rate > 0.0 {
+                format!(" at {}/s", args.connect_rate)
+            } else {
+                String::new()
+            }
         );
     }
     let started = if connect_open.is_some() {
@@ -355,7 +363,9 @@ async fn thread_main(
     devs: Vec<(usize, Device, Label)>,
 ) -> Result<Stats, String> {
     let args = &plan.args;
-    let mut rng = rand::rngs::StdRng::seed_from_u64(plan.seed ^ (thread as u64).wrapping_mul(0x9E37_79B9_7F4A_7C15));
+    let mut rng = rand::rngs::StdRng::seed_from_u64(
+        plan.seed ^ (thread as u64).wrapping_mul(0x9E37_79B9_7F4A_7C15),
+    );
     let d = total_devices as u64;
     // 1. Sign every message of this thread's devices.
     let mut plans = Vec::with_capacity(devs.len());
@@ -379,13 +389,17 @@ async fn thread_main(
                 ts_base_ms: plan.ts_base_ms,
             };
             let sched = &plan.schedule;
-            let frames = payload::build_frames(&spec, budget as usize, &mut generator, &mut rng, |k| {
-                let g = schedule::global_index(k, i, d);
-                sched.time_of(g + 1).map_or(0, |s| (s * 1000.0) as u64)
-            })?;
+            let frames =
+                payload::build_frames(&spec, budget as usize, &mut generator, &mut rng, |k| {
+                    let g = schedule::global_index(k, i, d);
+                    sched.time_of(g + 1).map_or(0, |s| (s * 1000.0) as u64)
+                })?;
             stats.payload_bytes += frames.payload_bytes;
             stats.payload_count += frames.len() as u64;
-            *stats.scenario_devices.entry(label.name().to_string()).or_default() += 1;
+            *stats
+                .scenario_devices
+                .entry(label.name().to_string())
+                .or_default() += 1;
             plans.push(DevicePlan {
                 index: i,
                 id: dev.id,

@@ -178,7 +178,9 @@ mod tests {
     fn parse_mix() {
         assert_eq!(Mix::parse("normal=1.0").unwrap(), Mix::default());
         assert_eq!(Mix::parse("normal").unwrap(), Mix::default());
-        assert!(Mix::parse("spike=0.1").unwrap_err().contains("available: normal"));
+        assert!(Mix::parse("spike=0.1")
+            .unwrap_err()
+            .contains("available: normal"));
         assert!(Mix::parse("normal=x").is_err());
         assert!(Mix::parse("normal=0").is_err());
         assert!(Mix::parse("normal=1,normal=2").is_err());

@@ -123,7 +123,8 @@ impl Stats {
 
     /// Records a connect latency in µs.
     pub fn record_connect_us(&mut self, us: u64) {
-        self.connect_latency.saturating_record(us.clamp(1, HIST_MAX_US));
+        self.connect_latency
+            .saturating_record(us.clamp(1, HIST_MAX_US));
     }
 
     /// Adds another thread's measurements.
@@ -152,7 +153,8 @@ impl Stats {
             *self.scenario_devices.entry(k).or_default() += v;
         }
         if self.timeline.len() < other.timeline.len() {
-            self.timeline.resize(other.timeline.len(), Second::default());
+            self.timeline
+                .resize(other.timeline.len(), Second::default());
         }
         for (mine, theirs) in self.timeline.iter_mut().zip(other.timeline) {
             mine.sent += theirs.sent;

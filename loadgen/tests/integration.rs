@@ -43,7 +43,10 @@ impl Drop for Guard {
 
 /// The `ingestd` binary: next to `loadgen` in the same target directory, built if missing.
 fn ingestd_binary() -> PathBuf {
-    let dir = Path::new(env!("CARGO_BIN_EXE_loadgen")).parent().unwrap().to_path_buf();
+    let dir = Path::new(env!("CARGO_BIN_EXE_loadgen"))
+        .parent()
+        .unwrap()
+        .to_path_buf();
     let bin = dir.join("ingestd");
     if !bin.exists() {
         let cargo = std::env::var("CARGO").unwrap_or_else(|_| "cargo".to_string());
@@ -85,7 +88,15 @@ fn against_ingestd_qos1_nothing_lost() {
     let metrics = format!("127.0.0.1:{mport}");
     let _server = Guard(
         Command::new(&ingestd)
-            .args(["serve", "--listen", &listen, "--metrics-listen", &metrics, "--shards", "2"])
+            .args([
+                "serve",
+                "--listen",
+                &listen,
+                "--metrics-listen",
+                &metrics,
+                "--shards",
+                "2",
+            ])
             .arg("--data-dir")
             .arg(tmp.path().join("data"))
             .arg("--registry")
@@ -103,8 +114,25 @@ fn against_ingestd_qos1_nothing_lost() {
     let json = tmp.path().join("report.json");
     let acked = tmp.path().join("acked.txt");
     let out = run(loadgen()
-        .args(["--target", &listen, "--devices", "20", "--messages", "2000", "--rate", "1000"])
-        .args(["--qos", "1", "--threads", "2", "--drain-timeout", "60", "--quiet"])
+        .args([
+            "--target",
+            &listen,
+            "--devices",
+            "20",
+            "--messages",
+            "2000",
+            "--rate",
+            "1000",
+        ])
+        .args([
+            "--qos",
+            "1",
+            "--threads",
+            "2",
+            "--drain-timeout",
+            "60",
+            "--quiet",
+        ])
         .arg("--devices-dir")
         .arg(&devices)
         .arg("--json")
@@ -130,8 +158,25 @@ fn against_ingestd_qos1_nothing_lost() {
     // A second run against the same server: fresh sequence numbers, nothing replayed.
     let json2 = tmp.path().join("report2.json");
     let out = run(loadgen()
-        .args(["--target", &listen, "--devices", "20", "--messages", "200", "--rate", "1000"])
-        .args(["--qos", "2", "--format", "json", "--mqtt-version", "5", "--quiet"])
+        .args([
+            "--target",
+            &listen,
+            "--devices",
+            "20",
+            "--messages",
+            "200",
+            "--rate",
+            "1000",
+        ])
+        .args([
+            "--qos",
+            "2",
+            "--format",
+            "json",
+            "--mqtt-version",
+            "5",
+            "--quiet",
+        ])
         .arg("--devices-dir")
         .arg(&devices)
         .arg("--json")
@@ -182,8 +227,24 @@ fn plain_against_mosquitto() {
         let json = tmp.path().join(format!("r{qos}.json"));
         let svg = tmp.path().join(format!("r{qos}.svg"));
         let out = run(loadgen()
-            .args(["--plain", "--target", &target, "--devices", "10", "--rate", "2000"])
-            .args(["--duration", "1", "--qos", qos, "--mqtt-version", version, "--quiet"])
+            .args([
+                "--plain",
+                "--target",
+                &target,
+                "--devices",
+                "10",
+                "--rate",
+                "2000",
+            ])
+            .args([
+                "--duration",
+                "1",
+                "--qos",
+                qos,
+                "--mqtt-version",
+                version,
+                "--quiet",
+            ])
             .args(["--payload-size", "150", "--source-addrs", "3"])
             .arg("--json")
             .arg(&json)
@@ -202,7 +263,16 @@ fn plain_against_mosquitto() {
     // Idle mode: connections held with PINGREQ.
     let json = tmp.path().join("idle.json");
     let out = run(loadgen()
-        .args(["--plain", "--idle", "--target", &target, "--devices", "50", "--duration", "3"])
+        .args([
+            "--plain",
+            "--idle",
+            "--target",
+            &target,
+            "--devices",
+            "50",
+            "--duration",
+            "3",
+        ])
         .args(["--keep-alive", "1", "--quiet"])
         .arg("--json")
         .arg(&json));
@@ -233,16 +303,20 @@ fn scripted_broker(reason: Option<ReasonCode>) -> u16 {
                     let mut out = Vec::new();
                     loop {
                         let (len, reply) = match mqtt::decode(&buf, Protocol::V5, 1 << 20) {
-                            Ok(Decoded::Packet { packet, len }) => (len, match packet {
-                                Packet::Connect(_) => Some(vec![0x20, 3, 0, 0, 0]),
-                                Packet::Publish(p) => reason.map(|r| {
-                                    let mut v = Vec::new();
-                                    mqtt::encode_puback_reason(p.pkid, r, Protocol::V5, &mut v).unwrap();
-                                    v
-                                }),
-                                Packet::PingReq => Some(vec![0xD0, 0]),
-                                _ => None,
-                            }),
+                            Ok(Decoded::Packet { packet, len }) => (
+                                len,
+                                match packet {
+                                    Packet::Connect(_) => Some(vec![0x20, 3, 0, 0, 0]),
+                                    Packet::Publish(p) => reason.map(|r| {
+                                        let mut v = Vec::new();
+                                        mqtt::encode_puback_reason(p.pkid, r, Protocol::V5, &mut v)
+                                            .unwrap();
+                                        v
+                                    }),
+                                    Packet::PingReq => Some(vec![0xD0, 0]),
+                                    _ => None,
+                                },
+                            ),
                             Ok(Decoded::NeedMore { .. }) => break,
                             Err(_) => return,
                         };
@@ -265,8 +339,21 @@ fn refusals_are_counted_and_do_not_fail_the_run() {
     let tmp = tempfile::tempdir().unwrap();
     let json = tmp.path().join("r.json");
     let out = run(loadgen()
-        .args(["--plain", "--target", &format!("127.0.0.1:{port}"), "--devices", "4"])
-        .args(["--messages", "100", "--rate", "1000", "--quiet", "--fail-on-loss"])
+        .args([
+            "--plain",
+            "--target",
+            &format!("127.0.0.1:{port}"),
+            "--devices",
+            "4",
+        ])
+        .args([
+            "--messages",
+            "100",
+            "--rate",
+            "1000",
+            "--quiet",
+            "--fail-on-loss",
+        ])
         .arg("--json")
         .arg(&json));
     assert_eq!(out.status.code(), Some(0));
@@ -284,8 +371,22 @@ fn unacknowledged_messages_are_lost_and_fail_on_loss_exits_2() {
     let tmp = tempfile::tempdir().unwrap();
     let json = tmp.path().join("r.json");
     let out = run(loadgen()
-        .args(["--plain", "--target", &format!("127.0.0.1:{port}"), "--devices", "2"])
-        .args(["--messages", "10", "--rate", "1000", "--drain-timeout", "0.3", "--quiet"])
+        .args([
+            "--plain",
+            "--target",
+            &format!("127.0.0.1:{port}"),
+            "--devices",
+            "2",
+        ])
+        .args([
+            "--messages",
+            "10",
+            "--rate",
+            "1000",
+            "--drain-timeout",
+            "0.3",
+            "--quiet",
+        ])
         .arg("--fail-on-loss")
         .arg("--json")
         .arg(&json));
@@ -303,7 +404,13 @@ fn setup_errors_exit_1() {
     // Nothing listening: no connection succeeds.
     let port = free_port();
     let out = run(loadgen()
-        .args(["--plain", "--target", &format!("127.0.0.1:{port}"), "--devices", "2"])
+        .args([
+            "--plain",
+            "--target",
+            &format!("127.0.0.1:{port}"),
+            "--devices",
+            "2",
+        ])
         .args(["--messages", "10", "--quiet"]));
     assert_eq!(out.status.code(), Some(1));
     assert!(String::from_utf8_lossy(&out.stderr).contains("connect_refused"));
