@@ -418,3 +418,118 @@ fn setup_errors_exit_1() {
     let out = run(loadgen().args(["--plain", "--scenario", "spike=1", "--quiet"]));
     assert_eq!(out.status.code(), Some(1));
 }
+
+/// Runs openssl with arguments in `dir`.
+fn openssl(dir: &Path, args: &[&str]) {
+    let status = Command::new("openssl")
+        .args(args)
+        .current_dir(dir)
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .status()
+        .unwrap();
+    assert!(status.success(), "openssl {args:?}");
+}
+
+/// A CA, a server certificate for 127.0.0.1/localhost and a client certificate.
+fn make_pki(dir: &Path) {
+    let ec = ["-newkey", "ec", "-pkeyopt", "ec_paramgen_curve:prime256v1", "-nodes"];
+    let mut ca = vec!["req", "-x509"];
+    ca.extend(ec);
+    ca.extend(["-keyout", "ca.key", "-out", "ca.pem", "-days", "2", "-subj", "/CN=loadgen-test-ca"]);
+    openssl(dir, &ca);
+    std::fs::write(dir.join("ext"), "subjectAltName=DNS:localhost,IP:127.0.0.1\n").unwrap();
+    for (name, cn) in [("server", "/CN=localhost"), ("client", "/CN=dev-000000")] {
+        let key = format!("{name}.key");
+        let csr = format!("{name}.csr");
+        let pem = format!("{name}.pem");
+        let mut req = vec!["req"];
+        req.extend(ec);
+        req.extend(["-keyout", &key, "-out", &csr, "-subj", cn]);
+        openssl(dir, &req);
+        openssl(
+            dir,
+            &[
+                "x509", "-req", "-in", &csr, "-CA", "ca.pem", "-CAkey", "ca.key", "-CAcreateserial",
+                "-out", &pem, "-days", "2", "-extfile", "ext",
+            ],
+        );
+    }
+}
+
+#[test]
+fn tls_and_mutual_tls_against_mosquitto() {
+    let bin = ["/usr/sbin/mosquitto", "/usr/bin/mosquitto"]
+        .into_iter()
+        .find(|p| Path::new(p).exists());
+    let has_openssl = Command::new("openssl").arg("version").output().is_ok();
+    let (Some(bin), true) = (bin, has_openssl) else {
+        eprintln!("NOTE: mosquitto or openssl not installed; skipping the TLS smoke test");
+        return;
+    };
+    let tmp = tempfile::tempdir().unwrap();
+    let dir = tmp.path();
+    make_pki(dir);
+    // Mosquitto drops privileges: let it read the files.
+    use std::os::unix::fs::PermissionsExt;
+    std::fs::set_permissions(dir, std::fs::Permissions::from_mode(0o755)).unwrap();
+    for f in std::fs::read_dir(dir).unwrap() {
+        std::fs::set_permissions(f.unwrap().path(), std::fs::Permissions::from_mode(0o644)).unwrap();
+    }
+    let (tls_port, mtls_port) = (free_port(), free_port());
+    let d = dir.display();
+    std::fs::write(
+        dir.join("m.conf"),
+        format!(
+            "per_listener_settings true\n\
+             listener {tls_port} 127.0.0.1\nallow_anonymous true\nset_tcp_nodelay true\n\
+             cafile {d}/ca.pem\ncertfile {d}/server.pem\nkeyfile {d}/server.key\n\
+             listener {mtls_port} 127.0.0.1\nallow_anonymous true\nset_tcp_nodelay true\n\
+             cafile {d}/ca.pem\ncertfile {d}/server.pem\nkeyfile {d}/server.key\n\
+             require_certificate true\npersistence false\n"
+        ),
+    )
+    .unwrap();
+    let _m = Guard(
+        Command::new(bin)
+            .arg("-c")
+            .arg(dir.join("m.conf"))
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .spawn()
+            .unwrap(),
+    );
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while TcpStream::connect(("127.0.0.1", mtls_port)).is_err() {
+        assert!(Instant::now() < deadline, "mosquitto did not start");
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    let base = |port: u16, json: &Path| {
+        let mut c = loadgen();
+        c.args(["--plain", "--tls", "--target", &format!("127.0.0.1:{port}")])
+            .args(["--devices", "4", "--messages", "200", "--rate", "1000", "--quiet"])
+            .arg("--ca")
+            .arg(dir.join("ca.pem"))
+            .arg("--json")
+            .arg(json);
+        c
+    };
+    let json = dir.join("tls.json");
+    let out = run(&mut base(tls_port, &json));
+    assert_eq!(out.status.code(), Some(0));
+    assert_eq!(report(&json)["acked"], 200);
+    // Mutual TLS: without a client certificate nothing connects; with one, all do.
+    let json = dir.join("nocert.json");
+    let out = run(&mut base(mtls_port, &json));
+    assert_eq!(out.status.code(), Some(1));
+    let json = dir.join("mtls.json");
+    let out = run(base(mtls_port, &json)
+        .arg("--cert")
+        .arg(dir.join("client.pem"))
+        .arg("--key")
+        .arg(dir.join("client.key")));
+    assert_eq!(out.status.code(), Some(0));
+    let r = report(&json);
+    assert_eq!(r["acked"], 200, "{r}");
+    assert_eq!(r["config"]["tls"], true);
+}
