@@ -433,12 +433,31 @@ fn openssl(dir: &Path, args: &[&str]) {
 
 /// A CA, a server certificate for 127.0.0.1/localhost and a client certificate.
 fn make_pki(dir: &Path) {
-    let ec = ["-newkey", "ec", "-pkeyopt", "ec_paramgen_curve:prime256v1", "-nodes"];
+    let ec = [
+        "-newkey",
+        "ec",
+        "-pkeyopt",
+        "ec_paramgen_curve:prime256v1",
+        "-nodes",
+    ];
     let mut ca = vec!["req", "-x509"];
     ca.extend(ec);
-    ca.extend(["-keyout", "ca.key", "-out", "ca.pem", "-days", "2", "-subj", "/CN=loadgen-test-ca"]);
+    ca.extend([
+        "-keyout",
+        "ca.key",
+        "-out",
+        "ca.pem",
+        "-days",
+        "2",
+        "-subj",
+        "/CN=loadgen-test-ca",
+    ]);
     openssl(dir, &ca);
-    std::fs::write(dir.join("ext"), "subjectAltName=DNS:localhost,IP:127.0.0.1\n").unwrap();
+    std::fs::write(
+        dir.join("ext"),
+        "subjectAltName=DNS:localhost,IP:127.0.0.1\n",
+    )
+    .unwrap();
     for (name, cn) in [("server", "/CN=localhost"), ("client", "/CN=dev-000000")] {
         let key = format!("{name}.key");
         let csr = format!("{name}.csr");
@@ -450,8 +469,21 @@ fn make_pki(dir: &Path) {
         openssl(
             dir,
             &[
-                "x509", "-req", "-in", &csr, "-CA", "ca.pem", "-CAkey", "ca.key", "-CAcreateserial",
-                "-out", &pem, "-days", "2", "-extfile", "ext",
+                "x509",
+                "-req",
+                "-in",
+                &csr,
+                "-CA",
+                "ca.pem",
+                "-CAkey",
+                "ca.key",
+                "-CAcreateserial",
+                "-out",
+                &pem,
+                "-days",
+                "2",
+                "-extfile",
+                "ext",
             ],
         );
     }
@@ -474,7 +506,8 @@ fn tls_and_mutual_tls_against_mosquitto() {
     use std::os::unix::fs::PermissionsExt;
     std::fs::set_permissions(dir, std::fs::Permissions::from_mode(0o755)).unwrap();
     for f in std::fs::read_dir(dir).unwrap() {
-        std::fs::set_permissions(f.unwrap().path(), std::fs::Permissions::from_mode(0o644)).unwrap();
+        std::fs::set_permissions(f.unwrap().path(), std::fs::Permissions::from_mode(0o644))
+            .unwrap();
     }
     let (tls_port, mtls_port) = (free_port(), free_port());
     let d = dir.display();
@@ -507,7 +540,15 @@ fn tls_and_mutual_tls_against_mosquitto() {
     let base = |port: u16, json: &Path| {
         let mut c = loadgen();
         c.args(["--plain", "--tls", "--target", &format!("127.0.0.1:{port}")])
-            .args(["--devices", "4", "--messages", "200", "--rate", "1000", "--quiet"])
+            .args([
+                "--devices",
+                "4",
+                "--messages",
+                "200",
+                "--rate",
+                "1000",
+                "--quiet",
+            ])
             .arg("--ca")
             .arg(dir.join("ca.pem"))
             .arg("--json")
