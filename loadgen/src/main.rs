@@ -1,1 +1,52 @@
-fn main() {}
+//! `loadgen` command line entry point.
+
+use clap::Parser;
+use loadgen::cli::Args;
+use loadgen::report::svg_plot;
+use std::io::Write;
+use std::process::ExitCode;
+
+fn main() -> ExitCode {
+    let args = Args::parse();
+    let outcome = match loadgen::run::run(args.clone()) {
+        Ok(o) => o,
+        Err(e) => {
+            eprintln!("loadgen: {e}");
+            return ExitCode::from(1);
+        }
+    };
+    eprint!("{}", outcome.report.summary());
+    if let Some(path) = &args.json {
+        if let Err(e) = std::fs::write(path, outcome.report.to_json()) {
+            eprintln!("loadgen: cannot write {}: {e}", path.display());
+            return ExitCode::from(1);
+        }
+    }
+    if let Some(path) = &args.plot {
+        if let Err(e) = std::fs::write(path, svg_plot(&outcome.report, &outcome.stats)) {
+            eprintln!("loadgen: cannot write {}: {e}", path.display());
+            return ExitCode::from(1);
+        }
+    }
+    if let Some(path) = &args.acked_out {
+        let written = std::fs::File::create(path).and_then(|f| {
+            let mut w = std::io::BufWriter::new(f);
+            for (dev, seq) in &outcome.stats.acked_list {
+                let id = outcome
+                    .device_ids
+                    .get(*dev as usize)
+                    .map_or("?", String::as_str);
+                writeln!(w, "{id} {seq}")?;
+            }
+            w.flush()
+        });
+        if let Err(e) = written {
+            eprintln!("loadgen: cannot write {}: {e}", path.display());
+            return ExitCode::from(1);
+        }
+    }
+    if args.fail_on_loss && outcome.report.lost > 0 {
+        return ExitCode::from(2);
+    }
+    ExitCode::SUCCESS
+}
