@@ -194,7 +194,7 @@ fn repeated_auth_failures_are_throttled_and_tls_garbage_costs_nothing() {
     let config = fleet.dir.path().join("tls.toml");
     std::fs::write(
         &config,
-        format!("[tls]\nlisten = \"127.0.0.1:{tls_port}\"\ncert_path = \"{0}/server.pem\"\nkey_path = \"{0}/server.key\"\n", pki.display()),
+        format!("[shutdown]\ndrain_timeout_ms = 60000\n[tls]\nlisten = \"127.0.0.1:{tls_port}\"\ncert_path = \"{0}/server.pem\"\nkey_path = \"{0}/server.key\"\n", pki.display()),
     )
     .unwrap();
     let server = Server::start(

@@ -682,7 +682,7 @@ fn authenticate(
     device_id: &str,
     certificate_verified: bool,
 ) -> Result<Rc<std::cell::RefCell<DeviceState>>, (ReasonCode, &'static str)> {
-    if shard.stopping.get() {
+    if shard.stopping.is_set() {
         return Err((ReasonCode::ServerUnavailable, "shutting_down"));
     }
     if info.auth_method {

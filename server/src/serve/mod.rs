@@ -287,9 +287,7 @@ async fn shard_main(
     // The backstop of a drain: a device that stops reading its socket must not keep the
     // process alive. Whatever was not acknowledged by then is resent by its device.
     let deadline = async {
-        while !shard.stopping.get() {
-            glommio::timer::sleep(std::time::Duration::from_millis(20)).await;
-        }
+        shard.stopping.wait().await;
         glommio::timer::sleep(drain_timeout + std::time::Duration::from_secs(1)).await;
         tracing::warn!(
             shard = id,

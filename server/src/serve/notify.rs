@@ -44,3 +44,46 @@ impl Future for Notified<'_> {
         Poll::Pending
     }
 }
+
+/// A one-way latch any number of tasks can wait on: set once, wakes every waiter, and
+/// every later wait returns at once. Used for "this shard is stopping".
+#[derive(Debug, Default)]
+pub struct Latch {
+    set: Cell<bool>,
+    wakers: RefCell<Vec<Waker>>,
+}
+
+impl Latch {
+    pub fn set(&self) {
+        self.set.set(true);
+        for waker in self.wakers.borrow_mut().drain(..) {
+            waker.wake();
+        }
+    }
+
+    pub fn is_set(&self) -> bool {
+        self.set.get()
+    }
+
+    pub fn wait(&self) -> LatchWait<'_> {
+        LatchWait { latch: self }
+    }
+}
+
+pub struct LatchWait<'a> {
+    latch: &'a Latch,
+}
+
+impl Future for LatchWait<'_> {
+    type Output = ();
+    fn poll(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<()> {
+        if self.latch.set.get() {
+            return Poll::Ready(());
+        }
+        let mut wakers = self.latch.wakers.borrow_mut();
+        if !wakers.iter().any(|w| w.will_wake(cx.waker())) {
+            wakers.push(cx.waker().clone());
+        }
+        Poll::Pending
+    }
+}

@@ -15,7 +15,7 @@
 
 use super::conn::{self, Conn, Transport};
 use super::handoff::{self, Handoff};
-use super::notify::Notify;
+use super::notify::{Latch, Notify};
 use super::tls::TlsStream;
 use super::Shared;
 use crate::config::Config;
@@ -107,9 +107,8 @@ pub struct Shard {
     pub throttle: RefCell<AuthThrottle>,
     pub conns: RefCell<HashMap<u64, Rc<Conn>>>,
     pub next_conn_id: Cell<u64>,
-    pub stopping: Cell<bool>,
-    /// Woken when the shard starts stopping (the acceptor waits on it).
-    pub stop_notify: Notify,
+    /// Set when the shard starts stopping; the acceptors and the drain deadline wait on it.
+    pub stopping: Latch,
     work: RefCell<VecDeque<Work>>,
     work_notify: Notify,
     acks: RefCell<VecDeque<PendingAck>>,
@@ -155,8 +154,7 @@ impl Shard {
             devices: RefCell::default(),
             conns: RefCell::default(),
             next_conn_id: Cell::new(0),
-            stopping: Cell::new(false),
-            stop_notify: Notify::default(),
+            stopping: Latch::default(),
             work: RefCell::default(),
             work_notify: Notify::default(),
             acks: RefCell::default(),
@@ -256,10 +254,10 @@ impl Shard {
     /// Begins stopping: no new connections; open ones stop reading and close once their
     /// acknowledgements are out.
     pub fn begin_stop(&self) {
-        if self.stopping.replace(true) {
+        if self.stopping.is_set() {
             return;
         }
-        self.stop_notify.notify();
+        self.stopping.set();
         for conn in self.conns.borrow().values() {
             conn.close(Some(ReasonCode::ServerShuttingDown));
         }
@@ -275,7 +273,7 @@ pub async fn acceptor(
 ) {
     loop {
         let accepted = future::or(async { Some(listener.accept().await) }, async {
-            shard.stop_notify.notified().await;
+            shard.stopping.wait().await;
             None
         })
         .await;
@@ -399,7 +397,7 @@ pub async fn ticker(shard: Rc<Shard>, mut incoming: Vec<rtrb::Consumer<Handoff>>
         if shard.shared.stop.load(Ordering::Relaxed) {
             shard.begin_stop();
         }
-        if shard.stopping.get()
+        if shard.stopping.is_set()
             && shard.conns.borrow().is_empty()
             && shard.log.pending_records() == 0
         {
@@ -415,7 +413,7 @@ pub async fn pipeline(shard: Rc<Shard>) {
     let mut record_buf = Vec::with_capacity(1024);
     loop {
         if shard.work.borrow().is_empty() {
-            if shard.stopping.get() && shard.conns.borrow().is_empty() {
+            if shard.stopping.is_set() && shard.conns.borrow().is_empty() {
                 break;
             }
             future::or(shard.work_notify.notified(), async {
@@ -676,7 +674,7 @@ pub async fn committer(shard: Rc<Shard>) {
                 // readers may be waiting on an idle log.
                 release_acks(&shard, shard.log.durable_end());
                 resume_paused(&shard);
-                if shard.stopping.get()
+                if shard.stopping.is_set()
                     && shard.conns.borrow().is_empty()
                     && shard.work.borrow().is_empty()
                 {
