@@ -109,6 +109,8 @@ pub struct ValidationConfig {
     pub verify_signatures: bool,
     /// Signatures verified together in one batch.
     pub verify_batch_max: usize,
+    /// Longest a message waits for its verification batch to fill (bounded delay).
+    pub verify_batch_delay_us: u64,
 }
 
 #[derive(Debug, Clone, Deserialize, PartialEq)]
@@ -207,6 +209,7 @@ impl Default for ValidationConfig {
             clock_skew_max_ms: 300_000,
             verify_signatures: true,
             verify_batch_max: 64,
+            verify_batch_delay_us: 1_000,
         }
     }
 }
@@ -379,6 +382,15 @@ impl Config {
             return Err(invalid(
                 "validation.verify_batch_max",
                 format!("{} is outside 1..=4096", self.validation.verify_batch_max),
+            ));
+        }
+        if self.validation.verify_batch_delay_us > 100_000 {
+            return Err(invalid(
+                "validation.verify_batch_delay_us",
+                format!(
+                    "{} is above 100000 (100 ms)",
+                    self.validation.verify_batch_delay_us
+                ),
             ));
         }
         if self.log.segment_bytes_max < (1 << 16) {

@@ -111,6 +111,8 @@ pub struct Shard {
     pub stopping: Latch,
     work: RefCell<VecDeque<Work>>,
     work_notify: Notify,
+    /// When the oldest queued message arrived (µs since `started`).
+    oldest_work_us: Cell<u64>,
     acks: RefCell<VecDeque<PendingAck>>,
     commit_notify: Notify,
     /// When the oldest record not yet committed was appended (µs since `started`).
@@ -157,6 +159,7 @@ impl Shard {
             stopping: Latch::default(),
             work: RefCell::default(),
             work_notify: Notify::default(),
+            oldest_work_us: Cell::new(0),
             acks: RefCell::default(),
             commit_notify: Notify::default(),
             oldest_pending_us: Cell::new(None),
@@ -214,8 +217,16 @@ impl Shard {
 
     /// Queues a checked message for the pipeline.
     pub fn submit(&self, work: Work) {
-        self.work.borrow_mut().push_back(work);
-        self.work_notify.notify();
+        let mut queue = self.work.borrow_mut();
+        queue.push_back(work);
+        // Wake the pipeline when a round starts (it then waits up to the batch delay) and
+        // when a full verification batch is ready; not for every message in between.
+        if queue.len() == 1 {
+            self.oldest_work_us.set(self.now_us());
+            self.work_notify.notify();
+        } else if queue.len() == self.config.validation.verify_batch_max {
+            self.work_notify.notify();
+        }
     }
 
     /// Passes a connection to another shard. Fails when that shard's ring is full.
@@ -409,6 +420,8 @@ pub async fn ticker(shard: Rc<Shard>, mut incoming: Vec<rtrb::Consumer<Handoff>>
 
 /// Verifies, appends and schedules acknowledgements, in arrival order.
 pub async fn pipeline(shard: Rc<Shard>) {
+    let batch_max = shard.config.validation.verify_batch_max;
+    let batch_delay_us = shard.config.validation.verify_batch_delay_us;
     let mut results = Vec::new();
     let mut record_buf = Vec::with_capacity(1024);
     loop {
@@ -422,11 +435,26 @@ pub async fn pipeline(shard: Rc<Shard>) {
             .await;
             continue;
         }
+        // Batch at our own pace: a bigger verification batch costs less per signature, so
+        // wait for a full batch, at most verify_batch_delay_us after the oldest arrival.
+        let queued = shard.work.borrow().len();
+        let waited_us = shard.now_us().saturating_sub(shard.oldest_work_us.get());
+        if queued < batch_max && waited_us < batch_delay_us && !shard.stopping.is_set() {
+            future::or(shard.work_notify.notified(), async {
+                glommio::timer::sleep(Duration::from_micros(batch_delay_us - waited_us)).await;
+            })
+            .await;
+            continue;
+        }
         let round: Vec<Work> = {
             let mut work = shard.work.borrow_mut();
             let n = work.len().min(PIPELINE_ROUND_MAX);
             work.drain(..n).collect()
         };
+        if !shard.work.borrow().is_empty() {
+            // Messages left over start the next round's clock now.
+            shard.oldest_work_us.set(shard.now_us());
+        }
         process_round(&shard, round, &mut results, &mut record_buf);
         if shard.oldest_pending_us.get().is_none() && shard.log.pending_records() > 0 {
             shard.oldest_pending_us.set(Some(shard.now_us()));
