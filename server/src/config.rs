@@ -95,6 +95,9 @@ pub struct AuthConfig {
     pub failures_before_delay: u32,
     /// Delay before refusing a throttled address, doubling per failure up to the max.
     pub failure_delay_ms: u64,
+    /// Require the signed CONNECT credential (or a client certificate). Off only for
+    /// benchmarks against plain MQTT clients: a registered device id then suffices.
+    pub require_credential: bool,
     pub failure_delay_ms_max: u64,
 }
 
@@ -107,6 +110,10 @@ pub struct ValidationConfig {
     pub clock_skew_max_ms: u64,
     /// Verify every reading's ed25519 signature. Off only for benchmarks of the transport.
     pub verify_signatures: bool,
+    /// Store payloads as received, without decoding envelopes (no replay window, no clock
+    /// or signature checks): only for measuring the transport and the durable log against
+    /// a plain MQTT broker. Never in production.
+    pub opaque_payloads: bool,
     /// Signatures verified together in one batch.
     pub verify_batch_max: usize,
     /// Longest a message waits for its verification batch to fill (bounded delay).
@@ -197,6 +204,7 @@ impl Default for AuthConfig {
             credential_window_ms: 300_000,
             failures_before_delay: 3,
             failure_delay_ms: 250,
+            require_credential: true,
             failure_delay_ms_max: 10_000,
         }
     }
@@ -208,6 +216,7 @@ impl Default for ValidationConfig {
             envelope_max_bytes: 1024,
             clock_skew_max_ms: 300_000,
             verify_signatures: true,
+            opaque_payloads: false,
             verify_batch_max: 64,
             verify_batch_delay_us: 1_000,
         }

@@ -254,6 +254,17 @@ fn serve(path: Option<&Path>, overrides: Overrides) -> Result<(), String> {
                 .map_or_else(|| ".".to_string(), |p| p.display().to_string())
         )
     })?;
+    if !config.auth.require_credential
+        || config.validation.opaque_payloads
+        || !config.validation.verify_signatures
+    {
+        tracing::warn!(
+            require_credential = config.auth.require_credential,
+            verify_signatures = config.validation.verify_signatures,
+            opaque_payloads = config.validation.opaque_payloads,
+            "BENCHMARK SETTINGS: devices are not fully authenticated or readings not verified"
+        );
+    }
     if registry.is_empty() {
         tracing::warn!(path = %config.registry.path.display(), "the device registry is empty: every CONNECT will be refused");
     }

@@ -39,6 +39,19 @@ pub struct ReadingMeta {
     pub sensor_type: String,
 }
 
+/// A payload stored without decoding (`validation.opaque_payloads`, benchmarks only).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct OpaqueMeta {
+    pub device: String,
+    pub topic: String,
+    pub received_ms: u64,
+    pub node: String,
+    pub shard: usize,
+    pub qos: u8,
+    /// Always true: marks the record as unverified.
+    pub opaque: bool,
+}
+
 /// A refused message and why.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct DeadLetterMeta {

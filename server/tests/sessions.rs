@@ -242,3 +242,40 @@ fn repeated_auth_failures_are_throttled_and_tls_garbage_costs_nothing() {
     );
     assert_eq!(client.read(), Reply::PubAck(1, ReasonCode::Success));
 }
+
+#[test]
+fn benchmark_transport_mode_stores_opaque_payloads_from_plain_clients() {
+    let fleet = Fleet::provision(2);
+    let data = fleet.dir.path().join("data");
+    let config = fleet.dir.path().join("bench.toml");
+    std::fs::write(
+        &config,
+        "[auth]\nrequire_credential = false\n[validation]\nopaque_payloads = true\n",
+    )
+    .unwrap();
+    let server = Server::start(&fleet, &data, &["--config", &config.display().to_string()]);
+    let device = fleet.device(1);
+    // A plain client: no username, no password; the client id names a registered device.
+    let (mut client, reply) =
+        Client::connect_with(server.addr(), &device, None, None, Protocol::V311);
+    assert_eq!(reply, Reply::ConnAck(ReasonCode::Success, false));
+    client.publish(&topic(&device), b"opaque bytes", QoS::AtLeastOnce, 1);
+    assert_eq!(client.read(), Reply::PubAck(1, ReasonCode::Success));
+    // Still only its own topic.
+    client.publish(&topic(&fleet.device(0)), b"x", QoS::AtLeastOnce, 2);
+    assert_eq!(client.read(), Reply::PubAck(2, ReasonCode::Success));
+    // An unregistered client id is still refused.
+    let (_, reply) = Client::connect_with(server.addr(), "nobody", None, None, Protocol::V311);
+    assert_eq!(
+        reply,
+        Reply::ConnAck(ReasonCode::BadUserNameOrPassword, false)
+    );
+    let records = read_log(&data, 2);
+    let stored: Vec<_> = records
+        .iter()
+        .filter(|r| r.meta["opaque"] == true)
+        .collect();
+    assert_eq!(stored.len(), 1);
+    assert_eq!(stored[0].raw, b"opaque bytes");
+    assert_eq!(dead_letters(&data, &device), ["topic_not_allowed"]);
+}

@@ -71,6 +71,8 @@ pub enum Verdict {
     /// A redelivery (DUP) of a reading already accepted: acknowledge once everything
     /// appended so far is durable; store nothing.
     Redelivery,
+    /// Stored as received, undecoded (`validation.opaque_payloads`, benchmarks only).
+    Opaque,
 }
 
 /// A message waiting for the pipeline.
@@ -551,6 +553,20 @@ fn finish(
     let mut reason = ReasonCode::Success;
     let needed_end = match &work.verdict {
         Verdict::Redelivery => shard.log.next_offset(),
+        Verdict::Opaque => {
+            let meta = crate::record::OpaqueMeta {
+                device: work.conn.device.clone(),
+                topic: work.topic.clone(),
+                received_ms: work.received_ms,
+                node: shard.config.node_id.clone(),
+                shard: shard.id,
+                qos: work.qos as u8,
+                opaque: true,
+            };
+            record::encode(&meta, &work.payload, buf);
+            shard.metrics.messages_accepted.inc();
+            shard.log.append(RecordKind::Reading, buf) + 1
+        }
         Verdict::Reject {
             reason: code,
             detail,
