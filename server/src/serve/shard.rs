@@ -453,13 +453,16 @@ pub async fn pipeline(shard: Rc<Shard>) {
             let n = work.len().min(PIPELINE_ROUND_MAX);
             work.drain(..n).collect()
         };
+        // The commit interval counts from the arrival of the round's oldest message, so the
+        // verification delay is part of it rather than added to it.
+        let round_arrival_us = shard.oldest_work_us.get();
         if !shard.work.borrow().is_empty() {
             // Messages left over start the next round's clock now.
             shard.oldest_work_us.set(shard.now_us());
         }
         process_round(&shard, round, &mut results, &mut record_buf);
         if shard.oldest_pending_us.get().is_none() && shard.log.pending_records() > 0 {
-            shard.oldest_pending_us.set(Some(shard.now_us()));
+            shard.oldest_pending_us.set(Some(round_arrival_us));
         }
         shard.commit_notify.notify();
         // Let connections and the committer run between rounds.
@@ -747,9 +750,8 @@ pub async fn committer(shard: Rc<Shard>) {
                             .observe_us(started.elapsed().as_micros() as u64);
                         shard.metrics.log_commits.inc();
                         shard.metrics.log_commit_bytes.add(bytes);
-                        if shard.log.pending_records() > 0 {
-                            shard.oldest_pending_us.set(Some(shard.now_us()));
-                        }
+                        // Records appended during this commit carry their own arrival time
+                        // (set by the pipeline): under load the next commit follows at once.
                         release_acks(&shard, end);
                         resume_paused(&shard);
                     }
