@@ -102,8 +102,12 @@ impl futures_lite::AsyncWrite for Transport {
     }
 }
 
-/// Bytes asked of the socket per read.
-const READ_CHUNK: usize = 4096;
+/// Bytes asked of the socket per read adapt between these: a read that fills its buffer
+/// doubles the next one (a busy device pipelining PUBLISHes), a read that uses under a
+/// quarter halves it. The buffer is freed whenever it is drained, so an idle device's
+/// connection holds only a smallest-size buffer for its pending read.
+const READ_CHUNK_MIN: usize = 256;
+const READ_CHUNK_MAX: usize = 64 * 1024;
 
 /// The part of a connection the shard's other tasks reach.
 pub struct Conn {
@@ -410,9 +414,22 @@ pub async fn serve(
         )
     });
 
+    buf.drain(..info.len);
+    // The session runs as a task of its own, so that what a long-lived connection keeps
+    // allocated is the session's state only, not the CONNECT phase's (about 1.9 KB).
+    glommio::spawn_local(session(shard, conn, state, stream, buf)).detach();
+}
+
+/// An authenticated connection, from after the CONNACK to its close.
+async fn session(
+    shard: Rc<Shard>,
+    conn: Rc<Conn>,
+    state: Rc<std::cell::RefCell<DeviceState>>,
+    stream: Transport,
+    buf: Vec<u8>,
+) {
     let (reader, writer) = futures_lite::io::split(stream);
     let writer_task = glommio::spawn_local(write_loop(Rc::clone(&conn), writer));
-    buf.drain(..info.len);
     read_loop(&shard, &conn, &state, reader, buf).await;
 
     // Let the committer deliver what is in flight, then close.
@@ -456,6 +473,7 @@ async fn read_loop(
     let max_packet = shard.config.mqtt.max_packet_bytes;
     let max_inflight = usize::from(shard.config.mqtt.max_inflight);
     let mut need = 1;
+    let mut chunk = READ_CHUNK_MIN;
     'connection: loop {
         let mut pos = 0;
         while pos < buf.len() {
@@ -485,9 +503,7 @@ async fn read_loop(
         buf.drain(..pos);
         if pos > 0 && buf.is_empty() {
             need = 1;
-            if buf.capacity() > 4 * READ_CHUNK {
-                buf = Vec::new();
-            }
+            buf = Vec::new();
         }
         // Back-pressure: wait for acknowledgements or for the log to catch up.
         while !conn.closing.get() && (conn.inflight.get() >= max_inflight || shard.overloaded()) {
@@ -502,8 +518,15 @@ async fn read_loop(
         if conn.closing.get() {
             break;
         }
-        match read_into(&mut reader, &mut buf, need).await {
-            ReadOutcome::Data => {}
+        let room = need.max(chunk);
+        match read_into(&mut reader, &mut buf, room).await {
+            ReadOutcome::Data(n) => {
+                if n == room {
+                    chunk = (chunk * 2).min(READ_CHUNK_MAX);
+                } else if n < chunk / 4 {
+                    chunk = (chunk / 2).max(READ_CHUNK_MIN);
+                }
+            }
             ReadOutcome::Eof => break,
             ReadOutcome::TimedOut => {
                 conn.close(Some(ReasonCode::KeepAliveTimeout));
@@ -844,15 +867,15 @@ async fn write_loop(conn: Rc<Conn>, mut writer: Writer) -> Writer {
 }
 
 enum ReadOutcome {
-    Data,
+    Data(usize),
     Eof,
     TimedOut,
 }
 
-/// Reads at least once into the spare room of `buf`, sized for `need` more bytes.
-async fn read_into(reader: &mut Reader, buf: &mut Vec<u8>, need: usize) -> ReadOutcome {
+/// Reads once into `room` bytes of new space at the end of `buf`.
+async fn read_into(reader: &mut Reader, buf: &mut Vec<u8>, room: usize) -> ReadOutcome {
     let filled = buf.len();
-    buf.resize(filled + need.max(READ_CHUNK), 0);
+    buf.resize(filled + room, 0);
     let result = reader.read(&mut buf[filled..]).await;
     match result {
         Ok(0) => {
@@ -861,7 +884,7 @@ async fn read_into(reader: &mut Reader, buf: &mut Vec<u8>, need: usize) -> ReadO
         }
         Ok(n) => {
             buf.truncate(filled + n);
-            ReadOutcome::Data
+            ReadOutcome::Data(n)
         }
         Err(error) => {
             buf.truncate(filled);
