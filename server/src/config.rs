@@ -259,27 +259,79 @@ impl Default for ShutdownConfig {
 }
 
 impl Config {
-    /// Reads and validates a config file.
-    pub fn from_file(path: &Path) -> Result<Self, ConfigError> {
-        let text = std::fs::read_to_string(path).map_err(|source| ConfigError::Read {
-            path: path.to_path_buf(),
-            source,
-        })?;
-        Self::from_toml(&text).map_err(|error| match error {
-            ConfigError::Parse { message, .. } => ConfigError::Parse {
+    /// Parses and validates TOML text.
+    pub fn from_toml(text: &str) -> Result<Self, ConfigError> {
+        Self::from_toml_with_env(text, std::iter::empty())
+    }
+
+    /// Reads the config file (or the embedded default when there is none), applies the
+    /// environment overrides of this process, and validates.
+    pub fn load(path: Option<&Path>) -> Result<Self, ConfigError> {
+        let text = match path {
+            Some(path) => std::fs::read_to_string(path).map_err(|source| ConfigError::Read {
                 path: path.to_path_buf(),
+                source,
+            })?,
+            None => String::new(),
+        };
+        Self::from_toml_with_env(&text, std::env::vars()).map_err(|error| match error {
+            ConfigError::Parse { message, .. } => ConfigError::Parse {
+                path: path.map_or_else(|| PathBuf::from("(defaults)"), Path::to_path_buf),
                 message,
             },
             other => other,
         })
     }
 
-    /// Parses and validates TOML text.
-    pub fn from_toml(text: &str) -> Result<Self, ConfigError> {
-        let config: Config = toml::from_str(text).map_err(|error| ConfigError::Parse {
+    /// Parses TOML text, then applies overrides from environment variables named
+    /// `INGESTD__SECTION__KEY` (or `INGESTD__KEY` for top-level keys), whose values are TOML
+    /// values (`INGESTD__LOG__SEGMENT_BYTES_MAX=1048576`, `INGESTD__MQTT__LISTEN='"0.0.0.0:1883"'`;
+    /// a bare word that is not a TOML value is taken as a string).
+    pub fn from_toml_with_env(
+        text: &str,
+        env: impl Iterator<Item = (String, String)>,
+    ) -> Result<Self, ConfigError> {
+        let mut table: toml::Table = toml::from_str(text).map_err(|error| ConfigError::Parse {
             path: PathBuf::new(),
             message: error.to_string(),
         })?;
+        for (name, raw) in env {
+            let Some(path) = name.strip_prefix("INGESTD__") else {
+                continue;
+            };
+            let keys: Vec<String> = path.split("__").map(str::to_ascii_lowercase).collect();
+            let value = toml::from_str::<toml::Table>(&format!("v = {raw}"))
+                .ok()
+                .and_then(|mut t| t.remove("v"))
+                .unwrap_or_else(|| toml::Value::String(raw.clone()));
+            let (last, sections) = match keys.split_last() {
+                Some(split) if !split.0.is_empty() => split,
+                _ => {
+                    return Err(ConfigError::Parse {
+                        path: PathBuf::new(),
+                        message: format!("environment variable {name}: no key after INGESTD__"),
+                    })
+                }
+            };
+            let mut target = &mut table;
+            for section in sections {
+                let entry = target
+                    .entry(section.clone())
+                    .or_insert_with(|| toml::Value::Table(toml::Table::new()));
+                target = entry.as_table_mut().ok_or_else(|| ConfigError::Parse {
+                    path: PathBuf::new(),
+                    message: format!("environment variable {name}: `{section}` is not a section"),
+                })?;
+            }
+            target.insert(last.clone(), value);
+        }
+        let config: Config =
+            toml::Value::Table(table)
+                .try_into()
+                .map_err(|error: toml::de::Error| ConfigError::Parse {
+                    path: PathBuf::new(),
+                    message: error.to_string(),
+                })?;
         config.validate()?;
         Ok(config)
     }
@@ -469,6 +521,28 @@ mod tests {
         assert_eq!(config.mqtt.listen, "127.0.0.1:18830");
         assert_eq!(config.log.commit_interval_us, 500);
         assert_eq!(config.mqtt.max_inflight, MqttConfig::default().max_inflight);
+    }
+
+    #[test]
+    fn environment_overrides_win_over_the_file() {
+        let env = [
+            ("INGESTD__LOG__SEGMENT_BYTES_MAX", "1048576"),
+            ("INGESTD__MQTT__LISTEN", "127.0.0.1:1999"),
+            ("INGESTD__NODE_ID", "\"node-7\""),
+            ("OTHER", "ignored"),
+        ]
+        .map(|(k, v)| (k.to_string(), v.to_string()));
+        let config =
+            Config::from_toml_with_env("[log]\nsegment_bytes_max = 99999999\n", env.into_iter())
+                .unwrap();
+        assert_eq!(config.log.segment_bytes_max, 1 << 20);
+        assert_eq!(config.mqtt.listen, "127.0.0.1:1999");
+        assert_eq!(config.node_id, "node-7");
+        let bad = [("INGESTD__LOG__NO_SUCH_KEY".to_string(), "1".to_string())];
+        let message = Config::from_toml_with_env("", bad.into_iter())
+            .unwrap_err()
+            .to_string();
+        assert!(message.contains("no_such_key"), "{message}");
     }
 
     #[test]

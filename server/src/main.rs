@@ -234,10 +234,7 @@ fn init_tracing() {
 }
 
 fn load_config(path: Option<&Path>) -> Result<Config, String> {
-    match path {
-        Some(path) => Config::from_file(path).map_err(|e| e.to_string()),
-        None => Ok(Config::default()),
-    }
+    Config::load(path).map_err(|e| e.to_string())
 }
 
 fn serve(path: Option<&Path>, overrides: Overrides) -> Result<(), String> {

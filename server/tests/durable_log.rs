@@ -4,7 +4,6 @@
 
 use ingestd::log::{self, LogReader, RecordKind, ShardLog};
 use std::future::Future;
-use std::io::Write;
 use std::path::Path;
 
 /// Runs `fut` on a fresh single-thread glommio executor. io_memory is kept small so the
@@ -16,6 +15,9 @@ fn run<T: 'static>(fut: impl Future<Output = T> + 'static) -> T {
         .unwrap()
         .run(fut)
 }
+
+/// The torn-tail bound passed to open (the server passes about one commit batch).
+const TORN_MAX: u64 = 64 << 10;
 
 fn payload(i: u64) -> Vec<u8> {
     format!("record-{i}-{}", "x".repeat((i % 50) as usize)).into_bytes()
@@ -37,7 +39,7 @@ fn committed_records_read_back_in_order() {
     let dir = tmp.path().to_path_buf();
     let d = dir.clone();
     run(async move {
-        let (log, recovery) = ShardLog::open(&d, 1 << 20).await.unwrap();
+        let (log, recovery) = ShardLog::open(&d, 1 << 20, TORN_MAX).await.unwrap();
         assert_eq!(recovery.next_offset, 0);
         for i in 0..100 {
             let kind = if i % 10 == 0 {
@@ -72,7 +74,7 @@ fn segments_roll_and_offsets_continue_across_restarts() {
     let d = dir.clone();
     run(async move {
         // Small segments: every commit of 20 records rolls.
-        let (log, _) = ShardLog::open(&d, 512).await.unwrap();
+        let (log, _) = ShardLog::open(&d, 512, TORN_MAX).await.unwrap();
         for batch in 0..5u64 {
             for i in 0..20 {
                 log.append(RecordKind::Reading, &payload(batch * 20 + i));
@@ -84,7 +86,7 @@ fn segments_roll_and_offsets_continue_across_restarts() {
     assert!(segments.len() >= 5, "expected rolling, got {segments:?}");
     let d = dir.clone();
     run(async move {
-        let (log, recovery) = ShardLog::open(&d, 512).await.unwrap();
+        let (log, recovery) = ShardLog::open(&d, 512, TORN_MAX).await.unwrap();
         assert_eq!(recovery.next_offset, 100);
         assert_eq!(recovery.truncated_bytes, 0);
         assert_eq!(log.append(RecordKind::Reading, &payload(100)), 100);
@@ -108,14 +110,14 @@ fn uncommitted_records_are_not_in_the_log_after_a_crash() {
     let dir = tmp.path().to_path_buf();
     let d = dir.clone();
     run(async move {
-        let (log, _) = ShardLog::open(&d, 1 << 20).await.unwrap();
+        let (log, _) = ShardLog::open(&d, 1 << 20, TORN_MAX).await.unwrap();
         log.append(RecordKind::Reading, b"durable");
         log.commit().await.unwrap();
         log.append(RecordKind::Reading, b"never committed");
         // Dropped without commit: the process "crashed" here.
     });
     let d = dir.clone();
-    let recovery = run(async move { ShardLog::open(&d, 1 << 20).await.unwrap().1 });
+    let recovery = run(async move { ShardLog::open(&d, 1 << 20, TORN_MAX).await.unwrap().1 });
     assert_eq!(recovery.next_offset, 1);
     let entries = read_all(&dir, 0);
     assert_eq!(entries.len(), 1);
@@ -128,29 +130,34 @@ fn torn_tail_is_cut_and_the_log_continues() {
     let dir = tmp.path().to_path_buf();
     let d = dir.clone();
     run(async move {
-        let (log, _) = ShardLog::open(&d, 1 << 20).await.unwrap();
+        let (log, _) = ShardLog::open(&d, 1 << 20, TORN_MAX).await.unwrap();
         for i in 0..10 {
             log.append(RecordKind::Reading, &payload(i));
         }
         log.commit().await.unwrap();
     });
-    // Simulate a write cut short by a crash: half a record at the end of the segment.
+    // Simulate a write cut short by a crash: half a record right after the last whole one
+    // (the segment is preallocated, so "after" is inside the file, not at its end).
     let (_, last) = log::list_segments(&dir).unwrap().pop().unwrap();
+    let valid_end = log::format::SEGMENT_HEADER_BYTES
+        + (0..10)
+            .map(|i| log::format::record_bytes(payload(i).len()))
+            .sum::<usize>();
     let mut half = Vec::new();
     log::format::encode_record(RecordKind::Reading, b"half-written record", &mut half);
     half.truncate(half.len() / 2);
-    std::fs::OpenOptions::new()
-        .append(true)
-        .open(&last)
-        .unwrap()
-        .write_all(&half)
-        .unwrap();
+    std::os::unix::fs::FileExt::write_at(
+        &std::fs::OpenOptions::new().write(true).open(&last).unwrap(),
+        &half,
+        valid_end as u64,
+    )
+    .unwrap();
     // The reader stops cleanly at the torn tail.
     assert_eq!(read_all(&dir, 0).len(), 10);
 
     let d = dir.clone();
     let recovery = run(async move {
-        let (log, recovery) = ShardLog::open(&d, 1 << 20).await.unwrap();
+        let (log, recovery) = ShardLog::open(&d, 1 << 20, TORN_MAX).await.unwrap();
         assert_eq!(log.append(RecordKind::Reading, &payload(10)), 10);
         log.commit().await.unwrap();
         recovery
@@ -169,7 +176,7 @@ fn corruption_before_the_tail_is_reported_not_skipped() {
     let dir = tmp.path().to_path_buf();
     let d = dir.clone();
     run(async move {
-        let (log, _) = ShardLog::open(&d, 256).await.unwrap();
+        let (log, _) = ShardLog::open(&d, 256, TORN_MAX).await.unwrap();
         for batch in 0..3u64 {
             for i in 0..10 {
                 log.append(RecordKind::Reading, &payload(batch * 10 + i));
@@ -199,7 +206,7 @@ fn segment_cut_during_creation_is_repaired() {
     let dir = tmp.path().to_path_buf();
     let d = dir.clone();
     run(async move {
-        let (log, _) = ShardLog::open(&d, 1 << 20).await.unwrap();
+        let (log, _) = ShardLog::open(&d, 1 << 20, TORN_MAX).await.unwrap();
         log.append(RecordKind::Reading, b"one");
         log.commit().await.unwrap();
     });
@@ -208,7 +215,7 @@ fn segment_cut_during_creation_is_repaired() {
     assert_eq!(read_all(&dir, 0).len(), 1);
     let d = dir.clone();
     run(async move {
-        let (log, recovery) = ShardLog::open(&d, 1 << 20).await.unwrap();
+        let (log, recovery) = ShardLog::open(&d, 1 << 20, TORN_MAX).await.unwrap();
         assert_eq!(recovery.next_offset, 1);
         log.append(RecordKind::Reading, b"two");
         log.commit().await.unwrap();
@@ -218,4 +225,76 @@ fn segment_cut_during_creation_is_repaired() {
         entries.iter().map(|e| e.2.clone()).collect::<Vec<_>>(),
         vec![b"one".to_vec(), b"two".to_vec()]
     );
+}
+
+#[test]
+fn damage_larger_than_a_commit_batch_is_refused_not_discarded() {
+    let tmp = tempfile::tempdir().unwrap();
+    let dir = tmp.path().to_path_buf();
+    let d = dir.clone();
+    run(async move {
+        let (log, _) = ShardLog::open(&d, 1 << 20, TORN_MAX).await.unwrap();
+        log.append(RecordKind::Reading, b"acknowledged");
+        log.commit().await.unwrap();
+    });
+    // Garbage far beyond anything one commit could have written: this is corruption (for
+    // example a zeroed length field in front of acknowledged records), and clearing it
+    // could destroy acknowledged data.
+    let (_, last) = log::list_segments(&dir).unwrap().pop().unwrap();
+    std::os::unix::fs::FileExt::write_at(
+        &std::fs::OpenOptions::new().write(true).open(&last).unwrap(),
+        b"not zero",
+        500_000,
+    )
+    .unwrap();
+    let d = dir.clone();
+    let error = run(async move {
+        match ShardLog::open(&d, 1 << 20, TORN_MAX).await {
+            Ok(_) => String::new(),
+            Err(error) => error.to_string(),
+        }
+    });
+    assert!(error.contains("corruption, not a torn tail"), "{error}");
+    // Nothing was cleared.
+    assert_eq!(read_all(&dir, 0).len(), 1);
+}
+
+#[test]
+fn segments_are_preallocated_and_the_spare_becomes_the_next_segment() {
+    let tmp = tempfile::tempdir().unwrap();
+    let dir = tmp.path().to_path_buf();
+    let d = dir.clone();
+    run(async move {
+        let (log, _) = ShardLog::open(&d, 4096, TORN_MAX).await.unwrap();
+        let first = log::list_segments(&d).unwrap()[0].1.clone();
+        assert_eq!(std::fs::metadata(&first).unwrap().len(), 4096);
+        // Not half full yet: no spare.
+        assert!(!log.claim_spare());
+        for i in 0..60 {
+            log.append(RecordKind::Reading, &payload(i));
+        }
+        log.commit().await.unwrap();
+        // Half full: the spare is claimed once and prepared.
+        assert!(log.claim_spare());
+        assert!(!log.claim_spare());
+        log.prepare_spare().await;
+        assert!(d.join("spare.segment").exists());
+        for i in 60..130 {
+            log.append(RecordKind::Reading, &payload(i));
+        }
+        log.commit().await.unwrap();
+        // The roll renamed the spare.
+        assert!(!d.join("spare.segment").exists());
+        log.append(RecordKind::Reading, &payload(130));
+        log.commit().await.unwrap();
+    });
+    let segments = log::list_segments(&dir).unwrap();
+    assert_eq!(segments.len(), 2);
+    assert_eq!(std::fs::metadata(&segments[1].1).unwrap().len(), 4096);
+    let entries = read_all(&dir, 0);
+    assert_eq!(entries.len(), 131);
+    assert!(entries
+        .iter()
+        .enumerate()
+        .all(|(i, e)| e.0 == i as u64 && e.2 == payload(i as u64)));
 }

@@ -132,7 +132,8 @@ pub enum Scan<'a> {
         payload: &'a [u8],
         len: usize,
     },
-    /// The slice ends exactly at a record boundary.
+    /// The slice ends exactly at a record boundary, or a zero length field starts here:
+    /// the preallocated, never-written rest of a segment (a record's length is never 0).
     End,
     /// What follows is not a whole valid record: the tail of a write that a crash cut
     /// short, or corruption. Recovery truncates the last segment here.
@@ -144,7 +145,7 @@ pub enum Scan<'a> {
 pub enum TornReason {
     /// Fewer bytes than the record header.
     ShortHeader { available: usize },
-    /// The length field is 0 or above the maximum.
+    /// The length field is above the maximum.
     BadLength { len: u32 },
     /// The body is cut short.
     ShortBody { needed: usize, available: usize },
@@ -176,15 +177,21 @@ pub fn decode_record(buf: &[u8]) -> Scan<'_> {
     if buf.is_empty() {
         return Scan::End;
     }
+    if buf.len() < 4 && buf.iter().all(|b| *b == 0) {
+        return Scan::End;
+    }
     let Some(header) = buf.get(..RECORD_HEADER_BYTES) else {
         return Scan::Torn(TornReason::ShortHeader {
             available: buf.len(),
         });
     };
     let len_bytes = [header[0], header[1], header[2], header[3]];
+    if len_bytes == [0; 4] {
+        return Scan::End;
+    }
     let body_len = u32::from_le_bytes(len_bytes);
     let crc_stored = u32::from_le_bytes([header[4], header[5], header[6], header[7]]);
-    if body_len == 0 || body_len as usize > RECORD_BODY_BYTES_MAX {
+    if body_len as usize > RECORD_BODY_BYTES_MAX {
         return Scan::Torn(TornReason::BadLength { len: body_len });
     }
     let body_len = body_len as usize;
@@ -294,15 +301,26 @@ mod tests {
     }
 
     #[test]
-    fn zeroed_tail_is_torn_not_a_record() {
-        // A crash after the file grew but before data reached it can leave zeros.
+    fn zeroed_tail_is_the_end_not_a_record() {
+        // Segments are preallocated with zeros; the first zero length field ends them.
         let mut buf = encode(&[(RecordKind::Reading, b"a".to_vec())]);
         let good = buf.len();
         buf.extend_from_slice(&[0u8; 32]);
         let prefix = valid_prefix(&buf);
         assert_eq!(prefix.records, 1);
         assert_eq!(prefix.bytes, good);
-        assert_eq!(prefix.torn, Some(TornReason::BadLength { len: 0 }));
+        assert_eq!(prefix.torn, None);
+        assert_eq!(decode_record(&[0, 0]), Scan::End);
+    }
+
+    #[test]
+    fn a_header_cut_after_its_length_is_torn() {
+        let mut buf = encode(&[(RecordKind::Reading, b"abc".to_vec())]);
+        buf.truncate(6);
+        assert!(matches!(
+            decode_record(&buf),
+            Scan::Torn(TornReason::ShortHeader { .. })
+        ));
     }
 
     proptest! {

@@ -220,7 +220,12 @@ async fn shard_main(
     ready: mpsc::Sender<Result<usize, String>>,
 ) {
     let dir = log::shard_dir(&config.data_dir, id);
-    let (log, recovery) = match ShardLog::open(&dir, config.log.segment_bytes_max).await {
+    // A crash can leave at most the commit in flight half-written; under a disk-full retry
+    // that can be everything pending, so allow twice the back-pressure threshold.
+    let torn_tail_bytes_max =
+        2 * config.log.pending_bytes_max as u64 + crate::log::format::RECORD_BODY_BYTES_MAX as u64;
+    let opened = ShardLog::open(&dir, config.log.segment_bytes_max, torn_tail_bytes_max).await;
+    let (log, recovery) = match opened {
         Ok(opened) => opened,
         Err(error) => {
             let _ = ready.send(Err(format!("shard {id}: durable log: {error}")));

@@ -753,6 +753,11 @@ pub async fn committer(shard: Rc<Shard>) {
                         // Records appended during this commit carry their own arrival time
                         // (set by the pipeline): under load the next commit follows at once.
                         release_acks(&shard, end);
+                        if shard.log.claim_spare() {
+                            let shard = Rc::clone(&shard);
+                            glommio::spawn_local(async move { shard.log.prepare_spare().await })
+                                .detach();
+                        }
                         resume_paused(&shard);
                     }
                     Err(error) if error.is_retriable() => {

@@ -205,6 +205,8 @@ impl Server {
         let child = Command::new(BIN)
             .args(&self.args)
             .env("INGESTD_LOG", "warn")
+            // Small preallocated segments: tests start many servers.
+            .env("INGESTD__LOG__SEGMENT_BYTES_MAX", "1048576")
             .stdout(Stdio::null())
             .stderr(Stdio::inherit())
             .spawn()
