@@ -226,7 +226,7 @@ impl Default for ValidationConfig {
 impl Default for LogConfig {
     fn default() -> Self {
         Self {
-            segment_bytes_max: 64 << 20,
+            segment_bytes_max: 16 << 20,
             commit_batch_bytes_max: 1 << 20,
             commit_interval_us: 2_000,
             pending_bytes_max: 16 << 20,
