@@ -374,10 +374,12 @@ impl Config {
                 "both mqtt.listen and tls.listen are empty: no listener would accept devices",
             ));
         }
-        if !(64..=(256 << 20)).contains(&self.mqtt.max_packet_bytes) {
+        // A refused PUBLISH is kept whole in its dead letter, and a log record holds at
+        // most 1 MiB: packets stay well below that.
+        if !(64..=(512 << 10)).contains(&self.mqtt.max_packet_bytes) {
             return Err(invalid(
                 "mqtt.max_packet_bytes",
-                format!("{} is outside 64..=268435456", self.mqtt.max_packet_bytes),
+                format!("{} is outside 64..=524288", self.mqtt.max_packet_bytes),
             ));
         }
         if self.mqtt.max_inflight == 0 {
@@ -564,6 +566,7 @@ mod tests {
             ("[mqtt]\nmax_inflight = 0\n", "mqtt.max_inflight"),
             ("[mqtt]\ntopic_prefix = \"a/+/b\"\n", "mqtt.topic_prefix"),
             ("[mqtt]\nmax_packet_bytes = 10\n", "mqtt.max_packet_bytes"),
+            ("[mqtt]\nmax_packet_bytes = 2000000\n", "mqtt.max_packet_bytes"),
             ("[tls]\nlisten = \"127.0.0.1:8883\"\n", "tls.cert_path"),
             (
                 "[validation]\nverify_batch_max = 0\n",
