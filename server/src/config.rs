@@ -566,7 +566,10 @@ mod tests {
             ("[mqtt]\nmax_inflight = 0\n", "mqtt.max_inflight"),
             ("[mqtt]\ntopic_prefix = \"a/+/b\"\n", "mqtt.topic_prefix"),
             ("[mqtt]\nmax_packet_bytes = 10\n", "mqtt.max_packet_bytes"),
-            ("[mqtt]\nmax_packet_bytes = 2000000\n", "mqtt.max_packet_bytes"),
+            (
+                "[mqtt]\nmax_packet_bytes = 2000000\n",
+                "mqtt.max_packet_bytes",
+            ),
             ("[tls]\nlisten = \"127.0.0.1:8883\"\n", "tls.cert_path"),
             (
                 "[validation]\nverify_batch_max = 0\n",
