@@ -143,6 +143,9 @@ pub struct ShardMetrics {
     pub log_commits: Counter,
     pub log_commit_bytes: Counter,
     pub log_fsync_latency: Histogram,
+    /// From a QoS 1/2 PUBLISH's arrival on its shard to its acknowledgement being queued:
+    /// the server's share of the device's publish -> ack latency.
+    pub ack_latency: Histogram,
     pub log_pending_bytes: Gauge,
     pub handoff_ring_occupancy: Gauge,
     pub backpressure_pauses: Counter,
@@ -294,6 +297,16 @@ impl Registry {
                     );
                 }
             }
+        }
+        let name = "ingestd_ack_latency_seconds";
+        let _ = writeln!(
+            out,
+            "# HELP {name} PUBLISH arrival to acknowledgement (after durability)\n# TYPE {name} histogram"
+        );
+        for (shard, metrics) in self.shards.iter().enumerate() {
+            metrics
+                .ack_latency
+                .render(&mut out, name, &format!("shard=\"{shard}\""));
         }
         let name = "ingestd_log_fsync_seconds";
         let _ = writeln!(

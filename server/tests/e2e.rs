@@ -621,6 +621,7 @@ fn health_endpoints_and_metrics() {
         "ingestd_messages_accepted_total",
         "ingestd_verify_batches_total",
         "ingestd_log_fsync_seconds_bucket",
+        "ingestd_ack_latency_seconds_bucket",
         "ingestd_handoff_ring_occupancy",
     ] {
         assert!(text.contains(name), "metrics lack {name}");

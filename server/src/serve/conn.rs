@@ -707,6 +707,7 @@ fn on_publish(
         qos: publish.qos,
         pkid: publish.pkid,
         received_ms,
+        received_us: shard.now_us(),
         topic: publish.topic.to_string(),
         payload: publish.payload.to_vec(),
         verdict,

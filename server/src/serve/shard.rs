@@ -82,6 +82,8 @@ pub struct Work {
     pub qos: QoS,
     pub pkid: u16,
     pub received_ms: u64,
+    /// Arrival on the shard's clock (µs since start), for the acknowledgement latency.
+    pub received_us: u64,
     pub topic: String,
     pub payload: Vec<u8>,
     pub verdict: Verdict,
@@ -90,6 +92,7 @@ pub struct Work {
 /// An acknowledgement held until the log is durable up to `needed_end`.
 struct PendingAck {
     needed_end: u64,
+    received_us: u64,
     conn: Rc<Conn>,
     device: Rc<RefCell<DeviceState>>,
     qos: QoS,
@@ -171,7 +174,7 @@ impl Shard {
         }
     }
 
-    fn now_us(&self) -> u64 {
+    pub fn now_us(&self) -> u64 {
         self.started.elapsed().as_micros() as u64
     }
 
@@ -609,6 +612,7 @@ fn finish(
     }
     shard.acks.borrow_mut().push_back(PendingAck {
         needed_end,
+        received_us: work.received_us,
         conn: work.conn,
         device: work.device,
         qos: work.qos,
@@ -789,6 +793,7 @@ pub async fn committer(shard: Rc<Shard>) {
 }
 
 fn release_acks(shard: &Shard, durable_end: u64) {
+    let now_us = shard.now_us();
     let mut acks = shard.acks.borrow_mut();
     while acks
         .front()
@@ -807,6 +812,10 @@ fn release_acks(shard: &Shard, durable_end: u64) {
             }
         }
         ack.conn.send_ack(ack.qos, ack.pkid, ack.reason);
+        shard
+            .metrics
+            .ack_latency
+            .observe_us(now_us.saturating_sub(ack.received_us));
     }
 }
 
