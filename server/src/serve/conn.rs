@@ -122,6 +122,8 @@ pub struct Conn {
     /// freed the shard from back-pressure).
     pub resume: Notify,
     inflight: Cell<usize>,
+    /// Waiting in the shard's back-pressure list (so it is listed once).
+    pub paused: Cell<bool>,
     /// The socket is still open: `fd` may be shut down. Cleared before the stream drops,
     /// so a recycled descriptor number is never touched.
     open: Cell<bool>,
@@ -142,6 +144,7 @@ impl Conn {
             out_notify: Notify::default(),
             resume: Notify::default(),
             inflight: Cell::new(0),
+            paused: Cell::new(false),
             open: Cell::new(true),
             closing: Cell::new(false),
             close_reason: Cell::new(None),

@@ -188,6 +188,9 @@ impl Shard {
 
     /// Parks a reader until the next commit.
     pub fn pause(&self, conn: &Rc<Conn>) {
+        if conn.paused.replace(true) {
+            return;
+        }
         self.metrics.backpressure_pauses.inc();
         self.paused.borrow_mut().push(Rc::clone(conn));
         self.commit_notify.notify();
@@ -824,6 +827,7 @@ fn resume_paused(shard: &Shard) {
         return;
     }
     for conn in shard.paused.borrow_mut().drain(..) {
+        conn.paused.set(false);
         conn.resume.notify();
     }
 }
