@@ -186,11 +186,15 @@ fn corruption_before_the_tail_is_reported_not_skipped() {
     });
     let segments = log::list_segments(&dir).unwrap();
     assert!(segments.len() >= 2);
-    // Flip a byte in the middle of the first (sealed) segment.
+    // Flip a byte inside the third record of the first (sealed) segment.
     let first = &segments[0].1;
     let mut bytes = std::fs::read(first).unwrap();
-    let middle = bytes.len() / 2;
-    bytes[middle] ^= 0xFF;
+    let inside = log::format::SEGMENT_HEADER_BYTES
+        + (0..2)
+            .map(|i| log::format::record_bytes(payload(i).len()))
+            .sum::<usize>()
+        + 10;
+    bytes[inside] ^= 0xFF;
     std::fs::write(first, &bytes).unwrap();
     let results: Vec<_> = LogReader::open(&dir, 0).unwrap().collect();
     let error = results.iter().find_map(|r| r.as_ref().err()).unwrap();
