@@ -378,11 +378,17 @@ pub fn write_signed_message_for_body(
     body: &[u8],
     out: &mut Vec<u8>,
 ) -> Result<(), EnvelopeError> {
+    write_signed_message_head(topic, out)?;
+    out.extend_from_slice(body);
+    Ok(())
+}
+
+/// Appends what precedes the body in the signed message: prefix, u16 topic length, topic.
+fn write_signed_message_head(topic: &str, out: &mut Vec<u8>) -> Result<(), EnvelopeError> {
     let topic_len = u16::try_from(topic.len()).map_err(|_| EnvelopeError::BadTopic)?;
     out.extend_from_slice(SIGNED_MESSAGE_PREFIX);
     out.extend_from_slice(&topic_len.to_be_bytes());
     out.extend_from_slice(topic.as_bytes());
-    out.extend_from_slice(body);
     Ok(())
 }
 
@@ -422,10 +428,7 @@ impl<'a> Envelope<'a> {
         topic: &str,
         out: &mut Vec<u8>,
     ) -> Result<(), EnvelopeError> {
-        let topic_len = u16::try_from(topic.len()).map_err(|_| EnvelopeError::BadTopic)?;
-        out.extend_from_slice(SIGNED_MESSAGE_PREFIX);
-        out.extend_from_slice(&topic_len.to_be_bytes());
-        out.extend_from_slice(topic.as_bytes());
+        write_signed_message_head(topic, out)?;
         self.write_canonical_body(out);
         Ok(())
     }

@@ -169,14 +169,7 @@ impl ShardLog {
             }
         };
         recovery.next_offset = base;
-        let active = OpenOptions::new()
-            .write(true)
-            .buffered_open(&path)
-            .await
-            .map_err(|e| LogError::Segment {
-                path: path.clone(),
-                source: std::io::Error::other(e.to_string()),
-            })?;
+        let active = open_segment(&path).await?;
         let log = ShardLog {
             dir: dir.to_path_buf(),
             segment_bytes_max,
@@ -343,20 +336,25 @@ impl ShardLog {
             }
             Spare::None => create_segment(&self.dir, &path, self.segment_bytes_max).await?,
         }
-        let file = OpenOptions::new()
-            .write(true)
-            .buffered_open(&path)
-            .await
-            .map_err(|e| LogError::Segment {
-                path: path.clone(),
-                source: std::io::Error::other(e.to_string()),
-            })?;
+        let file = open_segment(&path).await?;
         let mut state = self.state.borrow_mut();
         state.active = Rc::new(file);
         state.active_path = path;
         state.active_len = format::SEGMENT_HEADER_BYTES as u64;
         Ok(())
     }
+}
+
+/// Opens an existing segment for writing.
+async fn open_segment(path: &Path) -> Result<BufferedFile, LogError> {
+    OpenOptions::new()
+        .write(true)
+        .buffered_open(path)
+        .await
+        .map_err(|e| LogError::Segment {
+            path: path.to_path_buf(),
+            source: e.into(),
+        })
 }
 
 /// Writes all of `bytes` at `position`, resuming after short writes. glommio's
