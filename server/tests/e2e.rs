@@ -766,3 +766,44 @@ fn readme_main_command_serves_on_embedded_defaults() {
     .unwrap();
     assert!(child.wait().unwrap().success());
 }
+
+#[test]
+fn sighup_reloads_the_registry_and_a_revoked_device_is_cut_off() {
+    let fleet = Fleet::provision(3);
+    let data = fleet.dir.path().join("data");
+    let server = Server::start(&fleet, &data, &[]);
+    let (revoked, kept) = (fleet.device(1), fleet.device(2));
+    let (mut a, reply) = Client::connect(server.addr(), &fleet, &revoked, Protocol::V5);
+    assert_eq!(reply, Reply::ConnAck(ReasonCode::Success, false));
+    let (mut b, reply) = Client::connect(server.addr(), &fleet, &kept, Protocol::V5);
+    assert_eq!(reply, Reply::ConnAck(ReasonCode::Success, false));
+
+    fleet.set_status(&revoked, "revoked");
+    let pid = nix::unistd::Pid::from_raw(server.child.as_ref().unwrap().id() as i32);
+    nix::sys::signal::kill(pid, nix::sys::signal::Signal::SIGHUP).unwrap();
+    // The revoked device's live connection is closed by the server...
+    a.stream
+        .set_read_timeout(Some(Duration::from_secs(2)))
+        .unwrap();
+    assert_eq!(
+        a.read(),
+        Reply::Disconnect(ReasonCode::AdministrativeAction)
+    );
+    // ...and it cannot come back.
+    let (_, reply) = Client::connect(server.addr(), &fleet, &revoked, Protocol::V5);
+    assert_eq!(reply, Reply::ConnAck(ReasonCode::Banned, false));
+    // The other device is untouched.
+    b.publish(
+        &topic(&kept),
+        &fleet.payload(&kept, 1, false),
+        QoS::AtLeastOnce,
+        1,
+    );
+    assert_eq!(b.read(), Reply::PubAck(1, ReasonCode::Success));
+    // A registry file that does not validate is not applied.
+    std::fs::write(fleet.registry(), "{ not json").unwrap();
+    nix::sys::signal::kill(pid, nix::sys::signal::Signal::SIGHUP).unwrap();
+    std::thread::sleep(Duration::from_millis(200));
+    let (_, reply) = Client::connect(server.addr(), &fleet, &kept, Protocol::V5);
+    assert_eq!(reply, Reply::ConnAck(ReasonCode::Success, false));
+}

@@ -26,7 +26,12 @@ use std::time::{Duration, SystemTime, UNIX_EPOCH};
 pub struct Shared {
     pub shards: usize,
     pub metrics: Arc<metrics::Registry>,
-    registry: Arc<Registry>,
+    /// The device registry; replaced whole on SIGHUP. Read at CONNECT and when the
+    /// generation changes, never per message.
+    registry: std::sync::RwLock<Arc<Registry>>,
+    /// Bumped at every registry replacement; each shard's ticker then re-checks its
+    /// connected devices (a revoked device is disconnected).
+    pub registry_generation: AtomicU64,
     /// Set by SIGTERM/SIGINT (or a failed log): every shard drains and exits.
     pub stop: Arc<AtomicBool>,
     /// A shard's log failed: exit non-zero so the supervisor restarts and recovery runs.
@@ -38,7 +43,22 @@ pub struct Shared {
 impl Shared {
     /// The device registry (read at CONNECT, never per message).
     pub fn registry(&self) -> Arc<Registry> {
-        Arc::clone(&self.registry)
+        // A poisoned lock still holds a whole registry (it is only ever replaced whole).
+        let guard = self
+            .registry
+            .read()
+            .unwrap_or_else(std::sync::PoisonError::into_inner);
+        Arc::clone(&guard)
+    }
+
+    /// Replaces the registry and tells the shards.
+    pub fn replace_registry(&self, registry: Registry) {
+        let mut guard = self
+            .registry
+            .write()
+            .unwrap_or_else(std::sync::PoisonError::into_inner);
+        *guard = Arc::new(registry);
+        self.registry_generation.fetch_add(1, Ordering::Release);
     }
 }
 
@@ -86,7 +106,8 @@ pub fn run_with_stop(
     let shared = Arc::new(Shared {
         shards,
         metrics: Arc::clone(&metrics),
-        registry: Arc::new(registry),
+        registry: std::sync::RwLock::new(Arc::new(registry)),
+        registry_generation: AtomicU64::new(0),
         stop: Arc::clone(&stop),
         failed: AtomicBool::new(false),
         heartbeats: (0..shards).map(|_| AtomicU64::new(0)).collect(),
@@ -94,6 +115,9 @@ pub fn run_with_stop(
     for signal in [signal_hook::consts::SIGTERM, signal_hook::consts::SIGINT] {
         signal_hook::flag::register(signal, Arc::clone(&stop)).map_err(ServeError::Signal)?;
     }
+    let reload = Arc::new(AtomicBool::new(false));
+    signal_hook::flag::register(signal_hook::consts::SIGHUP, Arc::clone(&reload))
+        .map_err(ServeError::Signal)?;
     if !config.metrics.listen.is_empty() {
         let listener = std::net::TcpListener::bind(&config.metrics.listen).map_err(|source| {
             ServeError::Metrics {
@@ -177,6 +201,19 @@ pub fn run_with_stop(
     let mut last_watchdog = std::time::Instant::now();
     while !stop.load(Ordering::Relaxed) {
         std::thread::sleep(Duration::from_millis(20));
+        if reload.swap(false, Ordering::Relaxed) {
+            // SIGHUP: read the registry file again; a file that does not validate leaves
+            // the running registry as it was.
+            match Registry::load(&config.registry.path) {
+                Ok(registry) => {
+                    tracing::info!(devices = registry.len(), "device registry reloaded");
+                    shared.replace_registry(registry);
+                }
+                Err(error) => {
+                    tracing::error!(%error, "device registry not reloaded; keeping the previous one");
+                }
+            }
+        }
         if let Some(interval) = watchdog_us {
             if last_watchdog.elapsed() >= interval / 2 {
                 let beats: Vec<u64> = shared

@@ -223,6 +223,27 @@ impl Shard {
         state
     }
 
+    /// Applies a replaced registry to this shard's devices: new keys and metadata are
+    /// used from now on, and a device that was revoked or removed is disconnected (its
+    /// next CONNECT is refused).
+    pub fn apply_registry(&self) {
+        let registry = self.shared.registry();
+        for (device_id, state) in self.devices.borrow().iter() {
+            let mut state = state.borrow_mut();
+            match registry.get(device_id) {
+                Some(device) if device.status == crate::registry::DeviceStatus::Active => {
+                    state.device = device.clone();
+                }
+                _ => {
+                    if let Some(conn) = state.conn.take() {
+                        tracing::info!(device = %device_id, "revoked: closing its connection");
+                        conn.close(Some(ReasonCode::AdministrativeAction));
+                    }
+                }
+            }
+        }
+    }
+
     /// Queues a checked message for the pipeline.
     pub fn submit(&self, work: Work) {
         let mut queue = self.work.borrow_mut();
@@ -381,8 +402,14 @@ async fn tls_handshake(
 
 /// Takes handed-in connections, beats the heartbeat, notices the stop flag.
 pub async fn ticker(shard: Rc<Shard>, mut incoming: Vec<rtrb::Consumer<Handoff>>) {
+    let mut registry_generation = 0;
     loop {
         glommio::timer::sleep(TICK).await;
+        let generation = shard.shared.registry_generation.load(Ordering::Acquire);
+        if generation != registry_generation {
+            registry_generation = generation;
+            shard.apply_registry();
+        }
         shard.shared.heartbeats[shard.id].fetch_add(1, Ordering::Relaxed);
         let waiting: usize = incoming.iter().map(rtrb::Consumer::slots).sum();
         shard.metrics.handoff_ring_occupancy.set(waiting as u64);
