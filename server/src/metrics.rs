@@ -185,7 +185,8 @@ impl Registry {
     #[must_use]
     pub fn render(&self) -> String {
         let mut out = String::with_capacity(16 * 1024);
-        let counters: [Metric; 14] = [
+        // Counters end in `_total`; the rest are gauges.
+        let scalars: [Metric; 16] = [
             (
                 "ingestd_connections_accepted_total",
                 "TCP connections accepted",
@@ -252,19 +253,6 @@ impl Registry {
             ("ingestd_connections_open", "open device connections", |m| {
                 m.connections_open.get()
             }),
-        ];
-        for (name, help, get) in counters {
-            let kind = if name.ends_with("_total") {
-                "counter"
-            } else {
-                "gauge"
-            };
-            let _ = writeln!(out, "# HELP {name} {help}\n# TYPE {name} {kind}");
-            for (shard, metrics) in self.shards.iter().enumerate() {
-                let _ = writeln!(out, "{name}{{shard=\"{shard}\"}} {}", get(metrics));
-            }
-        }
-        let gauges: [Metric; 2] = [
             (
                 "ingestd_log_pending_bytes",
                 "bytes waiting for the next group commit",
@@ -276,8 +264,13 @@ impl Registry {
                 |m| m.handoff_ring_occupancy.get(),
             ),
         ];
-        for (name, help, get) in gauges {
-            let _ = writeln!(out, "# HELP {name} {help}\n# TYPE {name} gauge");
+        for (name, help, get) in scalars {
+            let kind = if name.ends_with("_total") {
+                "counter"
+            } else {
+                "gauge"
+            };
+            let _ = writeln!(out, "# HELP {name} {help}\n# TYPE {name} {kind}");
             for (shard, metrics) in self.shards.iter().enumerate() {
                 let _ = writeln!(out, "{name}{{shard=\"{shard}\"}} {}", get(metrics));
             }
