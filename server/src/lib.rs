@@ -2,6 +2,7 @@
 //! logic of `ingestd-codec` and `ingestd-shards`.
 
 pub mod config;
+pub mod egress;
 pub mod log;
 pub mod metrics;
 pub mod record;

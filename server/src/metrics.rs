@@ -152,6 +152,39 @@ pub struct ShardMetrics {
     pub tls_handshake_failures: Counter,
 }
 
+/// Everything one sink counts (label `sink`).
+#[derive(Debug, Default)]
+pub struct SinkMetrics {
+    /// Batches written successfully.
+    pub batches: Counter,
+    /// Records stored by the sink.
+    pub records: Counter,
+    /// Bytes sent (after compression, where the sink compresses).
+    pub bytes: Counter,
+    /// Records the sink refused for good (each becomes a dead letter).
+    pub refused: Counter,
+    /// Attempts retried after a retriable failure.
+    pub retries: Counter,
+    /// Failed attempts (each retried later).
+    pub failures: Counter,
+    /// 1 while the sink is reachable, 0 while it is not.
+    pub up: Gauge,
+    /// One write's latency, from send to the sink's answer.
+    pub latency: Histogram,
+    /// Per shard: records in the durable log this sink has not confirmed yet.
+    pub backlog: Vec<Gauge>,
+}
+
+impl SinkMetrics {
+    #[must_use]
+    pub fn new(shards: usize) -> Self {
+        Self {
+            backlog: (0..shards).map(|_| Gauge::default()).collect(),
+            ..Self::default()
+        }
+    }
+}
+
 /// Readiness and liveness shared between the shards and the HTTP thread.
 #[derive(Debug, Default)]
 pub struct Health {
@@ -170,6 +203,8 @@ type Metric = (&'static str, &'static str, fn(&ShardMetrics) -> u64);
 pub struct Registry {
     pub shards: Vec<Arc<ShardMetrics>>,
     pub health: Arc<Health>,
+    /// The configured sinks, by name.
+    pub sinks: Vec<(&'static str, Arc<SinkMetrics>)>,
 }
 
 impl Registry {
@@ -178,6 +213,7 @@ impl Registry {
         Self {
             shards: (0..shards).map(|_| Arc::default()).collect(),
             health: Arc::default(),
+            sinks: Vec::new(),
         }
     }
 
@@ -311,7 +347,73 @@ impl Registry {
                 .log_fsync_latency
                 .render(&mut out, name, &format!("shard=\"{shard}\""));
         }
+        self.render_sinks(&mut out);
         out
+    }
+
+    fn render_sinks(&self, out: &mut String) {
+        if self.sinks.is_empty() {
+            return;
+        }
+        type SinkMetric = (&'static str, &'static str, fn(&SinkMetrics) -> u64);
+        let scalars: [SinkMetric; 7] = [
+            ("ingestd_sink_batches_total", "batches written", |m| {
+                m.batches.get()
+            }),
+            ("ingestd_sink_records_total", "records stored", |m| {
+                m.records.get()
+            }),
+            ("ingestd_sink_bytes_total", "bytes sent", |m| m.bytes.get()),
+            (
+                "ingestd_sink_refused_total",
+                "records refused for good (dead-lettered)",
+                |m| m.refused.get(),
+            ),
+            ("ingestd_sink_retries_total", "attempts retried", |m| {
+                m.retries.get()
+            }),
+            ("ingestd_sink_failures_total", "failed attempts", |m| {
+                m.failures.get()
+            }),
+            ("ingestd_sink_up", "1 while the sink is reachable", |m| {
+                m.up.get()
+            }),
+        ];
+        for (name, help, get) in scalars {
+            let kind = if name.ends_with("_total") {
+                "counter"
+            } else {
+                "gauge"
+            };
+            let _ = writeln!(out, "# HELP {name} {help}\n# TYPE {name} {kind}");
+            for (sink, metrics) in &self.sinks {
+                let _ = writeln!(out, "{name}{{sink=\"{sink}\"}} {}", get(metrics));
+            }
+        }
+        let name = "ingestd_sink_backlog_records";
+        let _ = writeln!(
+            out,
+            "# HELP {name} records in the durable log the sink has not confirmed\n# TYPE {name} gauge"
+        );
+        for (sink, metrics) in &self.sinks {
+            for (shard, gauge) in metrics.backlog.iter().enumerate() {
+                let _ = writeln!(
+                    out,
+                    "{name}{{sink=\"{sink}\",shard=\"{shard}\"}} {}",
+                    gauge.get()
+                );
+            }
+        }
+        let name = "ingestd_sink_write_seconds";
+        let _ = writeln!(
+            out,
+            "# HELP {name} one write to the sink\n# TYPE {name} histogram"
+        );
+        for (sink, metrics) in &self.sinks {
+            metrics
+                .latency
+                .render(out, name, &format!("sink=\"{sink}\""));
+        }
     }
 }
 

@@ -1,0 +1,107 @@
+//! What crosses between the shards and the sink tasks.
+
+use crate::log::format::RecordKind;
+use crate::metrics::SinkMetrics;
+use crate::record::{self, DeadLetterMeta, ReadingMeta};
+use std::sync::Arc;
+
+/// Which sink a progress report is about.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub enum SinkId {
+    Kafka = 0,
+    Influx = 1,
+    Postgres = 2,
+}
+
+impl SinkId {
+    pub const ALL: [SinkId; 3] = [SinkId::Kafka, SinkId::Influx, SinkId::Postgres];
+
+    #[must_use]
+    pub fn name(self) -> &'static str {
+        match self {
+            SinkId::Kafka => "kafka",
+            SinkId::Influx => "influxdb",
+            SinkId::Postgres => "postgres",
+        }
+    }
+}
+
+/// One durable-log record offered to the sinks.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Delivery {
+    pub shard: usize,
+    /// The record's offset in its shard's log: deliveries of one shard arrive in
+    /// increasing offset order (a replay starts again from a lower one).
+    pub offset: u64,
+    pub kind: RecordKind,
+    /// The record payload (`crate::record` format).
+    pub payload: Vec<u8>,
+}
+
+/// A delivery's payload, decoded.
+#[derive(Debug, Clone, PartialEq)]
+pub enum Decoded<'a> {
+    Reading {
+        meta: ReadingMeta,
+        raw: &'a [u8],
+    },
+    DeadLetter {
+        meta: DeadLetterMeta,
+        raw: &'a [u8],
+    },
+    /// Stored without decoding (benchmark mode) or unreadable by this version: sinks
+    /// skip it (it stays in the log).
+    Other,
+}
+
+impl Delivery {
+    /// Decodes the payload. A record this version cannot read is `Other`, never an error:
+    /// the log holds it either way.
+    #[must_use]
+    pub fn decode(&self) -> Decoded<'_> {
+        let Some((meta, raw)) = record::split(&self.payload) else {
+            return Decoded::Other;
+        };
+        match self.kind {
+            RecordKind::Reading => match serde_json::from_slice::<ReadingMeta>(meta) {
+                Ok(meta) => Decoded::Reading { meta, raw },
+                Err(_) => Decoded::Other,
+            },
+            RecordKind::DeadLetter => match serde_json::from_slice::<DeadLetterMeta>(meta) {
+                Ok(meta) => Decoded::DeadLetter { meta, raw },
+                Err(_) => Decoded::Other,
+            },
+        }
+    }
+}
+
+/// What a sink tells the shards.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Progress {
+    /// Every record of `shard` with an offset below `end` is handled by `sink`.
+    Through {
+        sink: SinkId,
+        shard: usize,
+        end: u64,
+    },
+    /// The sink refused this record for good (it is not retried); the shard writes a dead
+    /// letter for it. Sent before the `Through` that covers the record.
+    Refused {
+        sink: SinkId,
+        shard: usize,
+        offset: u64,
+        reason: String,
+        detail: String,
+    },
+}
+
+/// What a sink task is given.
+pub struct SinkInput {
+    /// Deliveries, in offset order per shard.
+    pub rx: tokio::sync::mpsc::Receiver<Arc<Delivery>>,
+    /// Where progress goes.
+    pub progress: tokio::sync::mpsc::UnboundedSender<Progress>,
+    pub metrics: Arc<SinkMetrics>,
+    /// Number of shards (offsets are tracked per shard).
+    pub shards: usize,
+}
