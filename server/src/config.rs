@@ -162,11 +162,10 @@ pub struct ShutdownConfig {
 #[derive(Debug, Clone, Deserialize, PartialEq)]
 #[serde(deny_unknown_fields, default)]
 pub struct EgressConfig {
-    /// Records each shard's ring to the egress thread holds.
+    /// Records each shard's ring to the egress thread holds, and each sink's queue. When
+    /// one is full, the records are not dropped: the sink reads them back from the
+    /// durable log.
     pub ring_records: usize,
-    /// Records kept in memory per shard for the sinks; beyond this the sinks catch up
-    /// from the durable log on disk instead.
-    pub memory_bytes_max: usize,
     /// How often each shard persists how far every sink has got.
     pub checkpoint_interval_ms: u64,
 }
@@ -247,7 +246,6 @@ impl Default for EgressConfig {
     fn default() -> Self {
         Self {
             ring_records: 65_536,
-            memory_bytes_max: 64 << 20,
             checkpoint_interval_ms: 1_000,
         }
     }
@@ -657,12 +655,6 @@ impl Config {
             return Err(invalid(
                 "egress.ring_records",
                 format!("{} is outside 1024..=4194304", self.egress.ring_records),
-            ));
-        }
-        if self.egress.memory_bytes_max < (1 << 20) {
-            return Err(invalid(
-                "egress.memory_bytes_max",
-                format!("{} is below 1048576", self.egress.memory_bytes_max),
             ));
         }
         if !(10..=60_000).contains(&self.egress.checkpoint_interval_ms) {

@@ -150,6 +150,9 @@ pub struct ShardMetrics {
     pub handoff_ring_occupancy: Gauge,
     pub backpressure_pauses: Counter,
     pub tls_handshake_failures: Counter,
+    /// Durable records the egress ring had no room for (their sinks read them back from
+    /// the log).
+    pub egress_ring_full: Counter,
 }
 
 /// Everything one sink counts (label `sink`).
@@ -222,7 +225,7 @@ impl Registry {
     pub fn render(&self) -> String {
         let mut out = String::with_capacity(16 * 1024);
         // Counters end in `_total`; the rest are gauges.
-        let scalars: [Metric; 16] = [
+        let scalars: [Metric; 17] = [
             (
                 "ingestd_connections_accepted_total",
                 "TCP connections accepted",
@@ -285,6 +288,11 @@ impl Registry {
                 "ingestd_tls_handshake_failures_total",
                 "TLS handshakes that failed or timed out",
                 |m| m.tls_handshake_failures.get(),
+            ),
+            (
+                "ingestd_egress_ring_full_total",
+                "durable records the egress ring had no room for (sinks read them from the log)",
+                |m| m.egress_ring_full.get(),
             ),
             ("ingestd_connections_open", "open device connections", |m| {
                 m.connections_open.get()

@@ -67,6 +67,8 @@ impl Shared {
 pub enum ServeError {
     #[error("shard {shard}: {message}")]
     Shard { shard: usize, message: String },
+    #[error("{0}")]
+    Egress(String),
     #[error("metrics listener {addr}: {source}")]
     Metrics {
         addr: String,
@@ -102,7 +104,14 @@ pub fn run_with_stop(
 ) -> Result<(), ServeError> {
     let shards = config.shard_count();
     let config = Arc::new(config);
-    let metrics = Arc::new(metrics::Registry::new(shards));
+    let mut metrics_registry = metrics::Registry::new(shards);
+    let egress = crate::egress::Egress::start(&config, shards, &mut metrics_registry)
+        .map_err(|error| ServeError::Egress(error.to_string()))?;
+    let (egress, mut links) = match egress {
+        Some((egress, links)) => (Some(egress), links.into_iter().map(Some).collect()),
+        None => (None, (0..shards).map(|_| None).collect::<Vec<_>>()),
+    };
+    let metrics = Arc::new(metrics_registry);
     let shared = Arc::new(Shared {
         shards,
         metrics: Arc::clone(&metrics),
@@ -157,10 +166,24 @@ pub fn run_with_stop(
         let shared = Arc::clone(&shared);
         let ready = ready_tx.clone();
         let highest = std::mem::take(&mut highest[id]);
+        let link = links[id].take();
         let spawned = LocalExecutorBuilder::new(Placement::Fixed(id % cores))
             .name(&format!("ingestd-shard-{id}"))
             .io_memory(IO_MEMORY_BYTES)
-            .spawn(move || shard_main(id, config, shared, producers, consumers, highest, ready));
+            .spawn(move || {
+                shard_main(
+                    id,
+                    config,
+                    shared,
+                    Wiring {
+                        producers,
+                        consumers,
+                        link,
+                    },
+                    highest,
+                    ready,
+                )
+            });
         match spawned {
             Ok(handle) => handles.push(handle),
             Err(error) => {
@@ -240,6 +263,11 @@ pub fn run_with_stop(
     for handle in handles {
         let _ = handle.join();
     }
+    if let Some(egress) = egress {
+        // The shards have committed and acknowledged everything: let the sinks take what
+        // they can within the drain timeout; the rest waits in the log for the next start.
+        egress.stop();
+    }
     if shared.failed.load(Ordering::Relaxed) {
         return Err(ServeError::LogFailed);
     }
@@ -247,15 +275,26 @@ pub fn run_with_stop(
     Ok(())
 }
 
+/// A shard's ends of the rings between cores and to the egress thread.
+struct Wiring {
+    producers: Vec<Option<rtrb::Producer<handoff::Handoff>>>,
+    consumers: Vec<rtrb::Consumer<handoff::Handoff>>,
+    link: Option<crate::egress::ShardLink>,
+}
+
 async fn shard_main(
     id: usize,
     config: Arc<Config>,
     shared: Arc<Shared>,
-    producers: Vec<Option<rtrb::Producer<handoff::Handoff>>>,
-    consumers: Vec<rtrb::Consumer<handoff::Handoff>>,
+    wiring: Wiring,
     highest: HashMap<String, u64>,
     ready: mpsc::Sender<Result<usize, String>>,
 ) {
+    let Wiring {
+        producers,
+        consumers,
+        link,
+    } = wiring;
     let dir = log::shard_dir(&config.data_dir, id);
     // A crash can leave at most the commit in flight half-written; under a disk-full retry
     // that can be everything pending, so allow twice the back-pressure threshold.
@@ -300,7 +339,7 @@ async fn shard_main(
             }
         }
     }
-    let shard = Rc::new(shard::Shard::new(id, config, shared, log, producers));
+    let shard = Rc::new(shard::Shard::new(id, config, shared, log, producers, link));
     for (device_id, seq) in highest {
         if let Some(device) = shard.shared.registry().get(&device_id) {
             let state = shard.device_state(&device_id, device);

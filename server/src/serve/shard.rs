@@ -19,6 +19,8 @@ use super::notify::{Latch, Notify};
 use super::tls::TlsStream;
 use super::Shared;
 use crate::config::Config;
+use crate::egress::sink::Decoded;
+use crate::egress::{Delivery, Refusal, ShardLink, SinkId};
 use crate::log::{RecordKind, ShardLog};
 use crate::metrics::{reason_index, ShardMetrics};
 use crate::record::{self, DeadLetterMeta, ReadingMeta};
@@ -127,6 +129,22 @@ pub struct Shard {
     handoff_out: RefCell<Vec<Option<rtrb::Producer<Handoff>>>>,
     verifier: RefCell<BatchVerifier>,
     started: Instant,
+    /// Present when sinks are configured.
+    egress: Option<EgressSide>,
+}
+
+/// The shard's side of the egress (docs/DELIVERY.md).
+struct EgressSide {
+    link: RefCell<ShardLink>,
+    /// Records appended and not yet durable, in offset order; handed to the egress ring
+    /// once a commit makes them durable.
+    tail: RefCell<VecDeque<Delivery>>,
+    /// QoS 1/2 acknowledgements also wait for Kafka.
+    kafka_gate: bool,
+    unreachable_after_us: u64,
+    /// Kafka is unreachable: acknowledgements need the log only until Kafka has caught
+    /// up with everything durable.
+    kafka_bypass: Cell<bool>,
 }
 
 impl Shard {
@@ -136,10 +154,23 @@ impl Shard {
         shared: Arc<Shared>,
         log: ShardLog,
         handoff_out: Vec<Option<rtrb::Producer<Handoff>>>,
+        link: Option<ShardLink>,
     ) -> Self {
         let shards = shared.shards;
         let metrics = Arc::clone(&shared.metrics.shards[id]);
+        let egress = link.map(|link| {
+            link.positions.durable_end[id].store(log.durable_end(), Ordering::Release);
+            EgressSide {
+                kafka_gate: link.positions.configured[SinkId::Kafka as usize]
+                    && config.kafka.ack_after_kafka,
+                unreachable_after_us: config.kafka.unreachable_after_ms * 1000,
+                kafka_bypass: Cell::new(false),
+                link: RefCell::new(link),
+                tail: RefCell::default(),
+            }
+        });
         Self {
+            egress,
             id,
             shards,
             limits: Limits {
@@ -176,6 +207,141 @@ impl Shard {
 
     pub fn now_us(&self) -> u64 {
         self.started.elapsed().as_micros() as u64
+    }
+
+    /// Appends a record to the log (and, with sinks, to the egress tail); returns its offset.
+    fn append(&self, kind: RecordKind, payload: &[u8]) -> u64 {
+        let offset = self.log.append(kind, payload);
+        if let Some(egress) = &self.egress {
+            egress.tail.borrow_mut().push_back(Delivery {
+                shard: self.id,
+                offset,
+                kind,
+                payload: payload.to_vec(),
+            });
+        }
+        offset
+    }
+
+    /// After a commit: publishes the durable end and hands the newly durable records to
+    /// the egress ring. A full ring drops them here; the sink's feeder then reads them
+    /// back from the log.
+    fn egress_after_commit(&self, durable_end: u64) {
+        let Some(egress) = &self.egress else {
+            return;
+        };
+        let mut link = egress.link.borrow_mut();
+        link.positions.durable_end[self.id].store(durable_end, Ordering::Release);
+        let mut tail = egress.tail.borrow_mut();
+        let mut moved = false;
+        while tail.front().is_some_and(|d| d.offset < durable_end) {
+            let Some(delivery) = tail.pop_front() else {
+                break;
+            };
+            moved = true;
+            if link.out.push(delivery).is_err() {
+                self.metrics.egress_ring_full.inc();
+            }
+        }
+        if moved {
+            link.wake.notify_one();
+        }
+    }
+
+    /// The log offset acknowledgements may be released up to: the durable end, and with
+    /// Kafka gating also what Kafka confirmed, unless Kafka counts as unreachable.
+    fn ack_limit(&self, durable_end: u64) -> u64 {
+        match &self.egress {
+            Some(egress) if egress.kafka_gate && !egress.kafka_bypass.get() => {
+                let confirmed = egress
+                    .link
+                    .borrow()
+                    .positions
+                    .confirmed(SinkId::Kafka, self.id);
+                durable_end.min(confirmed)
+            }
+            _ => durable_end,
+        }
+    }
+
+    /// Every tick with sinks: decides whether Kafka counts as unreachable, releases
+    /// acknowledgements Kafka's progress made safe, and writes dead letters for records a
+    /// sink refused.
+    fn egress_tick(&self) {
+        let Some(egress) = &self.egress else {
+            return;
+        };
+        if egress.kafka_gate {
+            let durable = self.log.durable_end();
+            let confirmed = egress
+                .link
+                .borrow()
+                .positions
+                .confirmed(SinkId::Kafka, self.id);
+            if egress.kafka_bypass.get() {
+                if confirmed >= durable {
+                    egress.kafka_bypass.set(false);
+                    tracing::info!(
+                        shard = self.id,
+                        "Kafka has caught up: acknowledgements wait for it again"
+                    );
+                }
+            } else {
+                let now = self.now_us();
+                let stuck = self.acks.borrow().front().is_some_and(|ack| {
+                    ack.needed_end <= durable
+                        && ack.needed_end > confirmed
+                        && now.saturating_sub(ack.received_us) > egress.unreachable_after_us
+                });
+                if stuck {
+                    egress.kafka_bypass.set(true);
+                    tracing::warn!(shard = self.id, "Kafka is not confirming: acknowledging on the durable log alone; records wait there for Kafka");
+                }
+            }
+            release_acks(self, durable);
+        }
+        let refusals: Vec<Refusal> = {
+            let mut link = egress.link.borrow_mut();
+            std::iter::from_fn(|| link.refused.pop().ok()).collect()
+        };
+        if refusals.is_empty() {
+            return;
+        }
+        let mut buf = Vec::new();
+        for refusal in refusals {
+            let Some(original) = refusal.original else {
+                continue;
+            };
+            // A refused dead letter is not dead-lettered again (that could loop); the
+            // sink's metric and log line record it.
+            let Decoded::Reading { meta, raw } = original.decode() else {
+                continue;
+            };
+            let dead = DeadLetterMeta {
+                reason: refusal.reason.clone(),
+                detail: format!(
+                    "{} refused the reading at log offset {}: {}",
+                    refusal.sink.name(),
+                    refusal.offset,
+                    refusal.detail
+                ),
+                device: meta.device,
+                topic: meta.topic,
+                received_ms: meta.received_ms,
+                node: self.config.node_id.clone(),
+                shard: self.id,
+                qos: meta.qos,
+                peer: String::new(),
+                seq: Some(meta.seq),
+            };
+            buf.clear();
+            record::encode(&dead, raw, &mut buf);
+            self.append(RecordKind::DeadLetter, &buf);
+        }
+        if self.oldest_pending_us.get().is_none() {
+            self.oldest_pending_us.set(Some(self.now_us()));
+        }
+        self.commit_notify.notify();
     }
 
     /// Back-pressure: too much waits for the disk, or the log failed. Readers stop
@@ -411,6 +577,7 @@ pub async fn ticker(shard: Rc<Shard>, mut incoming: Vec<rtrb::Consumer<Handoff>>
             shard.apply_registry();
         }
         shard.shared.heartbeats[shard.id].fetch_add(1, Ordering::Relaxed);
+        shard.egress_tick();
         let waiting: usize = incoming.iter().map(rtrb::Consumer::slots).sum();
         shard.metrics.handoff_ring_occupancy.set(waiting as u64);
         for ring in &mut incoming {
@@ -601,7 +768,7 @@ fn finish(
             };
             record::encode(&meta, &work.payload, buf);
             shard.metrics.messages_accepted.inc();
-            shard.log.append(RecordKind::Reading, buf) + 1
+            shard.append(RecordKind::Reading, buf) + 1
         }
         Verdict::Reject {
             reason: code,
@@ -704,7 +871,7 @@ fn append_reading(
     drop(device);
     record::encode(&meta, &work.payload, buf);
     shard.metrics.messages_accepted.inc();
-    Ok(shard.log.append(RecordKind::Reading, buf))
+    Ok(shard.append(RecordKind::Reading, buf))
 }
 
 fn dead_letter(
@@ -730,7 +897,7 @@ fn dead_letter(
     };
     buf.clear();
     record::encode(&meta, &work.payload, buf);
-    shard.log.append(RecordKind::DeadLetter, buf)
+    shard.append(RecordKind::DeadLetter, buf)
 }
 
 /// Group-commits the log and releases the acknowledgements each commit made safe.
@@ -786,6 +953,7 @@ pub async fn committer(shard: Rc<Shard>) {
                         shard.metrics.log_commit_bytes.add(bytes);
                         // Records appended during this commit carry their own arrival time
                         // (set by the pipeline): under load the next commit follows at once.
+                        shard.egress_after_commit(end);
                         release_acks(&shard, end);
                         if shard.log.claim_spare() {
                             let shard = Rc::clone(&shard);
@@ -823,6 +991,7 @@ pub async fn committer(shard: Rc<Shard>) {
 }
 
 fn release_acks(shard: &Shard, durable_end: u64) {
+    let durable_end = shard.ack_limit(durable_end);
     let now_us = shard.now_us();
     let mut acks = shard.acks.borrow_mut();
     while acks

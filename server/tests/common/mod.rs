@@ -15,6 +15,8 @@ use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
+pub mod kafka;
+
 pub const BIN: &str = env!("CARGO_BIN_EXE_ingestd");
 
 pub fn free_port() -> u16 {
