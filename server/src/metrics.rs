@@ -52,9 +52,9 @@ impl Gauge {
 }
 
 /// Histogram bucket upper bounds in microseconds: 50 µs to 5 s.
-pub const LATENCY_BUCKETS_US: [u64; 16] = [
-    50, 100, 250, 500, 1_000, 2_000, 4_000, 8_000, 16_000, 32_000, 64_000, 128_000, 256_000,
-    512_000, 1_000_000, 5_000_000,
+pub const LATENCY_BUCKETS_US: [u64; 17] = [
+    50, 100, 250, 500, 1_000, 2_000, 4_000, 8_000, 16_000, 32_000, 64_000, 100_000, 128_000,
+    256_000, 512_000, 1_000_000, 5_000_000,
 ];
 
 /// A latency histogram with fixed buckets (Prometheus cumulative form when rendered).
@@ -174,6 +174,9 @@ pub struct SinkMetrics {
     pub up: Gauge,
     /// One write's latency, from send to the sink's answer.
     pub latency: Histogram,
+    /// Per record: from the server receiving the message to the sink confirming it stored
+    /// it (queryable there). Clocks: the server's wall clock at both ends.
+    pub visible: Histogram,
     /// Per shard: records in the durable log this sink has not confirmed yet.
     pub backlog: Vec<Gauge>,
 }

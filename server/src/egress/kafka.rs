@@ -197,7 +197,7 @@ impl ShardQueue {
     }
 }
 
-type Outcome = (usize, u64, Instant, Result<(), KafkaError>);
+type Outcome = (usize, u64, Instant, u64, Result<(), KafkaError>);
 
 /// The sink task.
 pub async fn run(config: KafkaConfig, mut input: SinkInput) {
@@ -349,14 +349,14 @@ pub async fn run(config: KafkaConfig, mut input: SinkInput) {
                 }
             }
             outcome = pending.next(), if in_flight > 0 => {
-                if let Some((shard, offset, sent_at, result)) = outcome {
+                if let Some(outcome) = outcome {
                     in_flight -= 1;
                     last_answer = Instant::now();
-                    on_outcome(&mut queues, &mut resend, &input, shard, offset, sent_at, result);
+                    on_outcome(&mut queues, &mut resend, &input, outcome);
                     // Take every answer that is already in.
-                    while let Some(Some((shard, offset, sent_at, result))) = futures_lite::future::poll_once(pending.next()).await {
+                    while let Some(Some(outcome)) = futures_lite::future::poll_once(pending.next()).await {
                         in_flight -= 1;
-                        on_outcome(&mut queues, &mut resend, &input, shard, offset, sent_at, result);
+                        on_outcome(&mut queues, &mut resend, &input, outcome);
                     }
                 }
             }
@@ -374,10 +374,7 @@ fn on_outcome(
     queues: &mut [ShardQueue],
     resend: &mut VecDeque<(usize, u64)>,
     input: &SinkInput,
-    shard: usize,
-    offset: u64,
-    sent_at: Instant,
-    result: Result<(), KafkaError>,
+    (shard, offset, sent_at, received_ms, result): Outcome,
 ) {
     let Some(record) = queues.get_mut(shard).and_then(|q| q.slot(offset)) else {
         return;
@@ -396,6 +393,10 @@ fn on_outcome(
                 .metrics
                 .latency
                 .observe_us(sent_at.elapsed().as_micros() as u64);
+            input
+                .metrics
+                .visible
+                .observe_us(now_ms().saturating_sub(received_ms) * 1000);
         }
         Err(error) if permanent(&error) => {
             refuse(input, shard, offset, &error.to_string());
@@ -460,11 +461,12 @@ fn send(
     config: &KafkaConfig,
     delivery: &Arc<Delivery>,
 ) -> SendResult<impl std::future::Future<Output = Outcome>> {
-    let (topic, device, seq, raw, meta_bytes) = match delivery.decode() {
+    let (topic, device, seq, received_ms, raw, meta_bytes) = match delivery.decode() {
         Decoded::Reading { meta, raw } => (
             config.telemetry_topic.as_str(),
             meta.device.clone(),
             Some(meta.seq),
+            meta.received_ms,
             raw,
             serde_json::to_value(&meta),
         ),
@@ -472,6 +474,7 @@ fn send(
             config.dead_letter_topic.as_str(),
             meta.device.clone(),
             meta.seq,
+            meta.received_ms,
             raw,
             serde_json::to_value(&meta),
         ),
@@ -526,7 +529,7 @@ fn send(
                 Ok(Err((error, _))) => Err(error),
                 Err(_) => Err(KafkaError::Canceled),
             };
-            (shard, offset, sent_at, result)
+            (shard, offset, sent_at, received_ms, result)
         }),
         Err((KafkaError::MessageProduction(RDKafkaErrorCode::QueueFull), _)) => SendResult::Full,
         Err((error, _)) if permanent(&error) => SendResult::Refused(error.to_string()),
@@ -535,6 +538,12 @@ fn send(
             SendResult::Full
         }
     }
+}
+
+fn now_ms() -> u64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(0, |d| d.as_millis() as u64)
 }
 
 type PendingFuture = std::pin::Pin<Box<dyn std::future::Future<Output = Outcome> + Send>>;

@@ -160,6 +160,7 @@ impl Checkpoint {
 /// The running egress thread.
 pub struct Egress {
     positions: Arc<Positions>,
+    handle: tokio::runtime::Handle,
     stop: Arc<AtomicBool>,
     thread: Option<std::thread::JoinHandle<()>>,
 }
@@ -218,6 +219,7 @@ impl Egress {
             runtime.block_on(kafka::prepare(&config.kafka))?;
         }
 
+        let handle = runtime.handle().clone();
         let ring = config.egress.ring_records;
         let wake = Arc::new(tokio::sync::Notify::new());
         let mut links = Vec::with_capacity(shards);
@@ -318,6 +320,7 @@ impl Egress {
         Ok(Some((
             Self {
                 positions,
+                handle,
                 stop,
                 thread: Some(thread),
             },
@@ -328,6 +331,12 @@ impl Egress {
     #[must_use]
     pub fn positions(&self) -> &Arc<Positions> {
         &self.positions
+    }
+
+    /// The egress runtime, for other network tasks (the registry watcher).
+    #[must_use]
+    pub fn handle(&self) -> &tokio::runtime::Handle {
+        &self.handle
     }
 
     /// Drains (bounded by `shutdown.drain_timeout_ms`), checkpoints and stops. Call after

@@ -11,6 +11,14 @@ use std::path::PathBuf;
 use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
+fn free_port() -> u16 {
+    std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port()
+}
+
 pub struct Tansu {
     pub port: u16,
     dir: tempfile::TempDir,
@@ -37,7 +45,7 @@ pub fn tansu_binary() -> PathBuf {
 
 impl Tansu {
     pub fn start() -> Tansu {
-        let port = super::free_port();
+        let port = free_port();
         let mut tansu = Tansu {
             port,
             dir: tempfile::tempdir().unwrap(),
