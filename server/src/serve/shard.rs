@@ -145,6 +145,10 @@ struct EgressSide {
     /// Kafka is unreachable: acknowledgements need the log only until Kafka has caught
     /// up with everything durable.
     kafka_bypass: Cell<bool>,
+    /// (durable end, when) of recent commits Kafka has not fully confirmed: Kafka's lag in
+    /// time. Bounded: past the bound the newest entry is extended (its time kept), which
+    /// only overstates the lag.
+    commits: RefCell<VecDeque<(u64, u64)>>,
 }
 
 impl Shard {
@@ -165,6 +169,7 @@ impl Shard {
                     && config.kafka.ack_after_kafka,
                 unreachable_after_us: config.kafka.unreachable_after_ms * 1000,
                 kafka_bypass: Cell::new(false),
+                commits: RefCell::default(),
                 link: RefCell::new(link),
                 tail: RefCell::default(),
             }
@@ -230,6 +235,17 @@ impl Shard {
         let Some(egress) = &self.egress else {
             return;
         };
+        if egress.kafka_gate {
+            let now = self.now_us();
+            let mut commits = egress.commits.borrow_mut();
+            if commits.len() >= 4096 {
+                if let Some(last) = commits.back_mut() {
+                    last.0 = durable_end;
+                }
+            } else {
+                commits.push_back((durable_end, now));
+            }
+        }
         let mut link = egress.link.borrow_mut();
         link.positions.durable_end[self.id].store(durable_end, Ordering::Release);
         let mut tail = egress.tail.borrow_mut();
@@ -278,25 +294,27 @@ impl Shard {
                 .borrow()
                 .positions
                 .confirmed(SinkId::Kafka, self.id);
+            // How long the oldest commit Kafka has not fully confirmed has waited.
+            let lag_us = {
+                let mut commits = egress.commits.borrow_mut();
+                while commits.front().is_some_and(|(end, _)| *end <= confirmed) {
+                    commits.pop_front();
+                }
+                commits
+                    .front()
+                    .map_or(0, |(_, at)| self.now_us().saturating_sub(*at))
+            };
             if egress.kafka_bypass.get() {
-                if confirmed >= durable {
+                if lag_us < egress.unreachable_after_us / 4 {
                     egress.kafka_bypass.set(false);
                     tracing::info!(
                         shard = self.id,
                         "Kafka has caught up: acknowledgements wait for it again"
                     );
                 }
-            } else {
-                let now = self.now_us();
-                let stuck = self.acks.borrow().front().is_some_and(|ack| {
-                    ack.needed_end <= durable
-                        && ack.needed_end > confirmed
-                        && now.saturating_sub(ack.received_us) > egress.unreachable_after_us
-                });
-                if stuck {
-                    egress.kafka_bypass.set(true);
-                    tracing::warn!(shard = self.id, "Kafka is not confirming: acknowledging on the durable log alone; records wait there for Kafka");
-                }
+            } else if lag_us > egress.unreachable_after_us {
+                egress.kafka_bypass.set(true);
+                tracing::warn!(shard = self.id, lag_ms = lag_us / 1000, "Kafka is not confirming: acknowledging on the durable log alone; records wait there for Kafka");
             }
             release_acks(self, durable);
         }
