@@ -241,6 +241,12 @@ pub struct PostgresConfig {
     pub batch_records_max: usize,
     pub retry_backoff_ms: u64,
     pub retry_backoff_max_ms: u64,
+    /// A connection attempt (TCP and the start-up exchange) gives up after this long and
+    /// is retried with backoff.
+    pub connect_timeout_ms: u64,
+    /// One batch's transaction gives up after this long; the batch is retried on a new
+    /// connection (harmless if it did commit: the sink's cursor skips what it applied).
+    pub write_timeout_ms: u64,
 }
 
 impl Default for EgressConfig {
@@ -304,6 +310,8 @@ impl Default for PostgresConfig {
             batch_records_max: 10_000,
             retry_backoff_ms: 100,
             retry_backoff_max_ms: 5_000,
+            connect_timeout_ms: 5_000,
+            write_timeout_ms: 30_000,
         }
     }
 }
@@ -796,6 +804,12 @@ impl Config {
             }
             if postgres.batch_records_max == 0 {
                 return Err(invalid("postgres.batch_records_max", "must be at least 1"));
+            }
+            if postgres.connect_timeout_ms == 0 {
+                return Err(invalid("postgres.connect_timeout_ms", "must be at least 1"));
+            }
+            if postgres.write_timeout_ms == 0 {
+                return Err(invalid("postgres.write_timeout_ms", "must be at least 1"));
             }
             if postgres.retry_backoff_ms == 0
                 || postgres.retry_backoff_ms > postgres.retry_backoff_max_ms
