@@ -1110,11 +1110,7 @@ async fn watch_connection(
             let received = tokio::select! {
                 received = notifications.recv() => received,
                 () = tokio::time::sleep(WATCH_PING_INTERVAL) => {
-                    let ping = client.simple_query("SELECT 1");
-                    match tokio::time::timeout(Duration::from_millis(config.connect_timeout_ms), ping).await {
-                        Ok(answer) => { answer?; }
-                        Err(_) => return Err(PgError::Timeout { ms: config.connect_timeout_ms, doing: "checking the registry connection" }),
-                    }
+                    ping(&client, config).await?;
                     continue;
                 }
             };
@@ -1137,6 +1133,21 @@ async fn watch_connection(
         Ok(never) => match never {},
         Err(error) => error,
     }
+}
+
+/// Checks that a quiet connection still answers.
+async fn ping(client: &Client, config: &PostgresConfig) -> Result<(), PgError> {
+    let answer = tokio::time::timeout(
+        Duration::from_millis(config.connect_timeout_ms),
+        client.simple_query("SELECT 1"),
+    )
+    .await
+    .map_err(|_| PgError::Timeout {
+        ms: config.connect_timeout_ms,
+        doing: "checking the registry connection",
+    })?;
+    answer?;
+    Ok(())
 }
 
 /// Writes every device of `file` into the `devices` table (insert or update by id) in one
