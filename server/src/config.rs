@@ -240,6 +240,12 @@ pub struct PostgresConfig {
     pub batch_records_max: usize,
     pub retry_backoff_ms: u64,
     pub retry_backoff_max_ms: u64,
+    /// A connection attempt (TCP and the start-up exchange) gives up after this long and
+    /// is retried with backoff.
+    pub connect_timeout_ms: u64,
+    /// One batch's transaction gives up after this long; the batch is retried on a new
+    /// connection (harmless if it did commit: the sink's cursor skips what it applied).
+    pub write_timeout_ms: u64,
 }
 
 impl Default for EgressConfig {
@@ -302,6 +308,8 @@ impl Default for PostgresConfig {
             batch_records_max: 10_000,
             retry_backoff_ms: 100,
             retry_backoff_max_ms: 5_000,
+            connect_timeout_ms: 5_000,
+            write_timeout_ms: 30_000,
         }
     }
 }
@@ -642,6 +650,12 @@ impl Config {
         self.validate_egress()
     }
 
+    /// Whether the device registry comes from PostgreSQL (else from `registry.path`).
+    #[must_use]
+    pub fn postgres_registry(&self) -> bool {
+        !self.postgres.url.is_empty() && self.postgres.registry
+    }
+
     /// Whether any external sink is configured (records then flow to the egress thread).
     #[must_use]
     pub fn sinks_enabled(&self) -> bool {
@@ -788,6 +802,12 @@ impl Config {
             }
             if postgres.batch_records_max == 0 {
                 return Err(invalid("postgres.batch_records_max", "must be at least 1"));
+            }
+            if postgres.connect_timeout_ms == 0 {
+                return Err(invalid("postgres.connect_timeout_ms", "must be at least 1"));
+            }
+            if postgres.write_timeout_ms == 0 {
+                return Err(invalid("postgres.write_timeout_ms", "must be at least 1"));
             }
             if postgres.retry_backoff_ms == 0
                 || postgres.retry_backoff_ms > postgres.retry_backoff_max_ms

@@ -1,9 +1,10 @@
 //! `ingestd`: the command line of the ingestion server.
 
 use clap::{Parser, Subcommand};
-use ingestd::config::Config;
+use ingestd::config::{Config, PostgresConfig};
+use ingestd::egress::postgres;
 use ingestd::log::{self, LogReader};
-use ingestd::registry::{self, Registry};
+use ingestd::registry::{self, DeviceStatus, Registry};
 use std::io::Write;
 use std::path::{Path, PathBuf};
 use std::process::ExitCode;
@@ -140,6 +141,34 @@ enum DevicesCommand {
         #[arg(long, default_value = "dev-")]
         prefix: String,
     },
+    /// Write a registry file's devices into PostgreSQL (insert or update by id); nodes
+    /// following the PostgreSQL registry apply the changes at once.
+    PgImport {
+        /// PostgreSQL connection string (as postgres.url).
+        #[arg(long, env = "INGESTD__POSTGRES__URL")]
+        postgres: String,
+        /// The registry file to import.
+        #[arg(long, default_value = "devices/registry.json")]
+        registry: PathBuf,
+    },
+    /// Set a device's status in PostgreSQL: revoking disconnects it on every node.
+    PgStatus {
+        /// PostgreSQL connection string (as postgres.url).
+        #[arg(long, env = "INGESTD__POSTGRES__URL")]
+        postgres: String,
+        device_id: String,
+        /// active or revoked.
+        #[arg(value_parser = parse_status)]
+        status: DeviceStatus,
+    },
+}
+
+fn parse_status(text: &str) -> Result<DeviceStatus, String> {
+    match text {
+        "active" => Ok(DeviceStatus::Active),
+        "revoked" => Ok(DeviceStatus::Revoked),
+        other => Err(format!("{other:?} is not active or revoked")),
+    }
 }
 
 #[derive(Subcommand)]
@@ -210,6 +239,17 @@ fn main() -> ExitCode {
             &topic_prefix,
             &out,
         ),
+        Command::Devices {
+            command: DevicesCommand::PgImport { postgres, registry },
+        } => pg_import(&postgres, &registry),
+        Command::Devices {
+            command:
+                DevicesCommand::PgStatus {
+                    postgres,
+                    device_id,
+                    status,
+                },
+        } => pg_status(&postgres, &device_id, status),
         Command::Log { command } => match command {
             LogCommand::Tail { source, last } => print_log(&source, Start::Last(last), false),
             LogCommand::Export { source, from } => print_log(&source, Start::From(from), true),
@@ -241,16 +281,31 @@ fn serve(path: Option<&Path>, overrides: Overrides) -> Result<(), String> {
     let mut config = load_config(path)?;
     overrides.apply(&mut config);
     config.validate().map_err(|e| e.to_string())?;
-    let registry = Registry::load(&config.registry.path).map_err(|e| {
-        format!(
-            "{e} (config key `registry.path`; create one with `ingestd devices provision --count 10 --out {}`)",
-            config
-                .registry
-                .path
-                .parent()
-                .map_or_else(|| ".".to_string(), |p| p.display().to_string())
-        )
-    })?;
+    let registry = if config.postgres_registry() {
+        // The registry's source of truth is PostgreSQL; the file is not read.
+        let runtime = tokio::runtime::Builder::new_current_thread()
+            .enable_all()
+            .build()
+            .map_err(|e| format!("starting the PostgreSQL client: {e}"))?;
+        runtime
+            .block_on(ingestd::egress::postgres::load_registry(&config.postgres))
+            .map_err(|e| {
+                format!(
+                    "loading the device registry from PostgreSQL (config key `postgres.url`): {e}"
+                )
+            })?
+    } else {
+        Registry::load(&config.registry.path).map_err(|e| {
+            format!(
+                "{e} (config key `registry.path`; create one with `ingestd devices provision --count 10 --out {}`)",
+                config
+                    .registry
+                    .path
+                    .parent()
+                    .map_or_else(|| ".".to_string(), |p| p.display().to_string())
+            )
+        })?
+    };
     if !config.auth.require_credential
         || config.validation.opaque_payloads
         || !config.validation.verify_signatures
@@ -372,6 +427,58 @@ fn provision(count: usize, out: &Path, prefix: &str) -> Result<(), String> {
         out.join("secrets.json").display()
     );
     Ok(())
+}
+
+/// Runs one PostgreSQL helper to completion on a small runtime of its own.
+fn block_on_postgres<T>(
+    url: &str,
+    job: impl AsyncFnOnce(PostgresConfig) -> Result<T, postgres::PgError>,
+) -> Result<T, String> {
+    let config = PostgresConfig {
+        url: url.to_string(),
+        ..PostgresConfig::default()
+    };
+    tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .map_err(|e| format!("cannot start a runtime: {e}"))?
+        .block_on(job(config))
+        .map_err(|e| e.to_string())
+}
+
+fn pg_import(url: &str, path: &Path) -> Result<(), String> {
+    let text = std::fs::read_to_string(path).map_err(|e| format!("{}: {e}", path.display()))?;
+    let file: registry::RegistryFile =
+        serde_json::from_str(&text).map_err(|e| format!("{}: {e}", path.display()))?;
+    let changed = block_on_postgres(url, async |config| {
+        postgres::import_registry(&config, &file).await
+    })?;
+    println!(
+        "{} device(s) in {}: {changed} inserted or changed in PostgreSQL",
+        file.devices.len(),
+        path.display()
+    );
+    Ok(())
+}
+
+fn pg_status(url: &str, device_id: &str, status: DeviceStatus) -> Result<(), String> {
+    let found = block_on_postgres(url, async |config| {
+        postgres::set_device_status(&config, device_id, status).await
+    })?;
+    if !found {
+        return Err(format!(
+            "device {device_id} is not in PostgreSQL's devices table"
+        ));
+    }
+    println!("device {device_id}: {}", status_name(status));
+    Ok(())
+}
+
+fn status_name(status: DeviceStatus) -> &'static str {
+    match status {
+        DeviceStatus::Active => "active",
+        DeviceStatus::Revoked => "revoked",
+    }
 }
 
 /// Writes `value` as pretty JSON and syncs it; `private` files are created mode 0600.

@@ -24,6 +24,7 @@
 
 pub mod feeder;
 pub mod kafka;
+pub mod postgres;
 pub mod sink;
 
 pub use sink::{Delivery, Progress, SinkId, SinkInput};
@@ -265,7 +266,11 @@ impl Egress {
             let handle = match sink {
                 SinkId::Kafka => runtime.spawn(kafka::run(config.kafka.clone(), input)),
                 SinkId::Influx => runtime.spawn(influx_run(Arc::clone(config), input)),
-                SinkId::Postgres => runtime.spawn(postgres_run(Arc::clone(config), input)),
+                SinkId::Postgres => runtime.spawn(postgres::run(
+                    config.postgres.clone(),
+                    config.node_id.clone(),
+                    input,
+                )),
             };
             sink_handles.push(handle);
         }
@@ -352,10 +357,6 @@ impl Egress {
 async fn influx_run(_config: Arc<Config>, input: SinkInput) {
     // Filled in by the InfluxDB sink; until then a configured InfluxDB is refused at
     // config load, so this is never reached.
-    drop(input);
-}
-
-async fn postgres_run(_config: Arc<Config>, input: SinkInput) {
     drop(input);
 }
 

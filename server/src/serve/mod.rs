@@ -121,6 +121,25 @@ pub fn run_with_stop(
         failed: AtomicBool::new(false),
         heartbeats: (0..shards).map(|_| AtomicU64::new(0)).collect(),
     });
+    if config.postgres_registry() {
+        // Registry changes in PostgreSQL reach the shards through LISTEN/NOTIFY: the
+        // watcher replaces the registry, each shard applies it within a tick.
+        let handle = egress.as_ref().map(|e| e.handle().clone());
+        let shared = Arc::clone(&shared);
+        let on_change: crate::egress::RegistryCallback = Arc::new(move |registry: Registry| {
+            tracing::info!(
+                devices = registry.len(),
+                "device registry changed in PostgreSQL"
+            );
+            shared.replace_registry(registry);
+        });
+        if let Some(handle) = handle {
+            handle.spawn(crate::egress::postgres::watch_registry(
+                config.postgres.clone(),
+                on_change,
+            ));
+        }
+    }
     for signal in [signal_hook::consts::SIGTERM, signal_hook::consts::SIGINT] {
         signal_hook::flag::register(signal, Arc::clone(&stop)).map_err(ServeError::Signal)?;
     }
@@ -224,7 +243,7 @@ pub fn run_with_stop(
     let mut last_watchdog = std::time::Instant::now();
     while !stop.load(Ordering::Relaxed) {
         std::thread::sleep(Duration::from_millis(20));
-        if reload.swap(false, Ordering::Relaxed) {
+        if reload.swap(false, Ordering::Relaxed) && !config.postgres_registry() {
             // SIGHUP: read the registry file again; a file that does not validate leaves
             // the running registry as it was.
             match Registry::load(&config.registry.path) {
