@@ -16,6 +16,7 @@ use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
 pub mod kafka;
+pub mod postgres;
 
 pub const BIN: &str = env!("CARGO_BIN_EXE_ingestd");
 
