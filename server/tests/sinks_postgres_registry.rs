@@ -61,6 +61,8 @@ fn a_device_revoked_in_postgres_mid_run_is_cut_off_within_a_second() {
         assert_eq!(a.read(), Reply::PubAck(seq as u16, ReasonCode::Success));
     }
 
+    // Timed from before the command starts: an upper bound on commit -> cut off.
+    let revoked_at = Instant::now();
     pg_cli(&[
         "devices",
         "pg-status",
@@ -69,7 +71,6 @@ fn a_device_revoked_in_postgres_mid_run_is_cut_off_within_a_second() {
         &revoked,
         "revoked",
     ]);
-    let revoked_at = Instant::now();
     a.stream
         .set_read_timeout(Some(Duration::from_secs(5)))
         .unwrap();
