@@ -193,7 +193,9 @@ pub struct KafkaConfig {
     pub linger_ms: u64,
     pub batch_bytes_max: u64,
     /// How long the producer retries one record before reporting it failed (it is then
-    /// sent again from the log).
+    /// sent again). 0, the default, retries without limit inside the producer, which keeps
+    /// the idempotent producer's sequence intact through a broker outage (a timed-out
+    /// record forces a producer epoch bump, which some brokers handle badly).
     pub message_timeout_ms: u64,
     /// `none`, `gzip`, `snappy`, `lz4` or `zstd`.
     pub compression: String,
@@ -272,7 +274,7 @@ impl Default for KafkaConfig {
             unreachable_after_ms: 1_000,
             linger_ms: 2,
             batch_bytes_max: 1 << 20,
-            message_timeout_ms: 10_000,
+            message_timeout_ms: 0,
             compression: "lz4".to_string(),
             properties: std::collections::BTreeMap::new(),
         }
@@ -724,10 +726,13 @@ impl Config {
             if kafka.unreachable_after_ms == 0 {
                 return Err(invalid("kafka.unreachable_after_ms", "must be at least 1"));
             }
-            if kafka.message_timeout_ms < 1_000 {
+            if kafka.message_timeout_ms != 0 && kafka.message_timeout_ms < 1_000 {
                 return Err(invalid(
                     "kafka.message_timeout_ms",
-                    format!("{} is below 1000", kafka.message_timeout_ms),
+                    format!(
+                        "{} is below 1000 (0 means no limit)",
+                        kafka.message_timeout_ms
+                    ),
                 ));
             }
             for key in ["acks", "enable.idempotence", "bootstrap.servers"] {

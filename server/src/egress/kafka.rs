@@ -405,6 +405,9 @@ fn on_outcome(
         Err(error) => {
             input.metrics.failures.inc();
             tracing::debug!(shard, offset, %error, "Kafka delivery failed; sending again");
+            if input.metrics.failures.get().is_power_of_two() {
+                tracing::warn!(shard, offset, %error, failures = input.metrics.failures.get(), "Kafka delivery failed; sending again");
+            }
             resend.push_back((shard, offset));
         }
     }

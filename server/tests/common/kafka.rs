@@ -1,5 +1,12 @@
-//! A private Kafka-protocol broker (tansu, sqlite storage so it survives a restart) for
-//! tests, and a consumer that reads a topic back whole.
+//! A private Kafka-protocol broker (tansu) for tests, and a consumer that reads a topic
+//! back whole.
+//!
+//! Storage is tansu's memory engine. Its sqlite engine would survive a restart, but under
+//! concurrent idempotent producing it fails produce requests (`UnableToSend`) and panicked
+//! at the next start ("more or less than one row") when tried here; the memory engine loses
+//! everything on a restart. So an outage is made by freezing the broker (SIGSTOP, later
+//! SIGCONT): it stops answering, like a hung broker or a network partition, and keeps its
+//! data, so the test can check afterwards that nothing is missing.
 #![allow(dead_code)]
 
 use rdkafka::config::ClientConfig;
@@ -63,7 +70,7 @@ impl Tansu {
     pub fn resume(&mut self) {
         assert!(self.child.is_none());
         let url = format!("tcp://127.0.0.1:{}", self.port);
-        let storage = format!("sqlite://{}/tansu.db", self.dir.path().display());
+        let storage = "memory://tansu/".to_string();
         let child = Command::new(tansu_binary())
             .args([
                 "broker",
@@ -89,7 +96,23 @@ impl Tansu {
         }
     }
 
-    /// Stops the broker (SIGKILL: nothing is flushed on purpose beyond what sqlite has).
+    /// Freezes the broker (SIGSTOP): connections stay open and nothing is answered.
+    pub fn freeze(&self) {
+        self.signal(nix::sys::signal::Signal::SIGSTOP);
+    }
+
+    /// Lets a frozen broker run again (SIGCONT).
+    pub fn thaw(&self) {
+        self.signal(nix::sys::signal::Signal::SIGCONT);
+    }
+
+    fn signal(&self, signal: nix::sys::signal::Signal) {
+        let child = self.child.as_ref().expect("tansu runs");
+        let pid = nix::unistd::Pid::from_raw(child.id() as i32);
+        nix::sys::signal::kill(pid, signal).unwrap();
+    }
+
+    /// Stops the broker (SIGKILL; the memory engine forgets everything).
     pub fn stop(&mut self) {
         if let Some(mut child) = self.child.take() {
             let _ = child.kill();
@@ -140,8 +163,8 @@ impl Tansu {
             .unwrap()
     }
 
-    /// Reads every record of `topic` until `expected` arrived (or nothing new for a
-    /// while once the deadline passed).
+    /// Reads every record of `topic` until `expected` distinct (device, seq) pairs arrived
+    /// (a replay may have written some twice), or the deadline passed.
     pub fn read_all(&self, topic: &str, expected: usize, deadline: Duration) -> Vec<KafkaRecord> {
         let consumer = self.consumer();
         let metadata = consumer
@@ -156,9 +179,10 @@ impl Tansu {
                 .unwrap();
         }
         consumer.assign(&assignment).unwrap();
-        let mut records = Vec::new();
+        let mut records: Vec<KafkaRecord> = Vec::new();
+        let mut distinct = std::collections::HashSet::new();
         let end = Instant::now() + deadline;
-        while records.len() < expected && Instant::now() < end {
+        while distinct.len() < expected && Instant::now() < end {
             match consumer.poll(Duration::from_millis(200)) {
                 Some(Ok(message)) => {
                     let mut record = KafkaRecord {
@@ -188,6 +212,7 @@ impl Tansu {
                             }
                         }
                     }
+                    distinct.insert((record.device.clone(), record.seq));
                     records.push(record);
                 }
                 Some(Err(error)) => eprintln!("consumer: {error}"),
@@ -200,6 +225,9 @@ impl Tansu {
 
 impl Drop for Tansu {
     fn drop(&mut self) {
+        if self.child.is_some() {
+            self.thaw();
+        }
         self.stop();
     }
 }
