@@ -15,6 +15,7 @@
 //! - Shards reach the egress thread only through bounded rings; a full ring makes the
 //!   shard keep records in memory, then read them back from its log, never drop them.
 
+pub mod influx;
 pub mod sink;
 
 pub use sink::{Delivery, Progress, SinkId, SinkInput};
