@@ -221,8 +221,11 @@ impl Sink {
         })
     }
 
-    fn send(&self, deliveries: Vec<Delivery>) {
-        self.send_in_background(deliveries).join().unwrap();
+    /// Sends everything; a sink that stops taking deliveries fails the test.
+    fn send(&mut self, deliveries: Vec<Delivery>) {
+        let sender = self.send_in_background(deliveries);
+        self.wait_until("the sink to take every delivery", |_| sender.is_finished());
+        sender.join().unwrap();
     }
 
     fn collect(&mut self) {
@@ -278,8 +281,9 @@ impl Sink {
             }
             assert!(
                 Instant::now() < deadline,
-                "waited {DEADLINE:?} for {what}; progress so far: {:?}",
-                self.progress.last()
+                "waited {DEADLINE:?} for {what}; last progress {:?}, metrics {:?}",
+                self.progress.last(),
+                self.metrics
             );
             std::thread::sleep(Duration::from_millis(10));
         }
@@ -460,6 +464,7 @@ fn an_outage_is_waited_out_and_nothing_is_lost() {
     );
 
     influx.start();
+    sink.wait_until("the sink to take every delivery", |_| sender.is_finished());
     sender.join().unwrap();
     sink.finish();
     for shard in 0..SHARDS {
