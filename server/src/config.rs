@@ -777,6 +777,13 @@ impl Config {
                     ))
                 }
             }
+            // The sink's own endpoint builder: what it accepts, the sink can use.
+            if let Err((key, problem)) = crate::egress::influx::Endpoint::new(influx) {
+                return Err(invalid(key, problem));
+            }
+            if influx.timeout_ms == 0 {
+                return Err(invalid("influxdb.timeout_ms", "must be at least 1"));
+            }
             if influx.batch_points_max == 0 {
                 return Err(invalid("influxdb.batch_points_max", "must be at least 1"));
             }
@@ -928,6 +935,26 @@ mod tests {
         ];
         for (text, expected) in cases {
             let message = problem(text);
+            assert!(message.contains(expected), "{text:?} gave {message}");
+        }
+    }
+
+    #[test]
+    fn influxdb_values_name_the_key() {
+        let url = "url = \"http://127.0.0.1:8086\"\n";
+        Config::from_toml(&format!("[influxdb]\n{url}")).unwrap();
+        let cases = [
+            ("url = \"127.0.0.1:8086\"\n", "influxdb.url"),
+            ("url = \"http://h:8086/?db=x\"\n", "influxdb.url"),
+            ("token = \"two words\"\n", "influxdb.token"),
+            ("timeout_ms = 0\n", "influxdb.timeout_ms"),
+            ("api = \"v3\"\n", "influxdb.api"),
+            ("api = \"v2\"\norg = \"o\"\n", "influxdb.bucket"),
+            ("batch_bytes_max = 10\n", "influxdb.batch_bytes_max"),
+        ];
+        for (text, expected) in cases {
+            let url = if text.starts_with("url") { "" } else { url };
+            let message = problem(&format!("[influxdb]\n{url}{text}"));
             assert!(message.contains(expected), "{text:?} gave {message}");
         }
     }

@@ -23,6 +23,7 @@
 //! progress back; a checkpointer. rdkafka adds its own threads.
 
 pub mod feeder;
+pub mod influx;
 pub mod kafka;
 pub mod postgres;
 pub mod sink;
@@ -265,7 +266,7 @@ impl Egress {
             )));
             let handle = match sink {
                 SinkId::Kafka => runtime.spawn(kafka::run(config.kafka.clone(), input)),
-                SinkId::Influx => runtime.spawn(influx_run(Arc::clone(config), input)),
+                SinkId::Influx => runtime.spawn(influx::run(config.influxdb.clone(), input)),
                 SinkId::Postgres => runtime.spawn(postgres::run(
                     config.postgres.clone(),
                     config.node_id.clone(),
@@ -352,12 +353,6 @@ impl Egress {
             let _ = thread.join();
         }
     }
-}
-
-async fn influx_run(_config: Arc<Config>, input: SinkInput) {
-    // Filled in by the InfluxDB sink; until then a configured InfluxDB is refused at
-    // config load, so this is never reached.
-    drop(input);
 }
 
 /// Moves records from the shard rings to every sink's feeder. A full feeder queue drops

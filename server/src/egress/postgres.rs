@@ -851,6 +851,16 @@ impl Sink {
         self.metrics.up.set(1);
         self.metrics.batches.inc();
         self.metrics.records.add(outcome.applied);
+        let now_ms = std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .map_or(0, |d| d.as_millis() as u64);
+        for item in &items {
+            if let ItemBody::Reading { received_ms, .. } = &item.body {
+                self.metrics
+                    .visible
+                    .observe_us(now_ms.saturating_sub(*received_ms) * 1000);
+            }
+        }
         self.metrics.bytes.add(outcome.bytes);
         self.metrics.refused.add(outcome.refused_now);
         self.pending -= items.len();
