@@ -250,9 +250,32 @@ fn influxdb_stopped_and_restarted_in_a_loaded_run_misses_nothing() {
     let server = Server::start(&fleet, &data, &["--config", &config]);
     let acked = std::thread::scope(|scope| {
         let load = scope.spawn(|| run_loadgen(&server, &fleet, 20, 1500, 12));
-        std::thread::sleep(Duration::from_secs(3));
+        // loadgen signs its messages before it starts publishing: wait for the load.
+        let deadline = Instant::now() + Duration::from_secs(120);
+        while server.metric("ingestd_sink_records_total", "sink=\"influxdb\"") < 1000 {
+            assert!(Instant::now() < deadline, "the load never reached InfluxDB");
+            std::thread::sleep(Duration::from_millis(50));
+        }
         services.influx.stop();
-        std::thread::sleep(Duration::from_secs(5));
+        // While it is down its records wait in the log: the backlog grows.
+        let deadline = Instant::now() + Duration::from_secs(8);
+        while server.metric("ingestd_sink_backlog_records", "sink=\"influxdb\"") == 0 {
+            assert!(
+                Instant::now() < deadline,
+                "no InfluxDB backlog while it is down: {}",
+                server
+                    .metrics_text()
+                    .lines()
+                    .filter(|l| !l.contains("_bucket") && !l.starts_with('#'))
+                    .filter(|l| l.starts_with("ingestd_sink_")
+                        || l.starts_with("ingestd_messages_accepted")
+                        || l.starts_with("ingestd_connections_open"))
+                    .collect::<Vec<_>>()
+                    .join("\n")
+            );
+            std::thread::sleep(Duration::from_millis(50));
+        }
+        std::thread::sleep(Duration::from_secs(3));
         assert_eq!(server.metric("ingestd_sink_up", "sink=\"influxdb\""), 0);
         assert!(server.metric("ingestd_sink_backlog_records", "sink=\"influxdb\"") > 0);
         services.influx.start();
