@@ -202,8 +202,9 @@ pub struct Health {
     pub failed: AtomicBool,
 }
 
-/// A metric's name, help text and how to read it off a shard.
-type Metric = (&'static str, &'static str, fn(&ShardMetrics) -> u64);
+/// A metric's name, help text and how to read it off its source (a shard, a sink).
+type Scalar<T> = (&'static str, &'static str, fn(&T) -> u64);
+type Metric = Scalar<ShardMetrics>;
 
 /// All shards' metrics, rendered together.
 pub struct Registry {
@@ -311,17 +312,13 @@ impl Registry {
                 |m| m.handoff_ring_occupancy.get(),
             ),
         ];
-        for (name, help, get) in scalars {
-            let kind = if name.ends_with("_total") {
-                "counter"
-            } else {
-                "gauge"
-            };
-            let _ = writeln!(out, "# HELP {name} {help}\n# TYPE {name} {kind}");
-            for (shard, metrics) in self.shards.iter().enumerate() {
-                let _ = writeln!(out, "{name}{{shard=\"{shard}\"}} {}", get(metrics));
-            }
-        }
+        let shards: Vec<(String, &ShardMetrics)> = self
+            .shards
+            .iter()
+            .enumerate()
+            .map(|(shard, m)| (format!("shard=\"{shard}\""), m.as_ref()))
+            .collect();
+        render_scalars(&mut out, &scalars, &shards);
         let name = "ingestd_messages_rejected_total";
         let _ = writeln!(
             out,
@@ -366,8 +363,7 @@ impl Registry {
         if self.sinks.is_empty() {
             return;
         }
-        type SinkMetric = (&'static str, &'static str, fn(&SinkMetrics) -> u64);
-        let scalars: [SinkMetric; 7] = [
+        let scalars: [Scalar<SinkMetrics>; 7] = [
             ("ingestd_sink_batches_total", "batches written", |m| {
                 m.batches.get()
             }),
@@ -390,17 +386,12 @@ impl Registry {
                 m.up.get()
             }),
         ];
-        for (name, help, get) in scalars {
-            let kind = if name.ends_with("_total") {
-                "counter"
-            } else {
-                "gauge"
-            };
-            let _ = writeln!(out, "# HELP {name} {help}\n# TYPE {name} {kind}");
-            for (sink, metrics) in &self.sinks {
-                let _ = writeln!(out, "{name}{{sink=\"{sink}\"}} {}", get(metrics));
-            }
-        }
+        let sinks: Vec<(String, &SinkMetrics)> = self
+            .sinks
+            .iter()
+            .map(|(sink, m)| (format!("sink=\"{sink}\""), m.as_ref()))
+            .collect();
+        render_scalars(out, &scalars, &sinks);
         let name = "ingestd_sink_backlog_records";
         let _ = writeln!(
             out,
@@ -424,6 +415,21 @@ impl Registry {
             metrics
                 .latency
                 .render(out, name, &format!("sink=\"{sink}\""));
+        }
+    }
+}
+
+/// Renders counters (names ending in `_total`) and gauges, one series per labelled source.
+fn render_scalars<T>(out: &mut String, scalars: &[Scalar<T>], sources: &[(String, &T)]) {
+    for (name, help, get) in scalars {
+        let kind = if name.ends_with("_total") {
+            "counter"
+        } else {
+            "gauge"
+        };
+        let _ = writeln!(out, "# HELP {name} {help}\n# TYPE {name} {kind}");
+        for (labels, metrics) in sources {
+            let _ = writeln!(out, "{name}{{{labels}}} {}", get(metrics));
         }
     }
 }

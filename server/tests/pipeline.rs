@@ -120,22 +120,6 @@ fn run_loadgen(
         .collect()
 }
 
-fn wait_sinks_drained(server: &Server, timeout: Duration) {
-    let deadline = Instant::now() + timeout;
-    loop {
-        let backlog = server.metric("ingestd_sink_backlog_records", "");
-        let pending = server.metric("ingestd_log_pending_bytes", "");
-        if backlog == 0 && pending == 0 {
-            return;
-        }
-        assert!(
-            Instant::now() < deadline,
-            "sinks not drained: backlog {backlog}"
-        );
-        std::thread::sleep(Duration::from_millis(100));
-    }
-}
-
 /// What the log says each sink must hold: readings per (device, seq), points per
 /// measurement, readings per device.
 struct Expected {
@@ -225,7 +209,7 @@ fn loadgen_to_kafka_influxdb_and_postgres_nothing_acknowledged_is_missing() {
     let config = services.config(&data);
     let server = Server::start(&fleet, &data, &["--config", &config]);
     let acked = run_loadgen(&server, &fleet, 20, 1500, 5);
-    wait_sinks_drained(&server, Duration::from_secs(120));
+    server.wait_sinks_drained("", Duration::from_secs(120));
     check_everywhere(&services, &data, &acked);
     for sink in ["kafka", "influxdb", "postgres"] {
         assert!(
@@ -281,6 +265,6 @@ fn influxdb_stopped_and_restarted_in_a_loaded_run_misses_nothing() {
         services.influx.start();
         load.join().unwrap()
     });
-    wait_sinks_drained(&server, Duration::from_secs(120));
+    server.wait_sinks_drained("", Duration::from_secs(120));
     check_everywhere(&services, &data, &acked);
 }

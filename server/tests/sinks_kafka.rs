@@ -11,7 +11,7 @@ use std::collections::{BTreeMap, BTreeSet, HashMap};
 use std::path::Path;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::Arc;
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 fn kafka_config(dir: &Path, tansu: &Tansu, extra: &str) -> String {
     let path = dir.join("ingestd.toml");
@@ -48,22 +48,6 @@ fn start_devices(
             })
         })
         .collect()
-}
-
-fn wait_backlog_drained(server: &Server, timeout: Duration) {
-    let deadline = Instant::now() + timeout;
-    loop {
-        let backlog = server.metric("ingestd_sink_backlog_records", "sink=\"kafka\"");
-        let pending = server.metric("ingestd_log_pending_bytes", "");
-        if backlog == 0 && pending == 0 {
-            return;
-        }
-        assert!(
-            Instant::now() < deadline,
-            "Kafka backlog not drained: {backlog} records"
-        );
-        std::thread::sleep(Duration::from_millis(100));
-    }
 }
 
 type Pairs = BTreeSet<(String, u64)>;
@@ -126,7 +110,7 @@ fn every_acknowledged_reading_is_in_kafka_once_keyed_and_in_order() {
         acked.extend(seqs.into_iter().map(|s| (device.clone(), s)));
     }
     // A reading from another device's topic becomes a dead letter and goes to the DLQ.
-    wait_backlog_drained(&server, Duration::from_secs(30));
+    server.wait_sinks_drained("sink=\"kafka\"", Duration::from_secs(30));
     let logged: BTreeSet<(String, u64)> = common::readings(data.path()).into_iter().collect();
     let records = tansu.read_all("telemetry", logged.len(), Duration::from_secs(60));
     let (in_kafka, order) = by_device(&records);
@@ -186,7 +170,7 @@ fn a_kafka_outage_of_30_s_loses_nothing_and_the_backlog_drains_in_order() {
         let (device, seqs) = handle.join().unwrap();
         acked.extend(seqs.into_iter().map(|s| (device.clone(), s)));
     }
-    wait_backlog_drained(&server, Duration::from_secs(120));
+    server.wait_sinks_drained("sink=\"kafka\"", Duration::from_secs(120));
     let logged: BTreeSet<(String, u64)> = common::readings(data.path()).into_iter().collect();
     let records = tansu.read_all("telemetry", logged.len(), Duration::from_secs(120));
     let (in_kafka, order) = by_device(&records);
@@ -218,7 +202,7 @@ fn kill_9_during_a_kafka_run_loses_nothing_acknowledged() {
         acked.insert(device, seqs);
     }
     server.restart();
-    wait_backlog_drained(&server, Duration::from_secs(60));
+    server.wait_sinks_drained("sink=\"kafka\"", Duration::from_secs(60));
     let logged: BTreeSet<(String, u64)> = common::readings(data.path()).into_iter().collect();
     let records = tansu.read_all("telemetry", logged.len(), Duration::from_secs(60));
     let (in_kafka, order) = by_device(&records);

@@ -254,6 +254,24 @@ impl Server {
             .sum::<f64>() as u64
     }
 
+    /// Waits until nothing is pending in the logs and the sinks matching `filter` (say
+    /// `sink="kafka"`, or "" for all) have confirmed every durable record.
+    pub fn wait_sinks_drained(&self, filter: &str, timeout: Duration) {
+        let deadline = Instant::now() + timeout;
+        loop {
+            let backlog = self.metric("ingestd_sink_backlog_records", filter);
+            let pending = self.metric("ingestd_log_pending_bytes", "");
+            if backlog == 0 && pending == 0 {
+                return;
+            }
+            assert!(
+                Instant::now() < deadline,
+                "sinks ({filter}) not drained: backlog {backlog} records"
+            );
+            std::thread::sleep(Duration::from_millis(100));
+        }
+    }
+
     pub fn kill9(&mut self) {
         let mut child = self.child.take().unwrap();
         child.kill().unwrap();
