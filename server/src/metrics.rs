@@ -416,6 +416,16 @@ impl Registry {
                 .latency
                 .render(out, name, &format!("sink=\"{sink}\""));
         }
+        let name = "ingestd_sink_visible_seconds";
+        let _ = writeln!(
+            out,
+            "# HELP {name} from the server receiving a message to the sink confirming it\n# TYPE {name} histogram"
+        );
+        for (sink, metrics) in &self.sinks {
+            metrics
+                .visible
+                .render(out, name, &format!("sink=\"{sink}\""));
+        }
     }
 }
 

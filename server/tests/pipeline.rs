@@ -221,6 +221,11 @@ fn loadgen_to_kafka_influxdb_and_postgres_nothing_acknowledged_is_missing() {
             1,
             "{sink} up"
         );
+        let label = format!("sink=\"{sink}\"");
+        assert!(
+            server.metric("ingestd_sink_visible_seconds_count", &label) > 0,
+            "{sink}: receipt -> stored latency recorded"
+        );
     }
 }
 

@@ -15,9 +15,9 @@
 //!   fatal producer error (idempotence state lost) replaces the producer and sends every
 //!   unconfirmed record again, in order. Consumers deduplicate by (device, seq).
 
-use super::sink::Decoded;
 use super::{Delivery, Progress, SinkId, SinkInput};
 use crate::config::KafkaConfig;
+use crate::log::RecordKind;
 use futures_lite::StreamExt;
 use rdkafka::admin::{AdminClient, AdminOptions, NewTopic, TopicReplication};
 use rdkafka::client::DefaultClientContext;
@@ -446,17 +446,38 @@ enum SendResult<F> {
     Refused(String),
 }
 
-/// The value Kafka consumers read: the metadata object plus the envelope in hex.
+/// The few metadata fields the producer needs (the rest is passed through untouched).
+#[derive(serde::Deserialize)]
+struct Head<'a> {
+    #[serde(borrow)]
+    device: std::borrow::Cow<'a, str>,
+    #[serde(default)]
+    seq: Option<u64>,
+    #[serde(default)]
+    received_ms: u64,
+    #[serde(default, borrow)]
+    node: std::borrow::Cow<'a, str>,
+    #[serde(default)]
+    opaque: bool,
+}
+
+/// The value Kafka consumers read: the record's metadata object with `envelope` (the
+/// signed envelope in hex) added, spliced without re-serialising the metadata.
 #[must_use]
-pub fn value_json(meta: &serde_json::Value, raw: &[u8]) -> Vec<u8> {
-    let mut value = meta.clone();
-    if let Some(object) = value.as_object_mut() {
-        object.insert(
-            "envelope".to_string(),
-            serde_json::Value::String(crate::registry::hex(raw)),
-        );
+pub fn value_bytes(meta: &[u8], raw: &[u8]) -> Option<Vec<u8>> {
+    let body = meta.strip_suffix(b"}")?;
+    if !body.starts_with(b"{") {
+        return None;
     }
-    serde_json::to_vec(&value).unwrap_or_default()
+    let mut value = Vec::with_capacity(meta.len() + 16 + 2 * raw.len());
+    value.extend_from_slice(body);
+    if body.len() > 1 {
+        value.push(b',');
+    }
+    value.extend_from_slice(b"\"envelope\":\"");
+    value.extend_from_slice(crate::registry::hex(raw).as_bytes());
+    value.extend_from_slice(b"\"}");
+    Some(value)
 }
 
 fn send(
@@ -464,45 +485,38 @@ fn send(
     config: &KafkaConfig,
     delivery: &Arc<Delivery>,
 ) -> SendResult<impl std::future::Future<Output = Outcome>> {
-    let (topic, device, seq, received_ms, raw, meta_bytes) = match delivery.decode() {
-        Decoded::Reading { meta, raw } => (
-            config.telemetry_topic.as_str(),
-            meta.device.clone(),
-            Some(meta.seq),
-            meta.received_ms,
-            raw,
-            serde_json::to_value(&meta),
-        ),
-        Decoded::DeadLetter { meta, raw } => (
-            config.dead_letter_topic.as_str(),
-            meta.device.clone(),
-            meta.seq,
-            meta.received_ms,
-            raw,
-            serde_json::to_value(&meta),
-        ),
-        Decoded::Other => return SendResult::Skip,
+    let topic = match delivery.kind {
+        RecordKind::Reading => config.telemetry_topic.as_str(),
+        RecordKind::DeadLetter => config.dead_letter_topic.as_str(),
     };
-    let Ok(meta) = meta_bytes else {
+    let Some((meta, raw)) = crate::record::split(&delivery.payload) else {
         return SendResult::Skip;
     };
-    let value = value_json(&meta, raw);
+    let Ok(head) = serde_json::from_slice::<Head<'_>>(meta) else {
+        return SendResult::Skip;
+    };
+    if head.opaque {
+        // Benchmark mode's unverified payloads stay in the log.
+        return SendResult::Skip;
+    }
+    let Some(value) = value_bytes(meta, raw) else {
+        return SendResult::Skip;
+    };
+    let device = head.device;
+    let seq = head.seq;
+    let received_ms = head.received_ms;
     let seq_text = seq.map(|s| s.to_string());
     let shard_text = delivery.shard.to_string();
     let offset_text = delivery.offset.to_string();
-    let node = meta
-        .get("node")
-        .and_then(|n| n.as_str())
-        .unwrap_or("")
-        .to_string();
+    let node = head.node;
     let mut headers = OwnedHeaders::new()
         .insert(Header {
             key: "device",
-            value: Some(device.as_str()),
+            value: Some(device.as_ref()),
         })
         .insert(Header {
             key: "node",
-            value: Some(node.as_str()),
+            value: Some(node.as_ref()),
         })
         .insert(Header {
             key: "shard",
@@ -519,7 +533,7 @@ fn send(
         });
     }
     let record = FutureRecord::to(topic)
-        .key(device.as_str())
+        .key(device.as_ref())
         .payload(&value)
         .headers(headers);
     let shard = delivery.shard;
@@ -595,12 +609,17 @@ mod tests {
 
     #[test]
     fn the_value_carries_the_metadata_and_the_envelope() {
-        let meta = serde_json::json!({"device": "d-1", "seq": 7});
+        let meta = br#"{"device":"d-1","seq":7,"readings":{"co2_ppm":415.5}}"#;
         let value: serde_json::Value =
-            serde_json::from_slice(&value_json(&meta, &[0xab, 0x01])).unwrap();
+            serde_json::from_slice(&value_bytes(meta, &[0xab, 0x01]).unwrap()).unwrap();
         assert_eq!(value["device"], "d-1");
         assert_eq!(value["seq"], 7);
+        assert_eq!(value["readings"]["co2_ppm"], 415.5);
         assert_eq!(value["envelope"], "ab01");
+        let empty: serde_json::Value =
+            serde_json::from_slice(&value_bytes(b"{}", &[1]).unwrap()).unwrap();
+        assert_eq!(empty["envelope"], "01");
+        assert!(value_bytes(b"[1]", &[1]).is_none(), "not an object");
     }
 
     #[test]
