@@ -195,13 +195,7 @@ fn decode_hex_32(text: &str) -> Option<[u8; 32]> {
 /// Lowercase hex of bytes.
 #[must_use]
 pub fn hex(bytes: &[u8]) -> String {
-    use std::fmt::Write;
-    bytes
-        .iter()
-        .fold(String::with_capacity(bytes.len() * 2), |mut s, b| {
-            let _ = write!(s, "{b:02x}");
-            s
-        })
+    ingestd_codec::envelope::hex::encode(bytes)
 }
 
 /// A provisioned device's secret, as loadgen and demo clients read it.

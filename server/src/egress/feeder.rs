@@ -25,7 +25,14 @@ pub async fn feed(
     dirs: Vec<PathBuf>,
 ) {
     loop {
-        let received = tokio::time::timeout(Duration::from_millis(50), live.recv()).await;
+        // Under load records are waiting: take them without arming a timer each time.
+        let received = match live.try_recv() {
+            Ok(delivery) => Ok(Some(delivery)),
+            Err(mpsc::error::TryRecvError::Disconnected) => Ok(None),
+            Err(mpsc::error::TryRecvError::Empty) => {
+                tokio::time::timeout(Duration::from_millis(50), live.recv()).await
+            }
+        };
         match received {
             Ok(Some(delivery)) => {
                 let shard = delivery.shard;

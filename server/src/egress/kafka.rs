@@ -475,7 +475,7 @@ pub fn value_bytes(meta: &[u8], raw: &[u8]) -> Option<Vec<u8>> {
         value.push(b',');
     }
     value.extend_from_slice(b"\"envelope\":\"");
-    value.extend_from_slice(crate::registry::hex(raw).as_bytes());
+    ingestd_codec::envelope::hex::encode_into(raw, &mut value);
     value.extend_from_slice(b"\"}");
     Some(value)
 }
