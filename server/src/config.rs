@@ -940,6 +940,50 @@ mod tests {
     }
 
     #[test]
+    fn kafka_egress_and_postgres_values_name_the_key() {
+        let kafka = "[kafka]\nbrokers = \"127.0.0.1:9092\"\n";
+        for (text, key) in [
+            (
+                format!("{kafka}compression = \"brotli\"\n"),
+                "kafka.compression",
+            ),
+            (
+                format!("{kafka}telemetry_topic = \"a/b\"\n"),
+                "kafka.telemetry_topic",
+            ),
+            (format!("{kafka}partitions = 0\n"), "kafka.partitions"),
+            (
+                format!("{kafka}message_timeout_ms = 10\n"),
+                "kafka.message_timeout_ms",
+            ),
+            (
+                format!("{kafka}properties = {{ acks = \"1\" }}\n"),
+                "kafka.properties",
+            ),
+            (
+                "[egress]\nring_records = 10\n".to_string(),
+                "egress.ring_records",
+            ),
+            (
+                "[postgres]\nurl = \"host=x\"\nbatch_records_max = 0\n".to_string(),
+                "postgres.batch_records_max",
+            ),
+        ] {
+            let message = problem(&text);
+            assert!(message.contains(key), "{text:?}: {message}");
+        }
+        // Off by default: an empty broker list is the embedded mode, whatever else is set.
+        let config = Config::from_toml("[kafka]\ncompression = \"brotli\"\n").unwrap();
+        assert!(!config.sinks_enabled());
+        let config = Config::from_toml(kafka).unwrap();
+        assert!(config.sinks_enabled());
+        assert!(
+            config.kafka.ack_after_kafka,
+            "acknowledged when Kafka has it, by default"
+        );
+    }
+
+    #[test]
     fn influxdb_values_name_the_key() {
         let url = "url = \"http://127.0.0.1:8086\"\n";
         Config::from_toml(&format!("[influxdb]\n{url}")).unwrap();

@@ -401,12 +401,39 @@ fn sign(
 
 fn check_config(path: Option<&Path>) -> Result<(), String> {
     let config = load_config(path)?;
-    let registry = Registry::load(&config.registry.path).map_err(|e| e.to_string())?;
+    let (registry, source) = if config.postgres_registry() {
+        let runtime = tokio::runtime::Builder::new_current_thread()
+            .enable_all()
+            .build()
+            .map_err(|e| format!("starting the PostgreSQL client: {e}"))?;
+        let registry = runtime
+            .block_on(ingestd::egress::postgres::load_registry(&config.postgres))
+            .map_err(|e| {
+                format!("the device registry in PostgreSQL (config key `postgres.url`): {e}")
+            })?;
+        (registry, "PostgreSQL".to_string())
+    } else {
+        let registry = Registry::load(&config.registry.path).map_err(|e| e.to_string())?;
+        (registry, config.registry.path.display().to_string())
+    };
+    let sinks: Vec<&str> = [
+        (!config.kafka.brokers.is_empty(), "kafka"),
+        (!config.influxdb.url.is_empty(), "influxdb"),
+        (!config.postgres.url.is_empty(), "postgres"),
+    ]
+    .iter()
+    .filter_map(|(on, name)| on.then_some(*name))
+    .collect();
     println!(
-        "config ok: {} shard(s), {} registered device(s), data under {}",
+        "config ok: {} shard(s), {} registered device(s) from {source}, data under {}, sinks: {}",
         config.shard_count(),
         registry.len(),
-        config.data_dir.display()
+        config.data_dir.display(),
+        if sinks.is_empty() {
+            "the durable log only".to_string()
+        } else {
+            sinks.join(", ")
+        }
     );
     Ok(())
 }
