@@ -658,14 +658,6 @@ impl Config {
         !self.postgres.url.is_empty() && self.postgres.registry
     }
 
-    /// Whether any external sink is configured (records then flow to the egress thread).
-    #[must_use]
-    pub fn sinks_enabled(&self) -> bool {
-        !self.kafka.brokers.is_empty()
-            || !self.influxdb.url.is_empty()
-            || !self.postgres.url.is_empty()
-    }
-
     fn validate_egress(&self) -> Result<(), ConfigError> {
         if !(1024..=(1 << 22)).contains(&self.egress.ring_records) {
             return Err(invalid(
@@ -941,6 +933,7 @@ mod tests {
 
     #[test]
     fn kafka_egress_and_postgres_values_name_the_key() {
+        use crate::egress::SinkId;
         let kafka = "[kafka]\nbrokers = \"127.0.0.1:9092\"\n";
         for (text, key) in [
             (
@@ -974,9 +967,9 @@ mod tests {
         }
         // Off by default: an empty broker list is the embedded mode, whatever else is set.
         let config = Config::from_toml("[kafka]\ncompression = \"brotli\"\n").unwrap();
-        assert!(!config.sinks_enabled());
+        assert!(!SinkId::ALL.iter().any(|sink| sink.configured(&config)));
         let config = Config::from_toml(kafka).unwrap();
-        assert!(config.sinks_enabled());
+        assert!(SinkId::Kafka.configured(&config));
         assert!(
             config.kafka.ack_after_kafka,
             "acknowledged when Kafka has it, by default"

@@ -281,31 +281,7 @@ fn serve(path: Option<&Path>, overrides: Overrides) -> Result<(), String> {
     let mut config = load_config(path)?;
     overrides.apply(&mut config);
     config.validate().map_err(|e| e.to_string())?;
-    let registry = if config.postgres_registry() {
-        // The registry's source of truth is PostgreSQL; the file is not read.
-        let runtime = tokio::runtime::Builder::new_current_thread()
-            .enable_all()
-            .build()
-            .map_err(|e| format!("starting the PostgreSQL client: {e}"))?;
-        runtime
-            .block_on(ingestd::egress::postgres::load_registry(&config.postgres))
-            .map_err(|e| {
-                format!(
-                    "loading the device registry from PostgreSQL (config key `postgres.url`): {e}"
-                )
-            })?
-    } else {
-        Registry::load(&config.registry.path).map_err(|e| {
-            format!(
-                "{e} (config key `registry.path`; create one with `ingestd devices provision --count 10 --out {}`)",
-                config
-                    .registry
-                    .path
-                    .parent()
-                    .map_or_else(|| ".".to_string(), |p| p.display().to_string())
-            )
-        })?
-    };
+    let (registry, _) = load_registry(&config)?;
     if !config.auth.require_credential
         || config.validation.opaque_payloads
         || !config.validation.verify_signatures
@@ -399,9 +375,10 @@ fn sign(
     std::fs::write(out, &payload).map_err(|e| format!("{}: {e}", out.display()))
 }
 
-fn check_config(path: Option<&Path>) -> Result<(), String> {
-    let config = load_config(path)?;
-    let (registry, source) = if config.postgres_registry() {
+/// The device registry the server would serve with, and where it came from: PostgreSQL
+/// when `postgres.registry` is on (the file is not read), else the registry file.
+fn load_registry(config: &Config) -> Result<(Registry, String), String> {
+    if config.postgres_registry() {
         let runtime = tokio::runtime::Builder::new_current_thread()
             .enable_all()
             .build()
@@ -409,21 +386,33 @@ fn check_config(path: Option<&Path>) -> Result<(), String> {
         let registry = runtime
             .block_on(ingestd::egress::postgres::load_registry(&config.postgres))
             .map_err(|e| {
-                format!("the device registry in PostgreSQL (config key `postgres.url`): {e}")
+                format!(
+                    "loading the device registry from PostgreSQL (config key `postgres.url`): {e}"
+                )
             })?;
-        (registry, "PostgreSQL".to_string())
-    } else {
-        let registry = Registry::load(&config.registry.path).map_err(|e| e.to_string())?;
-        (registry, config.registry.path.display().to_string())
-    };
-    let sinks: Vec<&str> = [
-        (!config.kafka.brokers.is_empty(), "kafka"),
-        (!config.influxdb.url.is_empty(), "influxdb"),
-        (!config.postgres.url.is_empty(), "postgres"),
-    ]
-    .iter()
-    .filter_map(|(on, name)| on.then_some(*name))
-    .collect();
+        return Ok((registry, "PostgreSQL".to_string()));
+    }
+    let registry = Registry::load(&config.registry.path).map_err(|e| {
+        format!(
+            "{e} (config key `registry.path`; create one with `ingestd devices provision --count 10 --out {}`)",
+            config
+                .registry
+                .path
+                .parent()
+                .map_or_else(|| ".".to_string(), |p| p.display().to_string())
+        )
+    })?;
+    Ok((registry, config.registry.path.display().to_string()))
+}
+
+fn check_config(path: Option<&Path>) -> Result<(), String> {
+    let config = load_config(path)?;
+    let (registry, source) = load_registry(&config)?;
+    let sinks: Vec<&str> = ingestd::egress::SinkId::ALL
+        .iter()
+        .filter(|sink| sink.configured(&config))
+        .map(|sink| sink.name())
+        .collect();
     println!(
         "config ok: {} shard(s), {} registered device(s) from {source}, data under {}, sinks: {}",
         config.shard_count(),

@@ -199,20 +199,25 @@ impl ShardQueue {
 
 type Outcome = (usize, u64, Instant, u64, Result<(), KafkaError>);
 
-/// The sink task.
-pub async fn run(config: KafkaConfig, mut input: SinkInput) {
-    let mut producer = loop {
-        match client_config(&config).create::<FutureProducer>() {
-            Ok(producer) => break producer,
+/// A producer with ingestd's settings, retried until librdkafka accepts the config.
+async fn create_producer(config: &KafkaConfig) -> FutureProducer {
+    loop {
+        match client_config(config).create::<FutureProducer>() {
+            Ok(producer) => return producer,
             Err(error) => {
                 tracing::error!(%error, "creating the Kafka producer failed; retrying");
                 tokio::time::sleep(Duration::from_secs(1)).await;
             }
         }
-    };
+    }
+}
+
+/// The sink task.
+pub async fn run(config: KafkaConfig, mut input: SinkInput) {
+    let mut producer = create_producer(&config).await;
     let mut topics_ready = false;
     let mut queues: Vec<ShardQueue> = (0..input.shards).map(|_| ShardQueue::default()).collect();
-    let mut pending = futures_util_unordered();
+    let mut pending = Pending::new();
     let mut in_flight = 0usize;
     let mut resend: VecDeque<(usize, u64)> = VecDeque::new();
     let mut input_open = true;
@@ -237,18 +242,10 @@ pub async fn run(config: KafkaConfig, mut input: SinkInput) {
             tracing::error!(?code, %reason, "Kafka producer failed fatally; replacing it and resending what was not confirmed");
             metrics.failures.inc();
             drop(pending);
-            pending = futures_util_unordered();
+            pending = Pending::new();
             in_flight = 0;
             resend.clear();
-            producer = loop {
-                match client_config(&config).create::<FutureProducer>() {
-                    Ok(producer) => break producer,
-                    Err(error) => {
-                        tracing::error!(%error, "creating the Kafka producer failed; retrying");
-                        tokio::time::sleep(Duration::from_secs(1)).await;
-                    }
-                }
-            };
+            producer = create_producer(&config).await;
             for (shard, queue) in queues.iter_mut().enumerate() {
                 for record in queue.records.iter_mut().filter(|r| !r.confirmed) {
                     record.sent = false;
@@ -565,9 +562,7 @@ fn now_ms() -> u64 {
 
 type PendingFuture = std::pin::Pin<Box<dyn std::future::Future<Output = Outcome> + Send>>;
 
-fn futures_util_unordered() -> futures_util::stream::FuturesUnordered<PendingFuture> {
-    futures_util::stream::FuturesUnordered::new()
-}
+type Pending = futures_util::stream::FuturesUnordered<PendingFuture>;
 
 #[cfg(test)]
 mod tests {

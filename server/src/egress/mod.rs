@@ -182,11 +182,7 @@ impl Egress {
         shards: usize,
         metrics: &mut MetricsRegistry,
     ) -> Result<Option<(Self, Vec<ShardLink>)>, EgressError> {
-        let configured = [
-            !config.kafka.brokers.is_empty(),
-            !config.influxdb.url.is_empty(),
-            !config.postgres.url.is_empty(),
-        ];
+        let configured = SinkId::ALL.map(|sink| sink.configured(config));
         if !configured.iter().any(|c| *c) {
             return Ok(None);
         }
@@ -277,12 +273,7 @@ impl Egress {
         }
         drop(progress_tx);
 
-        runtime.spawn(dispatch(
-            outs,
-            live_senders,
-            Arc::clone(&wake),
-            Arc::clone(&stop),
-        ));
+        runtime.spawn(dispatch(outs, live_senders, Arc::clone(&wake)));
         let router = runtime.spawn(route(
             progress_rx,
             refused_tx,
@@ -361,7 +352,6 @@ async fn dispatch(
     mut outs: Vec<rtrb::Consumer<Delivery>>,
     live: Vec<mpsc::Sender<Arc<Delivery>>>,
     wake: Arc<tokio::sync::Notify>,
-    stop: Arc<AtomicBool>,
 ) {
     loop {
         let mut moved = 0usize;
@@ -375,11 +365,6 @@ async fn dispatch(
             }
         }
         if moved == 0 {
-            if stop.load(Ordering::Acquire) && outs.iter().all(rtrb::Consumer::is_empty) {
-                // Keep draining until the egress thread ends; the shards have stopped.
-                tokio::time::sleep(Duration::from_millis(5)).await;
-                continue;
-            }
             let _ = tokio::time::timeout(Duration::from_millis(5), wake.notified()).await;
         } else {
             tokio::task::yield_now().await;

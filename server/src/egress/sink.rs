@@ -16,6 +16,16 @@ pub enum SinkId {
 impl SinkId {
     pub const ALL: [SinkId; 3] = [SinkId::Kafka, SinkId::Influx, SinkId::Postgres];
 
+    /// Whether the config turns this sink on.
+    #[must_use]
+    pub fn configured(self, config: &crate::config::Config) -> bool {
+        match self {
+            SinkId::Kafka => !config.kafka.brokers.is_empty(),
+            SinkId::Influx => !config.influxdb.url.is_empty(),
+            SinkId::Postgres => !config.postgres.url.is_empty(),
+        }
+    }
+
     #[must_use]
     pub fn name(self) -> &'static str {
         match self {
