@@ -96,12 +96,7 @@ fn value(n: usize, kind: usize) -> f32 {
 fn delivery(shard: usize, offset: u64, kind: RecordKind, meta: &impl serde::Serialize) -> Delivery {
     let mut payload = Vec::new();
     record::encode(meta, b"\x01signed-envelope", &mut payload);
-    Delivery {
-        shard,
-        offset,
-        kind,
-        payload,
-    }
+    Delivery::new(shard, offset, kind, payload)
 }
 
 fn dead_letter_meta(shard: usize) -> DeadLetterMeta {

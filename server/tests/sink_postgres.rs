@@ -62,12 +62,7 @@ fn reading(shard: usize, offset: u64, device: &str, seq: u64, received_ms: u64) 
     };
     let mut payload = Vec::new();
     record::encode(&meta, b"signed envelope", &mut payload);
-    Arc::new(Delivery {
-        shard,
-        offset,
-        kind: RecordKind::Reading,
-        payload,
-    })
+    Arc::new(Delivery::new(shard, offset, RecordKind::Reading, payload))
 }
 
 fn dead_letter(
@@ -93,12 +88,12 @@ fn dead_letter(
     };
     let mut payload = Vec::new();
     record::encode(&meta, b"refused envelope", &mut payload);
-    Arc::new(Delivery {
+    Arc::new(Delivery::new(
         shard,
         offset,
-        kind: RecordKind::DeadLetter,
+        RecordKind::DeadLetter,
         payload,
-    })
+    ))
 }
 
 /// A running sink and what it reported.

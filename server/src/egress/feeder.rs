@@ -115,12 +115,7 @@ async fn catch_up(
                 tracing::error!(sink = sink.name(), shard, expected = next, found = entry.offset, "the durable log skipped an offset");
                 return Some(next);
             }
-            let delivery = Delivery {
-                shard,
-                offset: entry.offset,
-                kind: entry.kind,
-                payload: entry.payload,
-            };
+            let delivery = Delivery::new(shard, entry.offset, entry.kind, entry.payload);
             if out.blocking_send(Arc::new(delivery)).is_err() {
                 return None;
             }

@@ -570,12 +570,7 @@ mod tests {
     use crate::log::RecordKind;
 
     fn delivery(offset: u64) -> Arc<Delivery> {
-        Arc::new(Delivery {
-            shard: 0,
-            offset,
-            kind: RecordKind::Reading,
-            payload: Vec::new(),
-        })
+        Arc::new(Delivery::new(0, offset, RecordKind::Reading, Vec::new()))
     }
 
     #[test]

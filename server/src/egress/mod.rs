@@ -428,12 +428,7 @@ async fn route(
 
 fn read_one(dir: &Path, shard: usize, offset: u64) -> Option<Delivery> {
     let entry = LogReader::open(dir, offset).ok()?.next()?.ok()?;
-    (entry.offset == offset).then_some(Delivery {
-        shard,
-        offset,
-        kind: entry.kind,
-        payload: entry.payload,
-    })
+    (entry.offset == offset).then_some(Delivery::new(shard, offset, entry.kind, entry.payload))
 }
 
 async fn checkpoint_loop(

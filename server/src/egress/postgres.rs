@@ -289,17 +289,17 @@ enum ItemBody {
 
 impl Item {
     fn from_delivery(delivery: &Delivery) -> Self {
-        let body = match delivery.decode() {
-            Decoded::Reading { meta, .. } => ItemBody::Reading {
-                device: meta.device,
+        let body = match delivery.decoded() {
+            Decoded::Reading(meta) => ItemBody::Reading {
+                device: meta.device.clone(),
                 seq: meta.seq,
                 received_ms: meta.received_ms,
             },
-            Decoded::DeadLetter { meta, .. } => ItemBody::DeadLetter {
-                device: meta.device,
+            Decoded::DeadLetter(meta) => ItemBody::DeadLetter {
+                device: meta.device.clone(),
                 seq: meta.seq,
-                reason: meta.reason,
-                detail: meta.detail,
+                reason: meta.reason.clone(),
+                detail: meta.detail.clone(),
                 received_ms: meta.received_ms,
             },
             Decoded::Other => ItemBody::Other,

@@ -3,7 +3,7 @@
 use crate::log::format::RecordKind;
 use crate::metrics::SinkMetrics;
 use crate::record::{self, DeadLetterMeta, ReadingMeta};
-use std::sync::Arc;
+use std::sync::{Arc, OnceLock};
 
 /// Which sink a progress report is about.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord)]
@@ -37,7 +37,12 @@ impl SinkId {
 }
 
 /// One durable-log record offered to the sinks.
-#[derive(Debug, Clone, PartialEq, Eq)]
+///
+/// The sinks share one `Arc<Delivery>`, and its decoded metadata is computed once for all
+/// of them: a record coming live from a shard carries the metadata the shard built (no
+/// decoding at all), a record read back from the log is decoded by the first sink that
+/// asks.
+#[derive(Debug, Clone)]
 pub struct Delivery {
     pub shard: usize,
     /// The record's offset in its shard's log: deliveries of one shard arrive in
@@ -46,42 +51,69 @@ pub struct Delivery {
     pub kind: RecordKind,
     /// The record payload (`crate::record` format).
     pub payload: Vec<u8>,
+    decoded: OnceLock<Decoded>,
 }
 
-/// A delivery's payload, decoded.
+impl PartialEq for Delivery {
+    fn eq(&self, other: &Self) -> bool {
+        // The decoded form is a function of the payload.
+        (self.shard, self.offset, self.kind, &self.payload)
+            == (other.shard, other.offset, other.kind, &other.payload)
+    }
+}
+
+impl Eq for Delivery {}
+
+/// A delivery's metadata, decoded.
 #[derive(Debug, Clone, PartialEq)]
-pub enum Decoded<'a> {
-    Reading {
-        meta: ReadingMeta,
-        raw: &'a [u8],
-    },
-    DeadLetter {
-        meta: DeadLetterMeta,
-        raw: &'a [u8],
-    },
+pub enum Decoded {
+    Reading(ReadingMeta),
+    DeadLetter(DeadLetterMeta),
     /// Stored without decoding (benchmark mode) or unreadable by this version: sinks
     /// skip it (it stays in the log).
     Other,
 }
 
 impl Delivery {
-    /// Decodes the payload. A record this version cannot read is `Other`, never an error:
-    /// the log holds it either way.
     #[must_use]
-    pub fn decode(&self) -> Decoded<'_> {
-        let Some((meta, raw)) = record::split(&self.payload) else {
-            return Decoded::Other;
-        };
-        match self.kind {
-            RecordKind::Reading => match serde_json::from_slice::<ReadingMeta>(meta) {
-                Ok(meta) => Decoded::Reading { meta, raw },
-                Err(_) => Decoded::Other,
-            },
-            RecordKind::DeadLetter => match serde_json::from_slice::<DeadLetterMeta>(meta) {
-                Ok(meta) => Decoded::DeadLetter { meta, raw },
-                Err(_) => Decoded::Other,
-            },
+    pub fn new(shard: usize, offset: u64, kind: RecordKind, payload: Vec<u8>) -> Self {
+        Self {
+            shard,
+            offset,
+            kind,
+            payload,
+            decoded: OnceLock::new(),
         }
+    }
+
+    /// A reading whose metadata the caller already holds: `meta` must be what `payload`
+    /// encodes (the shard builds both from one value).
+    #[must_use]
+    pub fn with_reading(shard: usize, offset: u64, payload: Vec<u8>, meta: ReadingMeta) -> Self {
+        Self {
+            shard,
+            offset,
+            kind: RecordKind::Reading,
+            payload,
+            decoded: OnceLock::from(Decoded::Reading(meta)),
+        }
+    }
+
+    /// The decoded metadata. A record this version cannot read is `Other`, never an
+    /// error: the log holds it either way.
+    #[must_use]
+    pub fn decoded(&self) -> &Decoded {
+        self.decoded.get_or_init(|| {
+            let Some((meta, _raw)) = record::split(&self.payload) else {
+                return Decoded::Other;
+            };
+            match self.kind {
+                RecordKind::Reading => serde_json::from_slice::<ReadingMeta>(meta)
+                    .map_or(Decoded::Other, Decoded::Reading),
+                RecordKind::DeadLetter => serde_json::from_slice::<DeadLetterMeta>(meta)
+                    .map_or(Decoded::Other, Decoded::DeadLetter),
+            }
+        })
     }
 }
 

@@ -218,12 +218,26 @@ impl Shard {
     fn append(&self, kind: RecordKind, payload: &[u8]) -> u64 {
         let offset = self.log.append(kind, payload);
         if let Some(egress) = &self.egress {
-            egress.tail.borrow_mut().push_back(Delivery {
-                shard: self.id,
+            egress.tail.borrow_mut().push_back(Delivery::new(
+                self.id,
                 offset,
                 kind,
-                payload: payload.to_vec(),
-            });
+                payload.to_vec(),
+            ));
+        }
+        offset
+    }
+
+    /// Appends a reading; the sinks get `meta` as it is, without decoding the record.
+    fn append_reading(&self, payload: &[u8], meta: ReadingMeta) -> u64 {
+        let offset = self.log.append(RecordKind::Reading, payload);
+        if let Some(egress) = &self.egress {
+            egress.tail.borrow_mut().push_back(Delivery::with_reading(
+                self.id,
+                offset,
+                payload.to_vec(),
+                meta,
+            ));
         }
         offset
     }
@@ -332,7 +346,10 @@ impl Shard {
             };
             // A refused dead letter is not dead-lettered again (that could loop); the
             // sink's metric and log line record it.
-            let Decoded::Reading { meta, raw } = original.decode() else {
+            let Decoded::Reading(meta) = original.decoded() else {
+                continue;
+            };
+            let Some((_, raw)) = record::split(&original.payload) else {
                 continue;
             };
             let dead = DeadLetterMeta {
@@ -343,8 +360,8 @@ impl Shard {
                     refusal.offset,
                     refusal.detail
                 ),
-                device: meta.device,
-                topic: meta.topic,
+                device: meta.device.clone(),
+                topic: meta.topic.clone(),
                 received_ms: meta.received_ms,
                 node: self.config.node_id.clone(),
                 shard: self.id,
@@ -889,7 +906,7 @@ fn append_reading(
     drop(device);
     record::encode(&meta, &work.payload, buf);
     shard.metrics.messages_accepted.inc();
-    Ok(shard.append(RecordKind::Reading, buf))
+    Ok(shard.append_reading(buf, meta))
 }
 
 fn dead_letter(
