@@ -121,7 +121,7 @@ fn envelope_benches(c: &mut Criterion) {
     // Batched verification: 64 envelopes from 64 devices per batch, as a loaded shard
     // sees them; throughput is per signature.
     let mut group = c.benchmark_group("envelope_batch");
-    for batch in [16usize, 64] {
+    for batch in [16usize, 64, 128, 256, 512] {
         let items: Vec<(ed25519_dalek::VerifyingKey, String, Vec<u8>)> = (0..batch)
             .map(|i| {
                 let (key, topic, payload) = signed_binary(i, 7);
