@@ -301,9 +301,9 @@ pub fn push_lines(meta: &ReadingMeta, out: &mut Vec<u8>) -> Result<usize, Unrepr
     Ok(meta.readings.len())
 }
 
-/// Whether line protocol needs a backslash somewhere in this measurement, tag key or tag
-/// value (the measurement does not escape `=`, but escaping is never needed for it in
-/// practice, and the builder path handles either case exactly).
+/// Whether a measurement, tag key or tag value may need a backslash in line protocol. An
+/// `=` in a measurement (which line protocol leaves as it is) also takes the builder path;
+/// that is only slower, never different.
 fn needs_escape(value: &str) -> bool {
     value
         .bytes()
