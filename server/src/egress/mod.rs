@@ -206,8 +206,9 @@ impl Egress {
             metrics.sinks.push((sink.name(), Arc::clone(m)));
         }
 
-        let runtime = tokio::runtime::Builder::new_multi_thread()
-            .worker_threads(2)
+        // One thread runs every sink task: the egress needs a fraction of a core, and
+        // tasks on one thread hand records to each other without cross-thread wake-ups.
+        let runtime = tokio::runtime::Builder::new_current_thread()
             .thread_name("ingestd-egress")
             .enable_all()
             .build()
