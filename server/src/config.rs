@@ -221,6 +221,8 @@ pub struct InfluxConfig {
     pub batch_points_max: usize,
     pub batch_bytes_max: usize,
     pub flush_interval_ms: u64,
+    /// Batches written at the same time; they are reported in order all the same.
+    pub writes_in_flight: usize,
     pub gzip: bool,
     pub timeout_ms: u64,
     pub retry_backoff_ms: u64,
@@ -293,6 +295,7 @@ impl Default for InfluxConfig {
             batch_points_max: 5_000,
             batch_bytes_max: 1 << 20,
             flush_interval_ms: 20,
+            writes_in_flight: 2,
             gzip: true,
             timeout_ms: 10_000,
             retry_backoff_ms: 100,
@@ -788,6 +791,12 @@ impl Config {
             if influx.flush_interval_ms == 0 {
                 return Err(invalid("influxdb.flush_interval_ms", "must be at least 1"));
             }
+            if !(1..=16).contains(&influx.writes_in_flight) {
+                return Err(invalid(
+                    "influxdb.writes_in_flight",
+                    format!("{} is not in 1..=16", influx.writes_in_flight),
+                ));
+            }
             if influx.retry_backoff_ms == 0 || influx.retry_backoff_ms > influx.retry_backoff_max_ms
             {
                 return Err(invalid(
@@ -988,6 +997,8 @@ mod tests {
             ("api = \"v3\"\n", "influxdb.api"),
             ("api = \"v2\"\norg = \"o\"\n", "influxdb.bucket"),
             ("batch_bytes_max = 10\n", "influxdb.batch_bytes_max"),
+            ("writes_in_flight = 0\n", "influxdb.writes_in_flight"),
+            ("writes_in_flight = 17\n", "influxdb.writes_in_flight"),
         ];
         for (text, expected) in cases {
             let url = if text.starts_with("url") { "" } else { url };

@@ -17,11 +17,12 @@
 //!
 //! Delivery. Records are gathered into a batch that is written when it holds
 //! `batch_points_max` points or `batch_bytes_max` bytes of line protocol, or when its
-//! first record is `flush_interval_ms` old. One batch is written at a time, in order;
-//! meanwhile the next one fills up to those same limits, and past them this task stops
-//! reading its channel, so back-pressure reaches the shards through the bounded channel
-//! (memory: two batches). `Progress::Through` for a batch's shards is reported once the
-//! whole batch is stored or refused, after the batches before it.
+//! first record is `flush_interval_ms` old. Up to `writes_in_flight` batches are written
+//! at the same time; meanwhile the next one fills up to those same limits, and past them
+//! this task stops reading its channel, so back-pressure reaches the shards through the
+//! bounded channel (memory: `writes_in_flight` + 1 batches). `Progress::Through` for a
+//! batch's shards is reported once the whole batch is stored or refused and every older
+//! batch has been reported, whichever write finishes first.
 //!
 //! Answers. 2xx: stored. 400, 413 and 422: some points are bad; the batch is split in
 //! halves and each half written again (writes are idempotent) down to single records, and
@@ -38,6 +39,7 @@ use crate::metrics::SinkMetrics;
 use crate::record::ReadingMeta;
 use bytes::Bytes;
 use influxdb_line_protocol::LineProtocolBuilder;
+use std::collections::VecDeque;
 use std::ops::Range;
 use std::sync::Arc;
 use std::time::Duration;
@@ -97,14 +99,20 @@ pub async fn run(config: InfluxConfig, input: SinkInput) {
     // Per shard, the highest `end` reported so far: a replay's batch never moves it back.
     let mut reported = vec![0_u64; shards];
     let mut open = Batch::new(shards);
-    let mut in_flight: Option<InFlight> = None;
+    // Writes in flight, oldest first. Several may be under way (InfluxDB handles them in
+    // parallel), but a batch is reported only once every older one is: progress stays
+    // contiguous whichever write finishes first.
+    let mut in_flight: VecDeque<InFlight> = VecDeque::new();
+    let writes_max = config.writes_in_flight.max(1);
     let mut receiving = true;
     loop {
-        if in_flight.is_none() && (open.is_due(Instant::now(), &limits) || !receiving) {
+        let room = in_flight.len() < writes_max;
+        if room && (open.is_due(Instant::now(), &limits) || !receiving) {
             if !open.is_empty() {
                 let batch = std::mem::replace(&mut open, Batch::new(shards));
-                in_flight = Some(InFlight(tokio::spawn(Arc::clone(&writer).write(batch))));
-            } else if !receiving {
+                in_flight.push_back(InFlight(tokio::spawn(Arc::clone(&writer).write(batch))));
+                continue;
+            } else if !receiving && in_flight.is_empty() {
                 tracing::info!("influxdb sink stopped: input closed and everything reported");
                 return;
             }
@@ -113,8 +121,8 @@ pub async fn run(config: InfluxConfig, input: SinkInput) {
         let due_at = open.due_at(&limits);
         tokio::select! {
             biased;
-            joined = wait(&mut in_flight), if in_flight.is_some() => {
-                in_flight = None;
+            joined = wait(in_flight.front_mut()), if !in_flight.is_empty() => {
+                in_flight.pop_front();
                 match joined {
                     Ok(batch) => report_through(&batch, &mut reported, &progress),
                     Err(error) if error.is_panic() => std::panic::resume_unwind(error.into_panic()),
@@ -122,7 +130,7 @@ pub async fn run(config: InfluxConfig, input: SinkInput) {
                     Err(_) => return,
                 }
             }
-            () = sleep_until(due_at), if in_flight.is_none() && due_at.is_some() => {}
+            () = sleep_until(due_at), if room && due_at.is_some() => {}
             delivery = rx.recv(), if accepting => match delivery {
                 Some(delivery) => {
                     if let Err(why) = open.push(&delivery, Instant::now()) {
@@ -135,7 +143,7 @@ pub async fn run(config: InfluxConfig, input: SinkInput) {
     }
 }
 
-/// The write in flight; aborted if the sink's task is dropped, so no write outlives it.
+/// A write in flight; aborted if the sink's task is dropped, so no write outlives it.
 struct InFlight(JoinHandle<Batch>);
 
 impl Drop for InFlight {
@@ -144,7 +152,7 @@ impl Drop for InFlight {
     }
 }
 
-async fn wait(in_flight: &mut Option<InFlight>) -> Result<Batch, tokio::task::JoinError> {
+async fn wait(in_flight: Option<&mut InFlight>) -> Result<Batch, tokio::task::JoinError> {
     match in_flight {
         Some(InFlight(handle)) => handle.await,
         None => std::future::pending().await,
@@ -443,7 +451,7 @@ impl Batch {
         self.opened_at.map(|at| at + limits.age_max)
     }
 
-    /// Full, or old enough: it should be written as soon as nothing else is in flight.
+    /// Full, or old enough: it should be written as soon as a write slot is free.
     #[must_use]
     pub fn is_due(&self, now: Instant, limits: &BatchLimits) -> bool {
         !self.is_empty()
@@ -735,7 +743,7 @@ fn chain(error: &dyn std::error::Error) -> String {
     text
 }
 
-/// Writes batches; shared by the sink's task and the write in flight.
+/// Writes batches; shared by the sink's task and the writes in flight.
 struct Writer {
     client: reqwest::Client,
     endpoint: Endpoint,
