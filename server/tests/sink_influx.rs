@@ -1,6 +1,7 @@
 //! The InfluxDB sink against a real influxd 1.x: every reading stored once and queryable,
 //! replays harmless, outages and a missing database waited out without loss, a refused
-//! record found inside a batch and reported alone, gzip on and off.
+//! record found inside a batch and reported alone, gzip on and off. One test uses a stand-in
+//! server instead, to make concurrent writes finish out of order.
 //!
 //! `run()` is driven directly on a small multi-thread runtime with deliveries built by
 //! `record::encode`, as the egress thread would hand them over. Nothing here asserts on
@@ -571,4 +572,118 @@ fn gzip_on_and_off_both_store_everything() {
         bytes[0],
         bytes[1]
     );
+}
+
+/// A stand-in for InfluxDB that answers 204 to every write, holding back the answer to a
+/// write containing `slow` for `delay`. It records when each write arrived and when it
+/// was answered. Unit-level fault injection beside the real-server tests: it makes the
+/// older of two concurrent writes finish last, which a real server does not do on demand.
+struct SlowFirstServer {
+    url: String,
+    /// (body holds `slow`, arrived, answered)
+    log: Arc<std::sync::Mutex<Vec<(bool, Instant, Instant)>>>,
+}
+
+impl SlowFirstServer {
+    fn start(slow: &'static str, delay: Duration) -> SlowFirstServer {
+        use std::io::{BufRead, BufReader, Read, Write};
+        let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+        let url = format!("http://{}", listener.local_addr().unwrap());
+        let log = Arc::new(std::sync::Mutex::new(Vec::new()));
+        let shared = Arc::clone(&log);
+        std::thread::spawn(move || {
+            for stream in listener.incoming() {
+                let Ok(stream) = stream else { return };
+                let log = Arc::clone(&shared);
+                std::thread::spawn(move || {
+                    let mut reader = BufReader::new(stream.try_clone().unwrap());
+                    let mut stream = stream;
+                    loop {
+                        let mut length = 0usize;
+                        let mut line = String::new();
+                        loop {
+                            line.clear();
+                            if reader.read_line(&mut line).unwrap_or(0) == 0 {
+                                return;
+                            }
+                            if line == "\r\n" {
+                                break;
+                            }
+                            if let Some((name, value)) = line.split_once(':') {
+                                if name.eq_ignore_ascii_case("content-length") {
+                                    length = value.trim().parse().unwrap();
+                                }
+                            }
+                        }
+                        let arrived = Instant::now();
+                        let mut body = vec![0; length];
+                        reader.read_exact(&mut body).unwrap();
+                        let is_slow = String::from_utf8_lossy(&body).contains(slow);
+                        if is_slow {
+                            std::thread::sleep(delay);
+                        }
+                        log.lock().unwrap().push((is_slow, arrived, Instant::now()));
+                        if stream
+                            .write_all(b"HTTP/1.1 204 No Content\r\ncontent-length: 0\r\n\r\n")
+                            .is_err()
+                        {
+                            return;
+                        }
+                    }
+                });
+            }
+        });
+        SlowFirstServer { url, log }
+    }
+}
+
+#[test]
+fn concurrent_writes_are_reported_in_order_whichever_finishes_first() {
+    let server = SlowFirstServer::start("slow_first", Duration::from_millis(500));
+    let mut sink = Sink::start(InfluxConfig {
+        url: server.url.clone(),
+        database: "ingestd".to_string(),
+        // One record per batch, written as soon as it arrives, two writes at a time.
+        batch_points_max: 1,
+        flush_interval_ms: 1,
+        writes_in_flight: 2,
+        gzip: false,
+        timeout_ms: 5_000,
+        ..InfluxConfig::default()
+    });
+    let deliveries: Vec<Delivery> = (0..4)
+        .map(|n| {
+            let mut meta = reading_meta(n * SHARDS);
+            let name = if n == 0 { "slow_first" } else { "co2_ppm" };
+            meta.readings = BTreeMap::from([(name.to_string(), 1.5)]);
+            delivery(0, n as u64, RecordKind::Reading, &meta)
+        })
+        .collect();
+    sink.send(deliveries);
+    sink.wait_through([4, 0]);
+    // The reports for shard 0 only ever grow: the batches written after the slow one
+    // finished first, but were not reported before it.
+    let ends: Vec<u64> = sink
+        .progress
+        .iter()
+        .filter_map(|p| match p {
+            Progress::Through { shard: 0, end, .. } => Some(*end),
+            _ => None,
+        })
+        .collect();
+    assert_eq!(ends.first(), Some(&1), "reports: {ends:?}");
+    assert!(ends.windows(2).all(|w| w[0] < w[1]), "reports: {ends:?}");
+    assert_eq!(ends.last(), Some(&4), "reports: {ends:?}");
+    // And the writes did overlap: a later batch arrived while the slow one was pending.
+    let log = server.log.lock().unwrap().clone();
+    let slow = log
+        .iter()
+        .find(|(is_slow, _, _)| *is_slow)
+        .expect("the slow write arrived");
+    assert!(
+        log.iter()
+            .any(|(is_slow, arrived, _)| !is_slow && *arrived < slow.2),
+        "no write overlapped the slow one: {log:?}"
+    );
+    sink.finish();
 }
