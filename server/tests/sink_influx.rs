@@ -8,8 +8,8 @@
 //! time: waits are for conditions, with generous deadlines.
 #![allow(clippy::unwrap_used, clippy::expect_used)]
 
-#[path = "common/influx.rs"]
-mod influx;
+mod common;
+use common::influx;
 
 use influx::Influx;
 use ingestd::config::InfluxConfig;

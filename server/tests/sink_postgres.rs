@@ -3,8 +3,8 @@
 //! deadline.
 #![allow(clippy::unwrap_used, clippy::expect_used)]
 
-#[path = "common/postgres.rs"]
-mod postgres;
+mod common;
+use common::postgres;
 
 use ingestd::config::PostgresConfig;
 use ingestd::egress::postgres as pg;

@@ -15,6 +15,7 @@
 //!   fatal producer error (idempotence state lost) replaces the producer and sends every
 //!   unconfirmed record again, in order. Consumers deduplicate by (device, seq).
 
+use super::sink::Decoded;
 use super::{Delivery, Progress, SinkId, SinkInput};
 use crate::config::KafkaConfig;
 use crate::log::RecordKind;
@@ -443,21 +444,6 @@ enum SendResult<F> {
     Refused(String),
 }
 
-/// The few metadata fields the producer needs (the rest is passed through untouched).
-#[derive(serde::Deserialize)]
-struct Head<'a> {
-    #[serde(borrow)]
-    device: std::borrow::Cow<'a, str>,
-    #[serde(default)]
-    seq: Option<u64>,
-    #[serde(default)]
-    received_ms: u64,
-    #[serde(default, borrow)]
-    node: std::borrow::Cow<'a, str>,
-    #[serde(default)]
-    opaque: bool,
-}
-
 /// The value Kafka consumers read: the record's metadata object with `envelope` (the
 /// signed envelope in hex) added, spliced without re-serialising the metadata.
 #[must_use]
@@ -486,34 +472,30 @@ fn send(
         RecordKind::Reading => config.telemetry_topic.as_str(),
         RecordKind::DeadLetter => config.dead_letter_topic.as_str(),
     };
+    // The metadata every sink shares; benchmark mode's unverified payloads and records
+    // this version cannot read are `Other` and stay in the log.
+    let (device, seq, received_ms, node) = match delivery.decoded() {
+        Decoded::Reading(meta) => (&meta.device, Some(meta.seq), meta.received_ms, &meta.node),
+        Decoded::DeadLetter(meta) => (&meta.device, meta.seq, meta.received_ms, &meta.node),
+        Decoded::Other => return SendResult::Skip,
+    };
     let Some((meta, raw)) = crate::record::split(&delivery.payload) else {
         return SendResult::Skip;
     };
-    let Ok(head) = serde_json::from_slice::<Head<'_>>(meta) else {
-        return SendResult::Skip;
-    };
-    if head.opaque {
-        // Benchmark mode's unverified payloads stay in the log.
-        return SendResult::Skip;
-    }
     let Some(value) = value_bytes(meta, raw) else {
         return SendResult::Skip;
     };
-    let device = head.device;
-    let seq = head.seq;
-    let received_ms = head.received_ms;
     let seq_text = seq.map(|s| s.to_string());
     let shard_text = delivery.shard.to_string();
     let offset_text = delivery.offset.to_string();
-    let node = head.node;
     let mut headers = OwnedHeaders::new()
         .insert(Header {
             key: "device",
-            value: Some(device.as_ref()),
+            value: Some(device.as_str()),
         })
         .insert(Header {
             key: "node",
-            value: Some(node.as_ref()),
+            value: Some(node.as_str()),
         })
         .insert(Header {
             key: "shard",
@@ -530,7 +512,7 @@ fn send(
         });
     }
     let record = FutureRecord::to(topic)
-        .key(device.as_ref())
+        .key(device.as_str())
         .payload(&value)
         .headers(headers);
     let shard = delivery.shard;

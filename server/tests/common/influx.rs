@@ -6,8 +6,9 @@
 //! connection, so the answer is the bytes up to the close: no chunking, no keep-alive).
 #![allow(clippy::unwrap_used, clippy::expect_used, dead_code)]
 
+use super::free_port;
 use std::io::{Read, Write};
-use std::net::{TcpListener, TcpStream};
+use std::net::TcpStream;
 use std::path::PathBuf;
 use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
@@ -24,14 +25,6 @@ pub struct Influx {
     rpc_port: u16,
     /// The running server; `None` while stopped.
     child: Option<Child>,
-}
-
-fn free_port() -> u16 {
-    TcpListener::bind("127.0.0.1:0")
-        .unwrap()
-        .local_addr()
-        .unwrap()
-        .port()
 }
 
 fn influxd() -> PathBuf {

@@ -4,11 +4,10 @@
 //!
 //! `initdb` and `postgres` refuse to run as root, so the cluster runs as the system user
 //! `postgres` through `runuser`; the Debian `postgresql` package provides both
-//! (scripts/test installs it when missing). Include it with
-//! `#[path = "common/postgres.rs"] mod postgres;`.
+//! (scripts/test installs it when missing).
 #![allow(clippy::unwrap_used, clippy::expect_used, dead_code)]
 
-use std::net::TcpListener;
+use super::free_port;
 use std::path::PathBuf;
 use std::process::{Command, Output};
 
@@ -43,14 +42,6 @@ fn bindir() -> PathBuf {
         .pop()
         .map(|(_, bin)| bin)
         .expect("PostgreSQL server binaries (apt-get install postgresql)")
-}
-
-fn free_port() -> u16 {
-    TcpListener::bind("127.0.0.1:0")
-        .unwrap()
-        .local_addr()
-        .unwrap()
-        .port()
 }
 
 /// Runs a command, panicking with its output when it fails.
