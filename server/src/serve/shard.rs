@@ -215,29 +215,16 @@ impl Shard {
     }
 
     /// Appends a record to the log (and, with sinks, to the egress tail); returns its offset.
-    fn append(&self, kind: RecordKind, payload: &[u8]) -> u64 {
+    /// A reading's `meta` goes to the sinks as it is, so they need not decode the record.
+    fn append(&self, kind: RecordKind, payload: &[u8], meta: Option<ReadingMeta>) -> u64 {
         let offset = self.log.append(kind, payload);
         if let Some(egress) = &self.egress {
-            egress.tail.borrow_mut().push_back(Delivery::new(
-                self.id,
-                offset,
-                kind,
-                payload.to_vec(),
-            ));
-        }
-        offset
-    }
-
-    /// Appends a reading; the sinks get `meta` as it is, without decoding the record.
-    fn append_reading(&self, payload: &[u8], meta: ReadingMeta) -> u64 {
-        let offset = self.log.append(RecordKind::Reading, payload);
-        if let Some(egress) = &self.egress {
-            egress.tail.borrow_mut().push_back(Delivery::with_reading(
-                self.id,
-                offset,
-                payload.to_vec(),
-                meta,
-            ));
+            let payload = payload.to_vec();
+            let delivery = match meta {
+                Some(meta) => Delivery::with_reading(self.id, offset, payload, meta),
+                None => Delivery::new(self.id, offset, kind, payload),
+            };
+            egress.tail.borrow_mut().push_back(delivery);
         }
         offset
     }
@@ -371,7 +358,7 @@ impl Shard {
             };
             buf.clear();
             record::encode(&dead, raw, &mut buf);
-            self.append(RecordKind::DeadLetter, &buf);
+            self.append(RecordKind::DeadLetter, &buf, None);
         }
         if self.oldest_pending_us.get().is_none() {
             self.oldest_pending_us.set(Some(self.now_us()));
@@ -803,7 +790,7 @@ fn finish(
             };
             record::encode(&meta, &work.payload, buf);
             shard.metrics.messages_accepted.inc();
-            shard.append(RecordKind::Reading, buf) + 1
+            shard.append(RecordKind::Reading, buf, None) + 1
         }
         Verdict::Reject {
             reason: code,
@@ -906,7 +893,7 @@ fn append_reading(
     drop(device);
     record::encode(&meta, &work.payload, buf);
     shard.metrics.messages_accepted.inc();
-    Ok(shard.append_reading(buf, meta))
+    Ok(shard.append(RecordKind::Reading, buf, Some(meta)))
 }
 
 fn dead_letter(
@@ -932,7 +919,7 @@ fn dead_letter(
     };
     buf.clear();
     record::encode(&meta, &work.payload, buf);
-    shard.append(RecordKind::DeadLetter, buf)
+    shard.append(RecordKind::DeadLetter, buf, None)
 }
 
 /// Group-commits the log and releases the acknowledgements each commit made safe.
