@@ -124,3 +124,50 @@ fn log_export_prints_every_record_with_its_payload() {
         assert!(line["payload_hex"].as_str().unwrap().len() > 100);
     }
 }
+
+/// Under `taskset` (as under systemd's `CPUAffinity=`) every shard is pinned to a CPU the
+/// server was given, never to one outside its mask.
+#[test]
+fn shards_stay_on_the_cpus_the_server_was_given() {
+    let cpus = std::thread::available_parallelism().map_or(1, |n| n.get());
+    assert!(
+        cpus >= 2,
+        "this test needs two CPUs to tell a pinned shard from a stray one"
+    );
+    // The highest CPU: with two or more, shard 0 pinned by index alone would land on CPU 0.
+    let Some(last) = (0..cpus).rev().find(|cpu| {
+        Command::new("taskset")
+            .args(["-c", &cpu.to_string(), "true"])
+            .status()
+            .is_ok_and(|s| s.success())
+    }) else {
+        panic!("taskset is missing or refuses every CPU");
+    };
+    let fleet = Fleet::provision(2);
+    let data = tempfile::tempdir().unwrap();
+    let mask = last.to_string();
+    let server = Server::start_under(&["taskset", "-c", &mask], &fleet, data.path(), 2, &[]);
+    let pid = server.child.as_ref().unwrap().id();
+    let mut shards = 0;
+    for task in std::fs::read_dir(format!("/proc/{pid}/task")).unwrap() {
+        let task = task.unwrap().path();
+        let comm = std::fs::read_to_string(task.join("comm")).unwrap_or_default();
+        if !comm.starts_with("ingestd-shard") {
+            continue;
+        }
+        shards += 1;
+        let status = std::fs::read_to_string(task.join("status")).unwrap();
+        let allowed = status
+            .lines()
+            .find_map(|line| line.strip_prefix("Cpus_allowed_list:"))
+            .unwrap()
+            .trim()
+            .to_string();
+        assert_eq!(allowed, mask, "{} runs on CPUs {allowed}", comm.trim());
+    }
+    // Each shard's executor thread, and the helper thread glommio starts beside it.
+    assert!(
+        shards >= 2,
+        "expected the two shards' threads, found {shards}"
+    );
+}

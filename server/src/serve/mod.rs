@@ -172,7 +172,7 @@ pub fn run_with_stop(
     }
 
     let mut rings = handoff::Rings::new(shards, 1024);
-    let cores = std::thread::available_parallelism().map_or(1, |n| n.get());
+    let cpus = allowed_cpus();
     let (ready_tx, ready_rx) = mpsc::channel::<Result<usize, String>>();
     let mut handles = Vec::with_capacity(shards);
     for id in 0..shards {
@@ -186,7 +186,7 @@ pub fn run_with_stop(
         let ready = ready_tx.clone();
         let highest = std::mem::take(&mut highest[id]);
         let link = links[id].take();
-        let spawned = LocalExecutorBuilder::new(Placement::Fixed(id % cores))
+        let spawned = LocalExecutorBuilder::new(Placement::Fixed(shard_cpu(&cpus, id)))
             .name(&format!("ingestd-shard-{id}"))
             .io_memory(IO_MEMORY_BYTES)
             .spawn(move || {
@@ -292,6 +292,34 @@ pub fn run_with_stop(
     }
     tracing::info!("stopped");
     Ok(())
+}
+
+/// The CPUs this process may run on, ascending: its affinity mask, which `taskset`,
+/// systemd's `CPUAffinity=` or a cpuset set. With no mask to read, every CPU.
+fn allowed_cpus() -> Vec<usize> {
+    let all = || (0..std::thread::available_parallelism().map_or(1, |n| n.get())).collect();
+    match nix::sched::sched_getaffinity(nix::unistd::Pid::from_raw(0)) {
+        Ok(set) => {
+            let cpus: Vec<usize> = (0..nix::sched::CpuSet::count())
+                .filter(|cpu| set.is_set(*cpu).unwrap_or(false))
+                .collect();
+            if cpus.is_empty() {
+                all()
+            } else {
+                cpus
+            }
+        }
+        Err(_) => all(),
+    }
+}
+
+/// The CPU shard `shard` is pinned to: the allowed CPUs in turn, so a server confined to
+/// CPUs 2 and 3 puts its shards there, never on a CPU outside its mask.
+fn shard_cpu(allowed: &[usize], shard: usize) -> usize {
+    match allowed.len() {
+        0 => shard,
+        n => allowed.get(shard % n).copied().unwrap_or(shard),
+    }
 }
 
 /// A shard's ends of the rings between cores and to the egress thread.
@@ -429,4 +457,40 @@ fn highest_sequences(data_dir: &std::path::Path) -> Result<HashMap<String, u64>,
         }
     }
     Ok(highest)
+}
+
+#[cfg(test)]
+mod tests {
+    #![allow(clippy::unwrap_used)]
+    use super::*;
+
+    #[test]
+    fn shards_take_the_allowed_cpus_in_turn() {
+        let on = |allowed: &[usize], shards: usize| -> Vec<usize> {
+            (0..shards).map(|shard| shard_cpu(allowed, shard)).collect()
+        };
+        assert_eq!(on(&[2, 3], 4), [2, 3, 2, 3]);
+        assert_eq!(on(&[0, 1, 2, 3], 3), [0, 1, 2]);
+        assert_eq!(on(&[5], 2), [5, 5]);
+        assert_eq!(on(&[1, 4, 6], 3), [1, 4, 6]);
+    }
+
+    #[test]
+    fn the_allowed_cpus_are_the_process_affinity_mask() {
+        // The kernel's own account of this process's mask, e.g. "0-1" or "2,5-7".
+        let status = std::fs::read_to_string("/proc/self/status").unwrap();
+        let list = status
+            .lines()
+            .find_map(|line| line.strip_prefix("Cpus_allowed_list:"))
+            .unwrap()
+            .trim();
+        let mut expected = Vec::new();
+        for part in list.split(',') {
+            match part.split_once('-') {
+                Some((a, b)) => expected.extend(a.parse::<usize>().unwrap()..=b.parse().unwrap()),
+                None => expected.push(part.parse().unwrap()),
+            }
+        }
+        assert_eq!(allowed_cpus(), expected);
+    }
 }

@@ -158,6 +158,8 @@ pub struct Server {
     pub tls: Option<u16>,
     pub metrics: u16,
     args: Vec<String>,
+    /// A command the server runs under (`taskset -c 1`), if any.
+    launcher: Vec<String>,
 }
 
 impl Server {
@@ -167,6 +169,17 @@ impl Server {
     }
 
     pub fn start_with_shards(
+        fleet: &Fleet,
+        data_dir: &Path,
+        shards: usize,
+        extra: &[&str],
+    ) -> Server {
+        Self::start_under(&[], fleet, data_dir, shards, extra)
+    }
+
+    /// Starts the server as an argument of `launcher` (e.g. `["taskset", "-c", "1"]`).
+    pub fn start_under(
+        launcher: &[&str],
         fleet: &Fleet,
         data_dir: &Path,
         shards: usize,
@@ -195,6 +208,7 @@ impl Server {
             tls: None,
             metrics,
             args,
+            launcher: launcher.iter().map(|s| s.to_string()).collect(),
         };
         server.spawn();
         server
@@ -206,7 +220,15 @@ impl Server {
     }
 
     fn spawn(&mut self) {
-        let child = Command::new(BIN)
+        let (program, pre): (&str, &[String]) = match self.launcher.split_first() {
+            Some((program, rest)) => (program, rest),
+            None => (BIN, &[]),
+        };
+        let mut command = Command::new(program);
+        if !self.launcher.is_empty() {
+            command.args(pre).arg(BIN);
+        }
+        let child = command
             .args(&self.args)
             .env("INGESTD_LOG", "warn")
             // Small preallocated segments: tests start many servers.
