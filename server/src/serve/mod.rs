@@ -316,10 +316,10 @@ fn allowed_cpus() -> Vec<usize> {
 /// The CPU shard `shard` is pinned to: the allowed CPUs in turn, so a server confined to
 /// CPUs 2 and 3 puts its shards there, never on a CPU outside its mask.
 fn shard_cpu(allowed: &[usize], shard: usize) -> usize {
-    match allowed.len() {
-        0 => shard,
-        n => allowed.get(shard % n).copied().unwrap_or(shard),
-    }
+    allowed
+        .get(shard % allowed.len().max(1))
+        .copied()
+        .unwrap_or(shard)
 }
 
 /// A shard's ends of the rings between cores and to the egress thread.

@@ -220,14 +220,14 @@ impl Server {
     }
 
     fn spawn(&mut self) {
-        let (program, pre): (&str, &[String]) = match self.launcher.split_first() {
-            Some((program, rest)) => (program, rest),
-            None => (BIN, &[]),
+        let mut command = match self.launcher.split_first() {
+            Some((program, rest)) => {
+                let mut command = Command::new(program);
+                command.args(rest).arg(BIN);
+                command
+            }
+            None => Command::new(BIN),
         };
-        let mut command = Command::new(program);
-        if !self.launcher.is_empty() {
-            command.args(pre).arg(BIN);
-        }
         let child = command
             .args(&self.args)
             .env("INGESTD_LOG", "warn")
