@@ -1,4 +1,5 @@
-//! What the durable log's records hold: an enriched reading or a dead letter.
+//! What the durable log's records hold: an enriched reading or a dead letter. Built by
+//! the shard core; read by the log tools and the sinks.
 //!
 //! ```text
 //! u8  version = 1
