@@ -6,7 +6,15 @@ use std::path::{Path, PathBuf};
 
 /// Crates that are a runtime, do I/O or read the clock.
 const FORBIDDEN_CRATES: [&str; 9] = [
-    "glommio", "tokio", "async-std", "smol", "mio", "nix", "libc", "rdkafka", "reqwest",
+    "glommio",
+    "tokio",
+    "async-std",
+    "smol",
+    "mio",
+    "nix",
+    "libc",
+    "rdkafka",
+    "reqwest",
 ];
 
 /// Paths in the sources that reach a socket, a file, a thread or the clock.
@@ -61,7 +69,11 @@ fn the_sources_reach_no_socket_file_thread_or_clock() {
     let root = Path::new(env!("CARGO_MANIFEST_DIR"));
     let mut files = Vec::new();
     sources(&root.join("src"), &mut files);
-    assert!(files.len() > 5, "sources not found under {}", root.display());
+    assert!(
+        files.len() > 5,
+        "sources not found under {}",
+        root.display()
+    );
     for file in files {
         let text = std::fs::read_to_string(&file).unwrap();
         for (n, line) in text.lines().enumerate() {

@@ -176,7 +176,9 @@ impl<M: Metrics> Core<M> {
             }
             self.send(ack.conn, |out, protocol| {
                 let result = match ack.qos {
-                    QoS::ExactlyOnce => mqtt::encode_pubrec_reason(ack.pkid, ack.reason, protocol, out),
+                    QoS::ExactlyOnce => {
+                        mqtt::encode_pubrec_reason(ack.pkid, ack.reason, protocol, out)
+                    }
                     _ => mqtt::encode_puback_reason(ack.pkid, ack.reason, protocol, out),
                 };
                 debug_assert!(result.is_ok(), "ack encoding: {result:?}");

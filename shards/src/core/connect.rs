@@ -5,9 +5,7 @@
 use super::{Action, ConnId, ConnState, Core, Lookup, Metrics};
 use crate::policy::NonceError;
 use ingestd_codec::credential::Credential;
-use ingestd_codec::mqtt::{
-    self, ConnAck, DecodeError, Packet, Properties, Protocol, ReasonCode,
-};
+use ingestd_codec::mqtt::{self, ConnAck, DecodeError, Packet, Properties, Protocol, ReasonCode};
 use std::net::SocketAddr;
 
 /// What a CONNECT said, copied out of the read buffer.
@@ -103,7 +101,12 @@ impl<M: Metrics> Core<M> {
         // password proves it.
         let device_id = match (cert_device, info.username.as_deref()) {
             (Some(cert), Some(user)) if cert != user => {
-                return self.refuse(conn, info, peer, (ReasonCode::NotAuthorized, "certificate_mismatch"));
+                return self.refuse(
+                    conn,
+                    info,
+                    peer,
+                    (ReasonCode::NotAuthorized, "certificate_mismatch"),
+                );
             }
             (Some(cert), _) => cert,
             (None, Some(user)) => user,
@@ -120,7 +123,10 @@ impl<M: Metrics> Core<M> {
         };
         let home = crate::home_shard(device_id, self.config.shards);
         if home != self.config.shard {
-            assert!(!handed_in, "a handed-in connection must be on its home shard");
+            assert!(
+                !handed_in,
+                "a handed-in connection must be on its home shard"
+            );
             self.actions.push_back(Action::HandOff {
                 conn,
                 home,
@@ -135,7 +141,11 @@ impl<M: Metrics> Core<M> {
     }
 
     /// The first packet was not a CONNECT (`error` is `None`), or did not decode.
-    pub(super) fn on_bad_first_packet(&mut self, conn: ConnId, error: Option<(&DecodeError, &[u8])>) {
+    pub(super) fn on_bad_first_packet(
+        &mut self,
+        conn: ConnId,
+        error: Option<(&DecodeError, &[u8])>,
+    ) {
         self.metrics.rejected(super::Reason::Malformed);
         let reply = error.and_then(|(error, buf)| {
             self.metrics.connect_refused();
@@ -144,7 +154,9 @@ impl<M: Metrics> Core<M> {
         let protocol = reply.map_or(Protocol::V311, |(p, _)| p);
         self.new_conn(conn, protocol, SocketAddr::from(([0, 0, 0, 0], 0)));
         if let Some((protocol, reason)) = reply {
-            self.send(conn, |out, _| encode_connack(protocol, reason, false, None, 0, 0, out));
+            self.send(conn, |out, _| {
+                encode_connack(protocol, reason, false, None, 0, 0, out)
+            });
         }
         self.actions.push_back(Action::Refuse {
             conn,
@@ -158,7 +170,12 @@ impl<M: Metrics> Core<M> {
             return;
         };
         let (protocol, peer) = (state.protocol, state.peer);
-        self.refuse_with(conn, protocol, peer, (ReasonCode::ServerBusy, "handoff_ring_full"));
+        self.refuse_with(
+            conn,
+            protocol,
+            peer,
+            (ReasonCode::ServerBusy, "handoff_ring_full"),
+        );
     }
 
     /// Checks the device and its credential; returns its state on this (its home) shard.
@@ -210,7 +227,13 @@ impl<M: Metrics> Core<M> {
     }
 
     /// Refuses a CONNECT: slows repeat offenders down, then CONNACK with the reason.
-    fn refuse_with(&mut self, conn: ConnId, protocol: Protocol, peer: SocketAddr, refusal: Refusal) {
+    fn refuse_with(
+        &mut self,
+        conn: ConnId,
+        protocol: Protocol,
+        peer: SocketAddr,
+        refusal: Refusal,
+    ) {
         let (reason, why) = refusal;
         self.metrics.connect_refused();
         let auth_failure = matches!(
@@ -224,7 +247,9 @@ impl<M: Metrics> Core<M> {
                 self.metrics.auth_throttled();
             }
         }
-        self.send(conn, |out, _| encode_connack(protocol, reason, false, None, 0, 0, out));
+        self.send(conn, |out, _| {
+            encode_connack(protocol, reason, false, None, 0, 0, out)
+        });
         self.actions.push_back(Action::Refuse {
             conn,
             why,
@@ -234,7 +259,13 @@ impl<M: Metrics> Core<M> {
 
     /// Accepts: takes the session over from an older connection, keeps or resets it, and
     /// grants the keep-alive.
-    fn accept(&mut self, conn: ConnId, info: &ConnectInfo, peer: SocketAddr, idx: super::DeviceIdx) {
+    fn accept(
+        &mut self,
+        conn: ConnId,
+        info: &ConnectInfo,
+        peer: SocketAddr,
+        idx: super::DeviceIdx,
+    ) {
         self.throttle.succeeded(peer.ip());
         let device = &mut self.devices[idx.0 as usize];
         let old = device.conn.take();

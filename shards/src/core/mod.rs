@@ -310,7 +310,10 @@ pub struct Core<M: Metrics> {
 impl<M: Metrics> Core<M> {
     /// A core whose log continues at `next_offset` and is durable up to `durable_end`.
     pub fn new(config: CoreConfig, metrics: M, next_offset: u64, durable_end: u64) -> Self {
-        assert!(config.verify_batch_max > 0, "verify_batch_max must be positive");
+        assert!(
+            config.verify_batch_max > 0,
+            "verify_batch_max must be positive"
+        );
         assert!(durable_end <= next_offset);
         Self {
             throttle: AuthThrottle::new(
@@ -645,10 +648,10 @@ impl<M: Metrics> Core<M> {
         if self.commit_retry_at_us.is_some_and(|at| now < at) {
             return;
         }
-        let decision =
-            self.config
-                .commit
-                .decide(self.pending_bytes, self.oldest_pending_us, now);
+        let decision = self
+            .config
+            .commit
+            .decide(self.pending_bytes, self.oldest_pending_us, now);
         if decision == CommitDecision::Now {
             self.commit_retry_at_us = None;
             self.oldest_pending_us = None;

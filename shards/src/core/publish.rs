@@ -13,9 +13,7 @@ use crate::replay::ReplayError;
 use crate::session::Qos2Action;
 use crate::validate::{precheck, topic_allowed, Rejection};
 use ingestd_codec::envelope::{EnvelopeError, Kind, Readings};
-use ingestd_codec::mqtt::{
-    self, Packet, Properties, Protocol, QoS, ReasonCode, SubAck, UnsubAck,
-};
+use ingestd_codec::mqtt::{self, Packet, Properties, Protocol, QoS, ReasonCode, SubAck, UnsubAck};
 use std::collections::BTreeMap;
 use std::net::SocketAddr;
 
@@ -423,7 +421,13 @@ impl<M: Metrics> Core<M> {
         Ok(self.append(RecordKind::Reading, start, meta))
     }
 
-    fn dead_letter(&mut self, work: &Work, reason: Reason, detail: String, seq: Option<u64>) -> u64 {
+    fn dead_letter(
+        &mut self,
+        work: &Work,
+        reason: Reason,
+        detail: String,
+        seq: Option<u64>,
+    ) -> u64 {
         self.metrics.rejected(reason);
         let meta = DeadLetterMeta {
             reason: reason.name().to_string(),

@@ -195,7 +195,10 @@ mod tests {
             assert_eq!(Reason::of_envelope(&error).name(), error.reason());
         }
         let dup = ReplayError::Duplicate { seq: 1 };
-        let old = ReplayError::TooOld { seq: 1, highest: 500 };
+        let old = ReplayError::TooOld {
+            seq: 1,
+            highest: 500,
+        };
         assert_eq!(Reason::of_replay(&dup).name(), dup.reason());
         assert_eq!(Reason::of_replay(&old).name(), old.reason());
     }

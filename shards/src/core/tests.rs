@@ -137,7 +137,13 @@ impl Harness {
 
     fn info(&mut self, device: &str, protocol: Protocol, clean_start: bool) -> ConnectInfo {
         self.nonce += 1;
-        let password = sign_credential(device, "client", &key(device), self.now.wall_ms, [self.nonce; 16]);
+        let password = sign_credential(
+            device,
+            "client",
+            &key(device),
+            self.now.wall_ms,
+            [self.nonce; 16],
+        );
         ConnectInfo {
             protocol,
             client_id: "client".into(),
@@ -210,7 +216,15 @@ impl Harness {
         out
     }
 
-    fn publish(&mut self, conn: u64, device: &str, seq: u64, qos: QoS, pkid: u16, dup: bool) -> Vec<Action> {
+    fn publish(
+        &mut self,
+        conn: u64,
+        device: &str,
+        seq: u64,
+        qos: QoS,
+        pkid: u16,
+        dup: bool,
+    ) -> Vec<Action> {
         let payload = self.payload(device, seq);
         let topic = format!("devices/{device}/telemetry");
         self.event(Event::Packet {
@@ -288,28 +302,52 @@ fn connect_checks_run_in_their_order() {
     );
     let mut anonymous = h.info("co2-1", Protocol::V5, true);
     anonymous.username = None;
-    assert_eq!(refusal(&h.connect_with(2, &anonymous, None)), Some("no_username"));
+    assert_eq!(
+        refusal(&h.connect_with(2, &anonymous, None)),
+        Some("no_username")
+    );
     let mut auth = h.info("co2-1", Protocol::V5, true);
     auth.auth_method = true;
-    assert_eq!(refusal(&h.connect_with(3, &auth, None)), Some("auth_method"));
-    assert_eq!(refusal(&h.connect(4, "nobody", Protocol::V5, true)), Some("unknown_device"));
-    assert_eq!(refusal(&h.connect(5, "revoked-1", Protocol::V5, true)), Some("revoked_device"));
+    assert_eq!(
+        refusal(&h.connect_with(3, &auth, None)),
+        Some("auth_method")
+    );
+    assert_eq!(
+        refusal(&h.connect(4, "nobody", Protocol::V5, true)),
+        Some("unknown_device")
+    );
+    assert_eq!(
+        refusal(&h.connect(5, "revoked-1", Protocol::V5, true)),
+        Some("revoked_device")
+    );
     let mut bad = h.info("co2-1", Protocol::V5, true);
     bad.password = Some(b"v1.garbage".to_vec());
-    assert_eq!(refusal(&h.connect_with(6, &bad, None)), Some("bad_credential"));
+    assert_eq!(
+        refusal(&h.connect_with(6, &bad, None)),
+        Some("bad_credential")
+    );
     // A credential seen once never opens a second session.
     let good = h.info("co2-1", Protocol::V5, true);
     assert!(refusal(&h.connect_with(7, &good, None)).is_none());
-    assert_eq!(refusal(&h.connect_with(8, &good, None)), Some("replayed_credential"));
+    assert_eq!(
+        refusal(&h.connect_with(8, &good, None)),
+        Some("replayed_credential")
+    );
     // A verified certificate needs no password.
     let mut cert = h.info("co2-2", Protocol::V5, true);
     cert.password = None;
     assert!(refusal(&h.connect_with(9, &cert, Some("co2-2"))).is_none());
     assert_eq!(h.core.metrics().refused.get(), 7);
-    assert_eq!(h.packets(6, Protocol::V5), ["CONNACK BadUserNameOrPassword present=false"]);
+    assert_eq!(
+        h.packets(6, Protocol::V5),
+        ["CONNACK BadUserNameOrPassword present=false"]
+    );
     // Stopping refuses everything after the certificate checks.
     h.event(Event::Stop);
-    assert_eq!(refusal(&h.connect(10, "co2-1", Protocol::V5, true)), Some("shutting_down"));
+    assert_eq!(
+        refusal(&h.connect(10, "co2-1", Protocol::V5, true)),
+        Some("shutting_down")
+    );
 }
 
 #[test]
@@ -319,7 +357,10 @@ fn connections_max_is_checked_before_the_registry() {
         ..config()
     });
     h.connect(1, "co2-1", Protocol::V5, true);
-    assert_eq!(refusal(&h.connect(2, "nobody", Protocol::V5, true)), Some("connections_max"));
+    assert_eq!(
+        refusal(&h.connect(2, "nobody", Protocol::V5, true)),
+        Some("connections_max")
+    );
     // A refused connection does not count once closed, nor before.
     h.event(Event::Closed { conn: ConnId(2) });
     h.event(Event::Closed { conn: ConnId(1) });
@@ -348,17 +389,29 @@ fn a_second_connection_takes_the_session_over() {
 fn persistent_sessions_survive_and_clean_ones_do_not() {
     let mut h = Harness::new(config());
     h.connect(1, "co2-1", Protocol::V311, false);
-    assert_eq!(h.packets(1, Protocol::V311), ["CONNACK Success present=false"]);
+    assert_eq!(
+        h.packets(1, Protocol::V311),
+        ["CONNACK Success present=false"]
+    );
     h.event(Event::Closed { conn: ConnId(1) });
     h.connect(2, "co2-1", Protocol::V311, false);
-    assert_eq!(h.packets(2, Protocol::V311), ["CONNACK Success present=true"]);
+    assert_eq!(
+        h.packets(2, Protocol::V311),
+        ["CONNACK Success present=true"]
+    );
     // Clean start: no session present, and none kept after it.
     h.event(Event::Closed { conn: ConnId(2) });
     h.connect(3, "co2-1", Protocol::V311, true);
-    assert_eq!(h.packets(3, Protocol::V311), ["CONNACK Success present=false"]);
+    assert_eq!(
+        h.packets(3, Protocol::V311),
+        ["CONNACK Success present=false"]
+    );
     h.event(Event::Closed { conn: ConnId(3) });
     h.connect(4, "co2-1", Protocol::V311, false);
-    assert_eq!(h.packets(4, Protocol::V311), ["CONNACK Success present=false"]);
+    assert_eq!(
+        h.packets(4, Protocol::V311),
+        ["CONNACK Success present=false"]
+    );
 }
 
 #[test]
@@ -438,7 +491,9 @@ fn a_refused_message_is_a_dead_letter_acknowledged_with_its_reason() {
     });
     let actions = h.flush_batch();
     assert_eq!(appends(&actions), [(RecordKind::DeadLetter, 0)]);
-    let Some(Action::Append { record: range, .. }) = actions.iter().find(|a| matches!(a, Action::Append { .. })) else {
+    let Some(Action::Append { record: range, .. }) =
+        actions.iter().find(|a| matches!(a, Action::Append { .. }))
+    else {
         unreachable!()
     };
     let (meta, raw) = record::split(h.core.record(range.clone())).unwrap();
