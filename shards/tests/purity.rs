@@ -2,6 +2,8 @@
 //! crate's manifest and sources and refuses anything that would bring one in, so the
 //! rule cannot erode unnoticed (a seeded simulation depends on it).
 
+#![allow(clippy::unwrap_used)]
+
 use std::path::{Path, PathBuf};
 
 /// Crates that are a runtime, do I/O or read the clock.

@@ -33,7 +33,7 @@ impl AckQueue {
         debug_assert!(self
             .queue
             .back()
-            .map_or(true, |last| last.needed_end <= ack.needed_end));
+            .is_none_or(|last| last.needed_end <= ack.needed_end));
         self.queue.push_back(ack);
     }
 

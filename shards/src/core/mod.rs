@@ -103,7 +103,9 @@ pub struct CoreConfig {
     pub egress: bool,
 }
 
-/// What the driver tells the core.
+/// What the driver tells the core. (A packet is large, and events are passed by value
+/// once, never stored.)
+#[allow(clippy::large_enum_variant)]
 pub enum Event<'a> {
     /// A connection's CONNECT, decoded. `cert_device` is the device id of a verified
     /// client certificate; `handed_in` says another shard already routed it here.
@@ -162,7 +164,9 @@ pub enum Event<'a> {
     Stop,
 }
 
-/// What the core asks of the driver, in order.
+/// What the core asks of the driver, in order. A reading's metadata travels inline: a box
+/// would cost an allocation per message; the queue is drained after every event.
+#[allow(clippy::large_enum_variant)]
 #[derive(Debug, PartialEq)]
 pub enum Action {
     /// The connection has output: take it with [`Core::take_output`] and write it.

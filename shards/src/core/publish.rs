@@ -33,7 +33,9 @@ pub(super) struct Work {
     verdict: Verdict,
 }
 
-/// What happens to a message once its batch is verified.
+/// What happens to a message once its batch is verified. The readings are kept inline
+/// (no allocation per message); the queue holds at most one batch.
+#[allow(clippy::large_enum_variant)]
 enum Verdict {
     /// Passed the cheap checks; what the record needs from the envelope, decoded once.
     /// `slot` is its place in the verification batch (`None`: verification is off).
