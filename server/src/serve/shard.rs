@@ -344,20 +344,26 @@ impl Shard {
         }
     }
 
+    /// With the Kafka gate: tells the core how far Kafka confirmed this shard's records.
+    fn kafka_progress(&self) {
+        let Some(egress) = self.egress.as_ref().filter(|e| e.kafka_gate) else {
+            return;
+        };
+        let confirmed = egress
+            .link
+            .borrow()
+            .positions
+            .confirmed(SinkId::Kafka, self.id);
+        self.run(Event::SinkConfirmed { end: confirmed });
+    }
+
     /// Every tick with sinks: tells the core Kafka's progress (the acknowledgement gate)
     /// and the records a sink refused (they become dead letters).
     fn egress_tick(&self) {
         let Some(egress) = &self.egress else {
             return;
         };
-        if egress.kafka_gate {
-            let confirmed = egress
-                .link
-                .borrow()
-                .positions
-                .confirmed(SinkId::Kafka, self.id);
-            self.run(Event::SinkConfirmed { end: confirmed });
-        }
+        self.kafka_progress();
         let refusals: Vec<Refusal> = {
             let mut link = egress.link.borrow_mut();
             std::iter::from_fn(|| link.refused.pop().ok()).collect()
@@ -643,6 +649,8 @@ pub async fn committer(shard: Rc<Shard>) {
                 shard.metrics.log_commits.inc();
                 shard.metrics.log_commit_bytes.add(bytes);
                 shard.egress_after_commit(end);
+                // Kafka's latest progress first, so the commit releases all it can.
+                shard.kafka_progress();
                 shard.run(Event::Committed {
                     end,
                     pending_bytes: shard.log.pending_bytes(),
