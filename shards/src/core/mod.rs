@@ -669,6 +669,11 @@ impl<M: Metrics> Core<M> {
         self.commit_in_flight = false;
         self.durable_end = end;
         self.pending_bytes = pending_bytes;
+        if end < self.next_offset && self.oldest_pending_us.is_none() {
+            // Records the commit did not cover still need one (they normally set the time
+            // themselves when appended during the commit).
+            self.oldest_pending_us = Some(self.now.mono_us);
+        }
         self.gate.committed(end, self.now.mono_us);
         self.release_acks();
         self.resume_paused();

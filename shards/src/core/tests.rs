@@ -682,3 +682,174 @@ fn a_failed_log_acknowledges_nothing_more() {
     assert!(h.output(1).is_empty());
     assert_eq!(h.core.poll_timeout(), None);
 }
+
+#[test]
+fn a_failed_commit_is_retried_after_a_pause_and_acknowledges_nothing_meanwhile() {
+    let mut h = Harness::new(config());
+    h.connect(1, "co2-1", Protocol::V5, true);
+    h.output(1);
+    h.publish(1, "co2-1", 1, QoS::AtLeastOnce, 1, false);
+    h.flush_batch();
+    h.advance_us(INTERVAL_US);
+    assert!(h.event(Event::Tick).contains(&Action::Commit));
+    h.event(Event::CommitFailed);
+    assert!(h.output(1).is_empty());
+    // Not before 100 ms.
+    assert_eq!(h.core.poll_timeout(), Some(h.now.mono_us + 100_000));
+    h.advance_us(50_000);
+    assert!(!h.event(Event::Tick).contains(&Action::Commit));
+    h.advance_us(50_000);
+    assert!(h.event(Event::Tick).contains(&Action::Commit));
+    h.event(Event::Committed {
+        end: 1,
+        pending_bytes: 0,
+    });
+    assert_eq!(h.packets(1, Protocol::V5), ["PUBACK 1 Success"]);
+}
+
+#[test]
+fn acknowledgements_keep_arrival_order_across_connections() {
+    let mut h = Harness::new(config());
+    h.connect(1, "co2-1", Protocol::V5, true);
+    h.connect(2, "co2-2", Protocol::V5, true);
+    h.output(1);
+    h.output(2);
+    h.publish(1, "co2-1", 1, QoS::AtLeastOnce, 1, false);
+    h.publish(2, "co2-2", 1, QoS::AtLeastOnce, 1, false);
+    h.publish(1, "co2-1", 2, QoS::AtLeastOnce, 2, false);
+    h.flush_batch();
+    h.advance_us(INTERVAL_US);
+    h.event(Event::Tick);
+    // Durable up to the first two records only: the third waits.
+    h.event(Event::Committed {
+        end: 2,
+        pending_bytes: 0,
+    });
+    assert_eq!(h.packets(1, Protocol::V5), ["PUBACK 1 Success"]);
+    assert_eq!(h.packets(2, Protocol::V5), ["PUBACK 1 Success"]);
+    h.commit_all();
+    assert_eq!(h.packets(1, Protocol::V5), ["PUBACK 2 Success"]);
+}
+
+#[test]
+fn stopping_finishes_waiting_messages_and_closes_with_shutting_down() {
+    let mut h = Harness::new(config());
+    h.connect(1, "co2-1", Protocol::V5, true);
+    h.output(1);
+    h.publish(1, "co2-1", 1, QoS::AtLeastOnce, 1, false);
+    let actions = h.event(Event::Stop);
+    assert!(actions.contains(&Action::Close {
+        conn: ConnId(1),
+        reason: Some(ReasonCode::ServerShuttingDown)
+    }));
+    // No batch delay while stopping.
+    assert_eq!(appends(&actions), [(RecordKind::Reading, 0)]);
+    h.commit_all();
+    h.event(Event::Finish { conn: ConnId(1) });
+    assert_eq!(
+        h.packets(1, Protocol::V5),
+        ["PUBACK 1 Success", "DISCONNECT ServerShuttingDown"]
+    );
+}
+
+#[test]
+fn a_sink_refusal_becomes_a_dead_letter() {
+    let mut h = Harness::new(config());
+    let meta = record::ReadingMeta {
+        device: "co2-1".into(),
+        seq: 9,
+        ts_ms: WALL_MS,
+        readings: std::collections::BTreeMap::new(),
+        topic: "devices/co2-1/telemetry".into(),
+        received_ms: WALL_MS,
+        node: "n1".into(),
+        shard: 0,
+        qos: 1,
+        region: String::new(),
+        project: String::new(),
+        location: String::new(),
+        sensor_type: String::new(),
+    };
+    let actions = h.event(Event::SinkRefused {
+        sink: "influxdb",
+        reason: "sink_refused",
+        detail: "bad field",
+        offset: 41,
+        meta: &meta,
+        raw: b"raw",
+    });
+    let Some(Action::Append {
+        kind: RecordKind::DeadLetter,
+        record: range,
+        ..
+    }) = actions.first()
+    else {
+        panic!("no dead letter: {actions:?}");
+    };
+    let (json, raw) = record::split(h.core.record(range.clone())).unwrap();
+    let dead: record::DeadLetterMeta = serde_json::from_slice(json).unwrap();
+    assert_eq!(dead.reason, "sink_refused");
+    assert_eq!(
+        dead.detail,
+        "influxdb refused the reading at log offset 41: bad field"
+    );
+    assert_eq!(dead.seq, Some(9));
+    assert_eq!(raw, b"raw");
+    // It is committed like any record.
+    assert_eq!(h.core.poll_timeout(), Some(INTERVAL_US));
+}
+
+#[test]
+fn packets_the_server_does_not_serve_get_their_answers() {
+    let mut h = Harness::new(config());
+    h.connect(1, "co2-1", Protocol::V5, true);
+    h.output(1);
+    h.event(Event::Packet {
+        conn: ConnId(1),
+        packet: Packet::PingReq,
+    });
+    h.event(Event::Packet {
+        conn: ConnId(1),
+        packet: Packet::PubRel(Ack {
+            pkid: 77,
+            reason: ReasonCode::Success,
+            properties: mqtt::Properties::default(),
+        }),
+    });
+    assert_eq!(
+        h.packets(1, Protocol::V5),
+        ["PINGRESP", "PUBCOMP 77 PacketIdentifierNotFound"]
+    );
+    // A packet only a server sends is a protocol error.
+    let actions = h.event(Event::Packet {
+        conn: ConnId(1),
+        packet: Packet::PingResp,
+    });
+    assert_eq!(
+        actions,
+        [Action::Close {
+            conn: ConnId(1),
+            reason: Some(ReasonCode::ProtocolError)
+        }]
+    );
+}
+
+#[test]
+fn a_first_packet_that_does_not_decode_gets_the_connack_the_spec_defines() {
+    let mut h = Harness::new(config());
+    // A v5 CONNECT header whose protocol name is wrong.
+    let buf = [
+        0x10, 0x0a, 0x00, 0x04, b'M', b'Q', b'T', b'X', 0x05, 0x02, 0x00, 0x3c,
+    ];
+    let error = mqtt::DecodeError::InvalidProtocolName;
+    let actions = h.event(Event::BadFirstPacket {
+        conn: ConnId(1),
+        error: Some((&error, &buf)),
+    });
+    assert_eq!(refusal(&actions), Some("malformed"));
+    assert_eq!(
+        h.packets(1, Protocol::V5),
+        ["CONNACK UnsupportedProtocolVersion present=false"]
+    );
+    assert_eq!(*h.core.metrics().rejected.borrow(), [Reason::Malformed]);
+}
