@@ -518,6 +518,16 @@ mod tests {
     }
 
     #[test]
+    fn the_core_counts_each_reason_under_its_own_name() {
+        // The shard core indexes the counters by `Reason::index`, without strings.
+        let names: Vec<_> = reject_reasons().collect();
+        assert_eq!(names.len(), ingestd_shards::core::Reason::ALL.len());
+        for reason in ingestd_shards::core::Reason::ALL {
+            assert_eq!(names[reason.index()], reason.name());
+        }
+    }
+
+    #[test]
     fn render_is_prometheus_text() {
         let registry = Registry::new(2);
         registry.shards[1].messages_accepted.add(7);

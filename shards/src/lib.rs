@@ -8,9 +8,11 @@
 //! - [`home_shard`]: the one function that decides which core owns a device.
 //! - [`replay::ReplayWindow`]: the per-device sliding window that refuses a sequence number
 //!   already seen or too old.
+//! - [`core::Core`]: every rule of a shard as one state machine (events in, actions out).
 
 #![forbid(unsafe_code)]
 
+pub mod core;
 pub mod policy;
 pub mod replay;
 pub mod session;

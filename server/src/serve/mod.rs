@@ -387,16 +387,19 @@ async fn shard_main(
         }
     }
     let shard = Rc::new(shard::Shard::new(id, config, shared, log, producers, link));
-    for (device_id, seq) in highest {
-        if let Some(device) = shard.shared.registry().get(&device_id) {
-            let state = shard.device_state(&device_id, device);
-            state.borrow_mut().replay = ingestd_shards::replay::ReplayWindow::resume_after(seq);
+    {
+        let registry = shard.shared.registry();
+        let mut core = shard.core.borrow_mut();
+        for (device_id, seq) in highest {
+            if let Some(device) = registry.get(&device_id) {
+                core.restore_replay(&device_id, shard::device_entry(device), seq);
+            }
         }
     }
     let _ = ready.send(Ok(id));
     let mut tasks = vec![
         glommio::spawn_local(shard::ticker(Rc::clone(&shard), consumers)),
-        glommio::spawn_local(shard::pipeline(Rc::clone(&shard))),
+        glommio::spawn_local(shard::timer(Rc::clone(&shard))),
         glommio::spawn_local(shard::committer(Rc::clone(&shard))),
     ];
     for (listener, tls) in listeners {

@@ -2,7 +2,7 @@
 //!
 //! `notify` before `notified` is remembered (one pending wake), so a wake-up between a
 //! task's last check and its wait is never lost. One waiter at a time: each use (the
-//! pipeline, the committer, one connection's writer) has exactly one task waiting on it.
+//! timer, the committer, one connection's writer) has exactly one task waiting on it.
 
 use std::cell::{Cell, RefCell};
 use std::future::Future;

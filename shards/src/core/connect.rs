@@ -1,0 +1,385 @@
+//! CONNECT: which device it is, whether this shard is its home, authentication in a fixed
+//! order (cheap and non-revealing checks first), session takeover and persistence, and
+//! the keep-alive the connection gets.
+
+use super::{Action, ConnId, ConnState, Core, Lookup, Metrics};
+use crate::policy::NonceError;
+use ingestd_codec::credential::Credential;
+use ingestd_codec::mqtt::{self, ConnAck, DecodeError, Packet, Properties, Protocol, ReasonCode};
+use std::net::SocketAddr;
+
+/// What a CONNECT said, copied out of the read buffer.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ConnectInfo {
+    pub protocol: Protocol,
+    pub client_id: String,
+    pub username: Option<String>,
+    pub password: Option<Vec<u8>>,
+    pub clean_start: bool,
+    pub keep_alive_s: u16,
+    pub session_expiry_s: u32,
+    /// An authentication method was given (none is supported).
+    pub auth_method: bool,
+    /// Bytes of the CONNECT packet.
+    pub len: usize,
+}
+
+impl ConnectInfo {
+    #[must_use]
+    pub fn new(connect: &mqtt::Connect<'_>, len: usize) -> Self {
+        Self {
+            protocol: connect.protocol,
+            client_id: connect.client_id.to_string(),
+            username: connect.username.map(str::to_string),
+            password: connect.password.map(<[u8]>::to_vec),
+            clean_start: connect.clean_start,
+            keep_alive_s: connect.keep_alive,
+            session_expiry_s: connect.properties.session_expiry_interval.unwrap_or(0),
+            auth_method: connect.properties.authentication_method.is_some(),
+            len,
+        }
+    }
+}
+
+/// The CONNACK to answer a first packet that did not decode, where the specification
+/// defines one for the error; `buf` holds the bytes read so far.
+#[must_use]
+pub fn first_packet_reply(buf: &[u8], error: &DecodeError) -> Option<(Protocol, ReasonCode)> {
+    if connect_level(buf) == Some(5) {
+        Some((Protocol::V5, error.reason_code()))
+    } else {
+        error
+            .connect_return_code()
+            .map(|_| (Protocol::V311, error.reason_code()))
+    }
+}
+
+/// The protocol level byte of a CONNECT at the front of `buf`, if far enough in.
+fn connect_level(buf: &[u8]) -> Option<u8> {
+    // Fixed header: type byte, then a variable byte integer of 1..=4 bytes.
+    let varint_len = buf.iter().skip(1).take(4).position(|b| b & 0x80 == 0)? + 1;
+    // Protocol name: u16 length (4) + "MQTT", then the level.
+    buf.get(1 + varint_len + 6).copied()
+}
+
+/// A refused CONNECT: the CONNACK's reason and the log line's word.
+type Refusal = (ReasonCode, &'static str);
+
+impl<M: Metrics> Core<M> {
+    fn new_conn(&mut self, conn: ConnId, protocol: Protocol, peer: SocketAddr) {
+        let previous = self.conns.insert(
+            conn,
+            ConnState {
+                protocol,
+                peer,
+                device: None,
+                out: Vec::with_capacity(64),
+                flush_queued: false,
+                inflight: 0,
+                waiting: false,
+                paused: false,
+                closing: false,
+                close_reason: None,
+                finished: false,
+            },
+        );
+        assert!(previous.is_none(), "connection id {conn:?} reused");
+    }
+
+    pub(super) fn on_connect(
+        &mut self,
+        conn: ConnId,
+        info: &ConnectInfo,
+        peer: SocketAddr,
+        cert_device: Option<&str>,
+        handed_in: bool,
+        registry: Lookup<'_>,
+    ) {
+        self.new_conn(conn, info.protocol, peer);
+        // Mutual TLS: a verified client certificate names the device; a username, if
+        // given, must agree with it. Otherwise the username names the device and the
+        // password proves it.
+        let device_id = match (cert_device, info.username.as_deref()) {
+            (Some(cert), Some(user)) if cert != user => {
+                return self.refuse(
+                    conn,
+                    info,
+                    peer,
+                    (ReasonCode::NotAuthorized, "certificate_mismatch"),
+                );
+            }
+            (Some(cert), _) => cert,
+            (None, Some(user)) => user,
+            // Benchmarks against plain MQTT clients: the client id names the device.
+            (None, None) if !self.config.require_credential => info.client_id.as_str(),
+            (None, None) => {
+                return self.refuse(
+                    conn,
+                    info,
+                    peer,
+                    (ReasonCode::BadUserNameOrPassword, "no_username"),
+                );
+            }
+        };
+        let home = crate::home_shard(device_id, self.config.shards);
+        if home != self.config.shard {
+            assert!(
+                !handed_in,
+                "a handed-in connection must be on its home shard"
+            );
+            self.actions.push_back(Action::HandOff {
+                conn,
+                home,
+                device_id: device_id.to_string(),
+            });
+            return;
+        }
+        match self.authenticate(info, device_id, cert_device.is_some(), registry) {
+            Ok(idx) => self.accept(conn, info, peer, idx),
+            Err(refusal) => self.refuse(conn, info, peer, refusal),
+        }
+    }
+
+    /// The first packet was not a CONNECT (`error` is `None`), or did not decode.
+    pub(super) fn on_bad_first_packet(
+        &mut self,
+        conn: ConnId,
+        error: Option<(&DecodeError, &[u8])>,
+    ) {
+        self.metrics.rejected(super::Reason::Malformed);
+        let reply = error.and_then(|(error, buf)| {
+            self.metrics.connect_refused();
+            first_packet_reply(buf, error)
+        });
+        let protocol = reply.map_or(Protocol::V311, |(p, _)| p);
+        self.new_conn(conn, protocol, SocketAddr::from(([0, 0, 0, 0], 0)));
+        if let Some((protocol, reason)) = reply {
+            self.send(conn, |out, _| {
+                encode_connack(protocol, reason, false, None, 0, 0, out)
+            });
+        }
+        self.actions.push_back(Action::Refuse {
+            conn,
+            why: "malformed",
+            delay_ms: 0,
+        });
+    }
+
+    pub(super) fn on_handoff_failed(&mut self, conn: ConnId) {
+        let Some(state) = self.conns.get(&conn) else {
+            return;
+        };
+        let (protocol, peer) = (state.protocol, state.peer);
+        self.refuse_with(
+            conn,
+            protocol,
+            peer,
+            (ReasonCode::ServerBusy, "handoff_ring_full"),
+        );
+    }
+
+    /// Checks the device and its credential; returns its state on this (its home) shard.
+    fn authenticate(
+        &mut self,
+        info: &ConnectInfo,
+        device_id: &str,
+        certificate_verified: bool,
+        registry: Lookup<'_>,
+    ) -> Result<super::DeviceIdx, Refusal> {
+        if self.stopping {
+            return Err((ReasonCode::ServerUnavailable, "shutting_down"));
+        }
+        if info.auth_method {
+            return Err((ReasonCode::BadAuthenticationMethod, "auth_method"));
+        }
+        if self.accepted >= self.config.connections_per_shard_max {
+            return Err((ReasonCode::ServerBusy, "connections_max"));
+        }
+        let Some(entry) = registry(device_id) else {
+            return Err((ReasonCode::BadUserNameOrPassword, "unknown_device"));
+        };
+        if !entry.active {
+            return Err((ReasonCode::Banned, "revoked_device"));
+        }
+        if certificate_verified || !self.config.require_credential {
+            // The device CA vouched for the device id (or credentials are off for a
+            // benchmark); the registry for its status.
+            return Ok(self.device_state(device_id, entry));
+        }
+        let password = info.password.as_deref().unwrap_or_default();
+        let credential = Credential::parse(password)
+            .map_err(|_| (ReasonCode::BadUserNameOrPassword, "bad_credential"))?;
+        let now = self.now.wall_ms;
+        let window = self.config.credential_window_ms;
+        credential
+            .verify(device_id, &info.client_id, &entry.key, now, window)
+            .map_err(|_| (ReasonCode::BadUserNameOrPassword, "bad_credential"))?;
+        let idx = self.device_state(device_id, entry);
+        self.devices[idx.0 as usize]
+            .nonces
+            .accept(credential.nonce, credential.ts_ms, now, window)
+            .map_err(|_: NonceError| (ReasonCode::BadUserNameOrPassword, "replayed_credential"))?;
+        Ok(idx)
+    }
+
+    fn refuse(&mut self, conn: ConnId, info: &ConnectInfo, peer: SocketAddr, refusal: Refusal) {
+        self.refuse_with(conn, info.protocol, peer, refusal);
+    }
+
+    /// Refuses a CONNECT: slows repeat offenders down, then CONNACK with the reason.
+    fn refuse_with(
+        &mut self,
+        conn: ConnId,
+        protocol: Protocol,
+        peer: SocketAddr,
+        refusal: Refusal,
+    ) {
+        let (reason, why) = refusal;
+        self.metrics.connect_refused();
+        let auth_failure = matches!(
+            reason,
+            ReasonCode::BadUserNameOrPassword | ReasonCode::Banned | ReasonCode::NotAuthorized
+        );
+        let mut delay_ms = 0;
+        if auth_failure {
+            delay_ms = self.throttle.failed(peer.ip(), self.now.wall_ms);
+            if delay_ms > 0 {
+                self.metrics.auth_throttled();
+            }
+        }
+        self.send(conn, |out, _| {
+            encode_connack(protocol, reason, false, None, 0, 0, out)
+        });
+        self.actions.push_back(Action::Refuse {
+            conn,
+            why,
+            delay_ms,
+        });
+    }
+
+    /// Accepts: takes the session over from an older connection, keeps or resets it, and
+    /// grants the keep-alive.
+    fn accept(
+        &mut self,
+        conn: ConnId,
+        info: &ConnectInfo,
+        peer: SocketAddr,
+        idx: super::DeviceIdx,
+    ) {
+        self.throttle.succeeded(peer.ip());
+        let device = &mut self.devices[idx.0 as usize];
+        let old = device.conn.take();
+        let session_present = !info.clean_start && device.session_exists;
+        if info.clean_start {
+            device.session = crate::session::Session::new();
+        }
+        device.session_exists = true;
+        device.session_persistent = match info.protocol {
+            Protocol::V311 => !info.clean_start,
+            Protocol::V5 => info.session_expiry_s > 0,
+        };
+        device.conn = Some(conn);
+        if let Some(old) = old {
+            // Session takeover [MQTT-3.1.4-3]: the older connection of this device closes.
+            self.close(old, Some(ReasonCode::SessionTakenOver));
+        }
+        if let Some(state) = self.conns.get_mut(&conn) {
+            state.device = Some(idx);
+        }
+        self.accepted += 1;
+        self.metrics.connection_opened();
+
+        // Keep-alive: the device must send something every keep_alive seconds; the server
+        // allows 1.5 times that [MQTT-3.1.2-24]. 0 or above the maximum gets the maximum.
+        let keep_alive_max = self.config.keep_alive_max_s;
+        let keep_alive_s = if info.keep_alive_s == 0 || info.keep_alive_s > keep_alive_max {
+            keep_alive_max
+        } else {
+            info.keep_alive_s
+        };
+        let server_keep_alive = (keep_alive_s != info.keep_alive_s).then_some(keep_alive_s);
+        let (max_inflight, max_packet) = (self.config.max_inflight, self.config.max_packet_bytes);
+        let protocol = info.protocol;
+        self.send(conn, |out, _| {
+            encode_connack(
+                protocol,
+                ReasonCode::Success,
+                session_present,
+                server_keep_alive,
+                max_inflight,
+                max_packet,
+                out,
+            );
+        });
+        self.actions.push_back(Action::Accept {
+            conn,
+            read_timeout_ms: u64::from(keep_alive_s) * 1500,
+        });
+    }
+
+    /// The connection is gone: its session ends, or (persistent) loses what was not
+    /// yet acknowledged.
+    pub(super) fn on_closed(&mut self, conn: ConnId) {
+        let Some(state) = self.conns.remove(&conn) else {
+            return;
+        };
+        self.paused.retain(|c| *c != conn);
+        let Some(idx) = state.device else {
+            return;
+        };
+        self.accepted -= 1;
+        self.metrics.connection_closed();
+        let device = &mut self.devices[idx.0 as usize];
+        if device.conn == Some(conn) {
+            device.conn = None;
+            if device.session_persistent {
+                device.session.drop_pending();
+            } else {
+                device.session = crate::session::Session::new();
+                device.session_exists = false;
+            }
+        }
+    }
+}
+
+pub(super) fn encode_connack(
+    protocol: Protocol,
+    reason: ReasonCode,
+    session_present: bool,
+    server_keep_alive: Option<u16>,
+    max_inflight: u16,
+    max_packet_bytes: usize,
+    out: &mut Vec<u8>,
+) {
+    // 3.1.1 has six return codes; map the v5 reasons onto the closest one.
+    let reason = match protocol {
+        Protocol::V5 => reason,
+        Protocol::V311 => match reason {
+            ReasonCode::Success
+            | ReasonCode::UnsupportedProtocolVersion
+            | ReasonCode::ClientIdentifierNotValid
+            | ReasonCode::ServerUnavailable
+            | ReasonCode::BadUserNameOrPassword
+            | ReasonCode::NotAuthorized => reason,
+            ReasonCode::ServerBusy => ReasonCode::ServerUnavailable,
+            _ => ReasonCode::NotAuthorized,
+        },
+    };
+    let mut properties = Properties::default();
+    if protocol == Protocol::V5 && reason == ReasonCode::Success {
+        properties.receive_maximum = Some(max_inflight);
+        properties.maximum_packet_size = u32::try_from(max_packet_bytes).ok();
+        properties.retain_available = Some(0);
+        properties.wildcard_subscription_available = Some(0);
+        properties.subscription_identifier_available = Some(0);
+        properties.shared_subscription_available = Some(0);
+        properties.server_keep_alive = server_keep_alive;
+    }
+    let connack = ConnAck {
+        session_present: session_present && reason == ReasonCode::Success,
+        reason,
+        properties,
+    };
+    let result = Packet::ConnAck(connack).encode(protocol, out);
+    debug_assert!(result.is_ok(), "CONNACK encoding: {result:?}");
+}

@@ -1,0 +1,770 @@
+//! The shard core: every rule of a shard as one state machine with no I/O, no runtime and
+//! no clock, in the manner of quinn-proto and rustls. The driver (`server/src/serve/`)
+//! feeds it [`Event`]s with the time, carries out the [`Action`]s it queues
+//! ([`Core::poll_action`]), takes each connection's output bytes when told
+//! ([`Core::take_output`]), and wakes it at [`Core::poll_timeout`].
+//!
+//! - [`connect`]: CONNECT authentication order, takeover, session persistence, keep-alive.
+//! - [`publish`]: the QoS flows, the checks, verification batching, building the records.
+//! - [`acks`]: acknowledgements held until the log (and Kafka, when gated) covers them.
+//! - [`record`]: the log record format; [`reason`]: the one refusal enum.
+//!
+//! Limits: one core per shard; connections are [`ConnId`]s handed out by the driver;
+//! output is buffered per connection (one flush action per connection per event, not
+//! one allocation per acknowledgement). Offsets are counted here from the log's start
+//! offset; the driver asserts the log agrees.
+
+pub mod acks;
+pub mod connect;
+pub mod publish;
+pub mod reason;
+pub mod record;
+#[cfg(test)]
+mod tests;
+
+use crate::policy::{AuthThrottle, CommitDecision, CommitPolicy, NonceCache};
+use crate::replay::ReplayWindow;
+use crate::session::Session;
+use crate::validate::Limits;
+use acks::{AckQueue, KafkaGate};
+use ed25519_dalek::VerifyingKey;
+use ingestd_codec::envelope::BatchVerifier;
+use ingestd_codec::mqtt::{self, Packet, Protocol, ReasonCode};
+use publish::Work;
+pub use reason::Reason;
+use record::ReadingMeta;
+use std::collections::{HashMap, VecDeque};
+use std::net::SocketAddr;
+use std::ops::Range;
+
+/// A connection, as the driver numbers it (unique for the shard's lifetime).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub struct ConnId(pub u64);
+
+/// The time, passed in: a monotonic clock for intervals and a wall clock for what is
+/// compared with device timestamps and stored in records.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Time {
+    /// Monotonic µs since the shard started.
+    pub mono_us: u64,
+    /// Wall clock, ms since the Unix epoch.
+    pub wall_ms: u64,
+}
+
+/// A device's registry entry as the core needs it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct DeviceEntry {
+    pub key: VerifyingKey,
+    pub active: bool,
+    pub location: String,
+    pub region: String,
+    pub project: String,
+    pub sensor_type: String,
+}
+
+/// The registry as the core sees it: a lookup by device id.
+pub type Lookup<'a> = &'a dyn Fn(&str) -> Option<DeviceEntry>;
+
+/// The kind of a record the core appends (the log's own kinds).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum RecordKind {
+    Reading,
+    DeadLetter,
+}
+
+/// The shard's limits and switches, from the validated config.
+#[derive(Debug, Clone)]
+pub struct CoreConfig {
+    pub shard: usize,
+    pub shards: usize,
+    pub node_id: String,
+    pub limits: Limits,
+    pub verify_signatures: bool,
+    pub verify_batch_max: usize,
+    pub verify_batch_delay_us: u64,
+    pub opaque_payloads: bool,
+    pub max_inflight: u16,
+    pub max_packet_bytes: usize,
+    pub keep_alive_max_s: u16,
+    pub connections_per_shard_max: usize,
+    pub require_credential: bool,
+    pub credential_window_ms: u64,
+    pub failures_before_delay: u32,
+    pub failure_delay_ms: u64,
+    pub failure_delay_ms_max: u64,
+    pub commit: CommitPolicy,
+    pub pending_bytes_max: usize,
+    /// The log's framing bytes per record, to count pending bytes as the log does.
+    pub record_overhead_bytes: usize,
+    /// QoS 1/2 acknowledgements also wait for Kafka's confirmation.
+    pub kafka_gate: bool,
+    pub unreachable_after_ms: u64,
+    /// Sinks are configured: readings' metadata goes along with their records.
+    pub egress: bool,
+}
+
+/// What the driver tells the core. (A packet is large, and events are passed by value
+/// once, never stored.)
+#[allow(clippy::large_enum_variant)]
+pub enum Event<'a> {
+    /// A connection's CONNECT, decoded. `cert_device` is the device id of a verified
+    /// client certificate; `handed_in` says another shard already routed it here.
+    Connect {
+        conn: ConnId,
+        info: &'a connect::ConnectInfo,
+        peer: SocketAddr,
+        cert_device: Option<&'a str>,
+        handed_in: bool,
+        registry: Lookup<'a>,
+    },
+    /// The first packet was not a CONNECT (`error` is `None`) or did not decode (the
+    /// error, and the bytes read so far).
+    BadFirstPacket {
+        conn: ConnId,
+        error: Option<(&'a mqtt::DecodeError, &'a [u8])>,
+    },
+    /// The home shard's handoff ring was full: refuse over the original socket.
+    HandOffFailed { conn: ConnId },
+    /// A packet from an accepted connection.
+    Packet { conn: ConnId, packet: Packet<'a> },
+    /// A packet that did not decode: close with its reason.
+    Malformed { conn: ConnId, reason: ReasonCode },
+    /// The socket's read timeout (the keep-alive) expired.
+    ReadTimedOut { conn: ConnId },
+    /// The device closed its side, or a write failed.
+    ReadEnded { conn: ConnId },
+    /// The driver is closing the connection now: queue its last bytes.
+    Finish { conn: ConnId },
+    /// The connection is gone; forget it.
+    Closed { conn: ConnId },
+    /// The log is durable up to `end`; `pending_bytes` were appended during the commit.
+    Committed { end: u64, pending_bytes: usize },
+    /// A commit failed and will be retried.
+    CommitFailed,
+    /// This shard's log failed for good: nothing more is acknowledged.
+    LogFailed,
+    /// Another shard's log failed: the node stops; read nothing more meanwhile.
+    NodeFailed,
+    /// Kafka confirmed this shard's records up to `end` (with the gate on).
+    SinkConfirmed { end: u64 },
+    /// A sink refused a reading for good: it becomes a dead letter.
+    SinkRefused {
+        sink: &'a str,
+        reason: &'a str,
+        detail: &'a str,
+        offset: u64,
+        meta: &'a ReadingMeta,
+        raw: &'a [u8],
+    },
+    /// The registry was replaced.
+    RegistryChanged { registry: Lookup<'a> },
+    /// A deadline from [`Core::poll_timeout`] passed (or any other wake-up).
+    Tick,
+    /// Stop accepting; close every connection once its acknowledgements are out.
+    Stop,
+}
+
+/// What the core asks of the driver, in order. A reading's metadata travels inline: a box
+/// would cost an allocation per message; the queue is drained after every event.
+#[allow(clippy::large_enum_variant)]
+#[derive(Debug, PartialEq)]
+pub enum Action {
+    /// The connection has output: take it with [`Core::take_output`] and write it.
+    Flush(ConnId),
+    /// CONNECT accepted (the CONNACK is in the output): serve the session with this read
+    /// timeout (the keep-alive).
+    Accept { conn: ConnId, read_timeout_ms: u64 },
+    /// CONNECT refused: wait `delay_ms` (the failure throttle), write the output (the
+    /// CONNACK, if any), close.
+    Refuse {
+        conn: ConnId,
+        why: &'static str,
+        delay_ms: u64,
+    },
+    /// Hand the connection to its home shard.
+    HandOff {
+        conn: ConnId,
+        home: usize,
+        device_id: String,
+    },
+    /// Stop reading; close once the acknowledgements in flight are out.
+    Close {
+        conn: ConnId,
+        reason: Option<ReasonCode>,
+    },
+    /// Close at once without sending anything more (the log failed).
+    Abort(ConnId),
+    /// The reader may read again.
+    Resume(ConnId),
+    /// Append this record ([`Core::record`] gives its bytes) at `offset`.
+    Append {
+        kind: RecordKind,
+        offset: u64,
+        record: Range<usize>,
+        meta: Option<ReadingMeta>,
+    },
+    /// Commit the log now; answer with [`Event::Committed`] or [`Event::CommitFailed`].
+    Commit,
+    /// Kafka's gate changed: `bypass` means acknowledgements rely on the log alone.
+    KafkaGate { bypass: bool, lag_ms: u64 },
+}
+
+/// What the reader should do before its next read.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum ReadGate {
+    Read,
+    /// Wait for [`Action::Resume`] (the device has `max_inflight` messages waiting, or
+    /// the shard is overloaded).
+    Wait,
+    /// The connection is closing: read nothing more.
+    Stop,
+}
+
+/// Counters the core reports; the driver publishes them (names in server/src/metrics.rs).
+pub trait Metrics {
+    fn connect_refused(&self) {}
+    fn auth_throttled(&self) {}
+    fn connection_opened(&self) {}
+    fn connection_closed(&self) {}
+    fn accepted(&self) {}
+    fn rejected(&self, _reason: Reason) {}
+    fn qos0_dropped(&self) {}
+    fn verify_batch(&self, _signatures: usize) {}
+    fn ack_latency_us(&self, _us: u64) {}
+    fn backpressure_pause(&self) {}
+}
+
+/// Per-device state on its home shard.
+pub struct DeviceState {
+    pub id: String,
+    pub entry: DeviceEntry,
+    pub replay: ReplayWindow,
+    pub nonces: NonceCache,
+    pub session: Session,
+    /// The session outlives the connection (3.1.1 clean session 0, v5 expiry > 0).
+    pub session_persistent: bool,
+    /// A session exists from an earlier connection.
+    pub session_exists: bool,
+    /// The device's live connection, for takeover and revocation.
+    pub conn: Option<ConnId>,
+}
+
+/// Index of a device in [`Core::devices`] (devices are never removed).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct DeviceIdx(u32);
+
+/// One connection as the core knows it.
+pub struct ConnState {
+    pub protocol: Protocol,
+    pub peer: SocketAddr,
+    /// Set once accepted.
+    pub device: Option<DeviceIdx>,
+    out: Vec<u8>,
+    flush_queued: bool,
+    /// QoS 1/2 messages received and not yet acknowledged.
+    pub inflight: usize,
+    /// The reader waits for [`Action::Resume`].
+    waiting: bool,
+    /// In the back-pressure list.
+    paused: bool,
+    pub closing: bool,
+    pub close_reason: Option<ReasonCode>,
+    /// Nothing more is sent.
+    finished: bool,
+}
+
+/// The shard core.
+pub struct Core<M: Metrics> {
+    config: CoreConfig,
+    metrics: M,
+    devices: Vec<DeviceState>,
+    device_index: HashMap<String, DeviceIdx>,
+    conns: HashMap<ConnId, ConnState>,
+    /// Accepted connections (the `connections_per_shard_max` bound).
+    accepted: usize,
+    throttle: AuthThrottle,
+    actions: VecDeque<Action>,
+    /// Bytes of the records named by queued `Append` actions; cleared when the action
+    /// queue is empty at the start of an event.
+    records: Vec<u8>,
+    /// Messages waiting for their verification batch, in arrival order.
+    work: VecDeque<Work>,
+    /// When the oldest queued message arrived.
+    oldest_work_us: u64,
+    verifier: BatchVerifier,
+    verify_results: Vec<Result<(), ingestd_codec::envelope::EnvelopeError>>,
+    acks: AckQueue,
+    gate: KafkaGate,
+    next_offset: u64,
+    durable_end: u64,
+    pending_bytes: usize,
+    /// When the oldest record not yet committed was appended.
+    oldest_pending_us: Option<u64>,
+    commit_in_flight: bool,
+    /// After a failed commit, the next waits until then.
+    commit_retry_at_us: Option<u64>,
+    /// Connections paused by back-pressure, resumed after a commit.
+    paused: Vec<ConnId>,
+    stopping: bool,
+    failed: bool,
+    node_failed: bool,
+    now: Time,
+}
+
+impl<M: Metrics> Core<M> {
+    /// A core whose log continues at `next_offset` and is durable up to `durable_end`.
+    pub fn new(config: CoreConfig, metrics: M, next_offset: u64, durable_end: u64) -> Self {
+        assert!(
+            config.verify_batch_max > 0,
+            "verify_batch_max must be positive"
+        );
+        assert!(durable_end <= next_offset);
+        Self {
+            throttle: AuthThrottle::new(
+                config.failures_before_delay,
+                config.failure_delay_ms,
+                config.failure_delay_ms_max,
+                65_536,
+            ),
+            verifier: BatchVerifier::new(config.verify_batch_max),
+            gate: KafkaGate::new(config.kafka_gate, config.unreachable_after_ms * 1000),
+            config,
+            metrics,
+            devices: Vec::new(),
+            device_index: HashMap::new(),
+            conns: HashMap::new(),
+            accepted: 0,
+            actions: VecDeque::new(),
+            records: Vec::with_capacity(4096),
+            work: VecDeque::new(),
+            oldest_work_us: 0,
+            verify_results: Vec::new(),
+            acks: AckQueue::default(),
+            next_offset,
+            durable_end,
+            pending_bytes: 0,
+            oldest_pending_us: None,
+            commit_in_flight: false,
+            commit_retry_at_us: None,
+            paused: Vec::new(),
+            stopping: false,
+            failed: false,
+            node_failed: false,
+            now: Time {
+                mono_us: 0,
+                wall_ms: 0,
+            },
+        }
+    }
+
+    /// Handles one event at time `now`; then poll the actions.
+    pub fn handle(&mut self, event: Event<'_>, now: Time) {
+        self.now = now;
+        if self.actions.is_empty() {
+            self.records.clear();
+        }
+        match event {
+            Event::Connect {
+                conn,
+                info,
+                peer,
+                cert_device,
+                handed_in,
+                registry,
+            } => self.on_connect(conn, info, peer, cert_device, handed_in, registry),
+            Event::BadFirstPacket { conn, error } => self.on_bad_first_packet(conn, error),
+            Event::HandOffFailed { conn } => self.on_handoff_failed(conn),
+            Event::Packet { conn, packet } => {
+                if let Err(reason) = self.on_packet(conn, packet) {
+                    self.close(conn, reason);
+                }
+            }
+            Event::Malformed { conn, reason } => {
+                self.metrics.rejected(Reason::Malformed);
+                self.close(conn, Some(reason));
+            }
+            Event::ReadTimedOut { conn } => self.close(conn, Some(ReasonCode::KeepAliveTimeout)),
+            Event::ReadEnded { conn } => {
+                if let Some(state) = self.conns.get_mut(&conn) {
+                    state.closing = true;
+                }
+            }
+            Event::Finish { conn } => self.on_finish(conn),
+            Event::Closed { conn } => self.on_closed(conn),
+            Event::Committed { end, pending_bytes } => self.on_committed(end, pending_bytes),
+            Event::CommitFailed => {
+                self.commit_in_flight = false;
+                self.oldest_pending_us = Some(now.mono_us);
+                self.commit_retry_at_us = Some(now.mono_us + 100_000);
+            }
+            Event::LogFailed => self.on_log_failed(),
+            Event::NodeFailed => self.node_failed = true,
+            Event::SinkConfirmed { end } => self.on_sink_confirmed(end),
+            Event::SinkRefused {
+                sink,
+                reason,
+                detail,
+                offset,
+                meta,
+                raw,
+            } => self.on_sink_refused(sink, reason, detail, offset, meta, raw),
+            Event::RegistryChanged { registry } => self.on_registry_changed(registry),
+            Event::Tick => {}
+            Event::Stop => self.on_stop(),
+        }
+        self.run_timers();
+    }
+
+    /// The next action for the driver, in order.
+    pub fn poll_action(&mut self) -> Option<Action> {
+        self.actions.pop_front()
+    }
+
+    /// The bytes of an [`Action::Append`]'s record (valid until the next event).
+    #[must_use]
+    pub fn record(&self, range: Range<usize>) -> &[u8] {
+        &self.records[range]
+    }
+
+    /// Moves the connection's output into `into` (swapped, so buffers are reused).
+    pub fn take_output(&mut self, conn: ConnId, into: &mut Vec<u8>) {
+        into.clear();
+        if let Some(state) = self.conns.get_mut(&conn) {
+            std::mem::swap(&mut state.out, into);
+            state.flush_queued = false;
+        }
+    }
+
+    /// When the core next wants an [`Event::Tick`] (monotonic µs); `None` when idle.
+    #[must_use]
+    pub fn poll_timeout(&self) -> Option<u64> {
+        let batch = (!self.work.is_empty())
+            .then(|| self.oldest_work_us + self.config.verify_batch_delay_us);
+        let commit = if self.commit_in_flight || self.failed {
+            None
+        } else {
+            let decision = self.config.commit.decide(
+                self.pending_bytes,
+                self.oldest_pending_us,
+                self.now.mono_us,
+            );
+            let at = match decision {
+                CommitDecision::Idle => None,
+                CommitDecision::Now => Some(self.now.mono_us),
+                CommitDecision::Wait { us } => Some(self.now.mono_us + us),
+            };
+            at.map(|at| at.max(self.commit_retry_at_us.unwrap_or(0)))
+        };
+        [batch, commit].into_iter().flatten().min()
+    }
+
+    /// What the connection's reader should do before reading again.
+    pub fn read_gate(&mut self, conn: ConnId) -> ReadGate {
+        let overloaded = self.overloaded();
+        let max_inflight = usize::from(self.config.max_inflight);
+        let Some(state) = self.conns.get_mut(&conn) else {
+            return ReadGate::Stop;
+        };
+        if state.closing {
+            return ReadGate::Stop;
+        }
+        if overloaded && !state.paused {
+            state.paused = true;
+            self.paused.push(conn);
+            self.metrics.backpressure_pause();
+        }
+        if overloaded || state.inflight >= max_inflight {
+            state.waiting = true;
+            ReadGate::Wait
+        } else {
+            ReadGate::Read
+        }
+    }
+
+    /// The connection's state, if it is known.
+    #[must_use]
+    pub fn conn(&self, conn: ConnId) -> Option<&ConnState> {
+        self.conns.get(&conn)
+    }
+
+    /// Connections the core knows (accepted or still in CONNECT).
+    #[must_use]
+    pub fn conn_count(&self) -> usize {
+        self.conns.len()
+    }
+
+    /// Messages waiting for their verification batch.
+    #[must_use]
+    pub fn work_len(&self) -> usize {
+        self.work.len()
+    }
+
+    /// Records appended and not yet durable.
+    #[must_use]
+    pub fn pending_records(&self) -> u64 {
+        self.next_offset - self.durable_end
+    }
+
+    #[must_use]
+    pub fn pending_bytes(&self) -> usize {
+        self.pending_bytes
+    }
+
+    #[must_use]
+    pub fn stopping(&self) -> bool {
+        self.stopping
+    }
+
+    /// The log failed: nothing more will be committed or acknowledged.
+    #[must_use]
+    pub fn failed(&self) -> bool {
+        self.failed
+    }
+
+    #[must_use]
+    pub fn metrics(&self) -> &M {
+        &self.metrics
+    }
+
+    /// A device's state, if it was seen on this shard.
+    #[must_use]
+    pub fn device(&self, device_id: &str) -> Option<&DeviceState> {
+        self.device_index
+            .get(device_id)
+            .map(|idx| &self.devices[idx.0 as usize])
+    }
+
+    /// At start-up: the device accepted sequences up to `highest` before the restart.
+    pub fn restore_replay(&mut self, device_id: &str, entry: DeviceEntry, highest: u64) {
+        let idx = self.device_state(device_id, entry);
+        self.devices[idx.0 as usize].replay = ReplayWindow::resume_after(highest);
+    }
+
+    /// Back-pressure: too much waits for the disk, or the log failed.
+    fn overloaded(&self) -> bool {
+        self.pending_bytes + self.work.len() * 256 > self.config.pending_bytes_max
+            || self.failed
+            || self.node_failed
+    }
+
+    /// The device's state on this shard, created on first use; registry changes (a
+    /// rotated key, new metadata) take effect at the next CONNECT.
+    fn device_state(&mut self, device_id: &str, entry: DeviceEntry) -> DeviceIdx {
+        assert_eq!(
+            crate::home_shard(device_id, self.config.shards),
+            self.config.shard,
+            "device {device_id} handled on shard {} which is not its home",
+            self.config.shard
+        );
+        if let Some(idx) = self.device_index.get(device_id) {
+            self.devices[idx.0 as usize].entry = entry;
+            return *idx;
+        }
+        let idx = DeviceIdx(u32::try_from(self.devices.len()).unwrap_or(u32::MAX));
+        assert!(idx.0 < u32::MAX, "too many devices on one shard");
+        self.devices.push(DeviceState {
+            id: device_id.to_string(),
+            entry,
+            replay: ReplayWindow::new(),
+            nonces: NonceCache::default(),
+            session: Session::new(),
+            session_persistent: false,
+            session_exists: false,
+            conn: None,
+        });
+        self.device_index.insert(device_id.to_string(), idx);
+        idx
+    }
+
+    /// Queues bytes for a connection's writer; one flush action until the writer takes
+    /// them.
+    fn send(&mut self, conn: ConnId, encode: impl FnOnce(&mut Vec<u8>, Protocol)) {
+        let Some(state) = self.conns.get_mut(&conn) else {
+            return;
+        };
+        if state.finished {
+            return;
+        }
+        encode(&mut state.out, state.protocol);
+        if !state.flush_queued {
+            state.flush_queued = true;
+            self.actions.push_back(Action::Flush(conn));
+        }
+    }
+
+    /// Stops reading; the connection closes once its acknowledgements are out, with a v5
+    /// DISCONNECT carrying `reason` if given.
+    fn close(&mut self, conn: ConnId, reason: Option<ReasonCode>) {
+        let Some(state) = self.conns.get_mut(&conn) else {
+            return;
+        };
+        if state.close_reason.is_none() {
+            state.close_reason = reason;
+        }
+        let already = state.closing;
+        state.closing = true;
+        if !already || reason.is_some() {
+            self.actions.push_back(Action::Close { conn, reason });
+        }
+    }
+
+    fn resume(&mut self, conn: ConnId) {
+        if let Some(state) = self.conns.get_mut(&conn) {
+            if state.waiting {
+                state.waiting = false;
+                self.actions.push_back(Action::Resume(conn));
+            }
+        }
+    }
+
+    /// Appends a record built in `self.records[start..]`; returns its offset.
+    fn append(&mut self, kind: RecordKind, start: usize, meta: Option<ReadingMeta>) -> u64 {
+        let offset = self.next_offset;
+        self.next_offset += 1;
+        let record = start..self.records.len();
+        self.pending_bytes += record.len() + self.config.record_overhead_bytes;
+        self.actions.push_back(Action::Append {
+            kind,
+            offset,
+            record,
+            meta,
+        });
+        offset
+    }
+
+    /// Runs what is due at `self.now`: the verification batch, then the commit.
+    fn run_timers(&mut self) {
+        let now = self.now.mono_us;
+        if !self.work.is_empty()
+            && (self.stopping
+                || now.saturating_sub(self.oldest_work_us) >= self.config.verify_batch_delay_us)
+        {
+            self.process_round();
+        }
+        self.maybe_commit();
+    }
+
+    fn maybe_commit(&mut self) {
+        if self.commit_in_flight || self.failed {
+            return;
+        }
+        let now = self.now.mono_us;
+        if self.commit_retry_at_us.is_some_and(|at| now < at) {
+            return;
+        }
+        let decision = self
+            .config
+            .commit
+            .decide(self.pending_bytes, self.oldest_pending_us, now);
+        if decision == CommitDecision::Now {
+            self.commit_retry_at_us = None;
+            self.oldest_pending_us = None;
+            self.commit_in_flight = true;
+            self.actions.push_back(Action::Commit);
+        }
+    }
+
+    fn on_committed(&mut self, end: u64, pending_bytes: usize) {
+        assert!(end >= self.durable_end && end <= self.next_offset);
+        self.commit_in_flight = false;
+        self.durable_end = end;
+        self.pending_bytes = pending_bytes;
+        if end < self.next_offset && self.oldest_pending_us.is_none() {
+            // Records the commit did not cover still need one (they normally set the time
+            // themselves when appended during the commit).
+            self.oldest_pending_us = Some(self.now.mono_us);
+        }
+        self.gate.committed(end, self.now.mono_us);
+        self.release_acks();
+        self.resume_paused();
+    }
+
+    fn resume_paused(&mut self) {
+        if self.overloaded() {
+            return;
+        }
+        let paused = std::mem::take(&mut self.paused);
+        for conn in &paused {
+            if let Some(state) = self.conns.get_mut(conn) {
+                state.paused = false;
+            }
+            self.resume(*conn);
+        }
+        self.paused = paused;
+        self.paused.clear();
+    }
+
+    fn on_log_failed(&mut self) {
+        if self.failed {
+            return;
+        }
+        self.failed = true;
+        self.acks.clear();
+        self.on_stop();
+        let conns: Vec<ConnId> = self.conns.keys().copied().collect();
+        for conn in conns {
+            if let Some(state) = self.conns.get_mut(&conn) {
+                state.finished = true;
+                state.closing = true;
+                state.out.clear();
+            }
+            self.actions.push_back(Action::Abort(conn));
+        }
+    }
+
+    fn on_stop(&mut self) {
+        if self.stopping {
+            return;
+        }
+        self.stopping = true;
+        let mut conns: Vec<ConnId> = self
+            .conns
+            .iter()
+            .filter(|(_, state)| state.device.is_some())
+            .map(|(id, _)| *id)
+            .collect();
+        conns.sort_unstable();
+        for conn in conns {
+            self.close(conn, Some(ReasonCode::ServerShuttingDown));
+        }
+    }
+
+    fn on_registry_changed(&mut self, registry: Lookup<'_>) {
+        let mut revoked = Vec::new();
+        for device in &mut self.devices {
+            match registry(&device.id) {
+                Some(entry) if entry.active => device.entry = entry,
+                _ => {
+                    if let Some(conn) = device.conn.take() {
+                        revoked.push(conn);
+                    }
+                }
+            }
+        }
+        for conn in revoked {
+            self.close(conn, Some(ReasonCode::AdministrativeAction));
+        }
+    }
+
+    fn on_finish(&mut self, conn: ConnId) {
+        let Some(state) = self.conns.get_mut(&conn) else {
+            return;
+        };
+        if state.finished {
+            return;
+        }
+        state.closing = true;
+        if let (Protocol::V5, Some(reason)) = (state.protocol, state.close_reason) {
+            let disconnect = mqtt::Disconnect {
+                reason,
+                properties: mqtt::Properties::default(),
+            };
+            let _ = Packet::Disconnect(disconnect).encode(Protocol::V5, &mut state.out);
+        }
+        state.finished = true;
+        if !state.out.is_empty() && !state.flush_queued {
+            state.flush_queued = true;
+            self.actions.push_back(Action::Flush(conn));
+        }
+    }
+}

@@ -1,0 +1,855 @@
+//! The core's rules under a fake clock: every test drives events in and reads actions and
+//! output bytes out, as the driver (or a simulation) would.
+
+use super::connect::ConnectInfo;
+use super::*;
+use ed25519_dalek::SigningKey;
+use ingestd_codec::credential::sign_credential;
+use ingestd_codec::envelope::{self, Kind, Reading};
+use ingestd_codec::mqtt::{Ack, Decoded, Publish, QoS};
+use std::cell::{Cell, RefCell};
+
+const WALL_MS: u64 = 1_764_201_600_000;
+const DELAY_US: u64 = 1_000;
+const INTERVAL_US: u64 = 2_000;
+
+#[derive(Default)]
+struct Counts {
+    accepted: Cell<u64>,
+    rejected: RefCell<Vec<Reason>>,
+    refused: Cell<u64>,
+    open: Cell<i64>,
+}
+
+impl Metrics for Counts {
+    fn connect_refused(&self) {
+        self.refused.set(self.refused.get() + 1);
+    }
+    fn connection_opened(&self) {
+        self.open.set(self.open.get() + 1);
+    }
+    fn connection_closed(&self) {
+        self.open.set(self.open.get() - 1);
+    }
+    fn accepted(&self) {
+        self.accepted.set(self.accepted.get() + 1);
+    }
+    fn rejected(&self, reason: Reason) {
+        self.rejected.borrow_mut().push(reason);
+    }
+}
+
+fn key(device: &str) -> SigningKey {
+    let mut seed = [7u8; 32];
+    for (i, b) in device.bytes().enumerate() {
+        seed[i % 32] ^= b;
+    }
+    SigningKey::from_bytes(&seed)
+}
+
+fn config() -> CoreConfig {
+    CoreConfig {
+        shard: 0,
+        shards: 1,
+        node_id: "n1".into(),
+        limits: Limits {
+            topic_prefix: "devices".into(),
+            envelope_max_bytes: 1024,
+            clock_skew_max_ms: 300_000,
+        },
+        verify_signatures: true,
+        verify_batch_max: 4,
+        verify_batch_delay_us: DELAY_US,
+        opaque_payloads: false,
+        max_inflight: 3,
+        max_packet_bytes: 16 * 1024,
+        keep_alive_max_s: 300,
+        connections_per_shard_max: 10,
+        require_credential: true,
+        credential_window_ms: 300_000,
+        failures_before_delay: 100,
+        failure_delay_ms: 10,
+        failure_delay_ms_max: 100,
+        commit: CommitPolicy {
+            batch_bytes_max: 1 << 20,
+            interval_us: INTERVAL_US,
+        },
+        pending_bytes_max: 1 << 20,
+        record_overhead_bytes: 16,
+        kafka_gate: false,
+        unreachable_after_ms: 1_000,
+        egress: false,
+    }
+}
+
+/// A core, its fake clock and a registry.
+struct Harness {
+    core: Core<Counts>,
+    now: Time,
+    registry: HashMap<String, DeviceEntry>,
+    /// Records appended so far.
+    appended: usize,
+    nonce: u8,
+}
+
+impl Harness {
+    fn new(config: CoreConfig) -> Self {
+        let mut registry = HashMap::new();
+        for device in ["co2-1", "co2-2", "revoked-1"] {
+            registry.insert(
+                device.to_string(),
+                DeviceEntry {
+                    key: key(device).verifying_key(),
+                    active: device != "revoked-1",
+                    location: "lab".into(),
+                    region: "eu".into(),
+                    project: "p".into(),
+                    sensor_type: "ndir".into(),
+                },
+            );
+        }
+        Self {
+            core: Core::new(config, Counts::default(), 0, 0),
+            now: Time {
+                mono_us: 0,
+                wall_ms: WALL_MS,
+            },
+            registry,
+            appended: 0,
+            nonce: 0,
+        }
+    }
+
+    fn advance_us(&mut self, us: u64) {
+        self.now.mono_us += us;
+        self.now.wall_ms += us / 1000;
+    }
+
+    fn event(&mut self, event: Event<'_>) -> Vec<Action> {
+        self.core.handle(event, self.now);
+        let mut out = Vec::new();
+        while let Some(action) = self.core.poll_action() {
+            out.push(action);
+        }
+        self.appended += appends(&out).len();
+        out
+    }
+
+    fn info(&mut self, device: &str, protocol: Protocol, clean_start: bool) -> ConnectInfo {
+        self.nonce += 1;
+        let password = sign_credential(
+            device,
+            "client",
+            &key(device),
+            self.now.wall_ms,
+            [self.nonce; 16],
+        );
+        ConnectInfo {
+            protocol,
+            client_id: "client".into(),
+            username: Some(device.into()),
+            password: Some(password.into_bytes()),
+            clean_start,
+            keep_alive_s: 60,
+            session_expiry_s: if clean_start { 0 } else { 3600 },
+            auth_method: false,
+            len: 0,
+        }
+    }
+
+    fn connect_with(&mut self, conn: u64, info: &ConnectInfo, cert: Option<&str>) -> Vec<Action> {
+        let registry = self.registry.clone();
+        let lookup = move |id: &str| registry.get(id).cloned();
+        self.event(Event::Connect {
+            conn: ConnId(conn),
+            info,
+            peer: "10.0.0.1:5000".parse().unwrap(),
+            cert_device: cert,
+            handed_in: false,
+            registry: &lookup,
+        })
+    }
+
+    fn connect(&mut self, conn: u64, device: &str, protocol: Protocol, clean: bool) -> Vec<Action> {
+        let info = self.info(device, protocol, clean);
+        self.connect_with(conn, &info, None)
+    }
+
+    fn output(&mut self, conn: u64) -> Vec<u8> {
+        let mut out = Vec::new();
+        self.core.take_output(ConnId(conn), &mut out);
+        out
+    }
+
+    /// Decodes every packet in a connection's output.
+    fn packets(&mut self, conn: u64, protocol: Protocol) -> Vec<String> {
+        let out = self.output(conn);
+        let mut pos = 0;
+        let mut names = Vec::new();
+        while pos < out.len() {
+            match mqtt::decode(&out[pos..], protocol, 1 << 20).unwrap() {
+                Decoded::Packet { packet, len } => {
+                    names.push(describe(&packet));
+                    pos += len;
+                }
+                Decoded::NeedMore { .. } => panic!("partial packet in output"),
+            }
+        }
+        names
+    }
+
+    fn payload(&self, device: &str, seq: u64) -> Vec<u8> {
+        let topic = format!("devices/{device}/telemetry");
+        let mut scratch = Vec::new();
+        let env = envelope::sign(
+            &key(device),
+            &topic,
+            device,
+            seq,
+            self.now.wall_ms,
+            &[Reading::new(Kind::Co2Ppm, 415.0)],
+            &mut scratch,
+        )
+        .unwrap();
+        let mut out = Vec::new();
+        env.encode_binary(&mut out);
+        out
+    }
+
+    fn publish(
+        &mut self,
+        conn: u64,
+        device: &str,
+        seq: u64,
+        qos: QoS,
+        pkid: u16,
+        dup: bool,
+    ) -> Vec<Action> {
+        let payload = self.payload(device, seq);
+        let topic = format!("devices/{device}/telemetry");
+        self.event(Event::Packet {
+            conn: ConnId(conn),
+            packet: Packet::Publish(Publish {
+                dup,
+                qos,
+                retain: false,
+                topic: &topic,
+                pkid,
+                properties: mqtt::Properties::default(),
+                payload: &payload,
+            }),
+        })
+    }
+
+    /// Lets the verification batch run out its delay.
+    fn flush_batch(&mut self) -> Vec<Action> {
+        self.advance_us(DELAY_US);
+        self.event(Event::Tick)
+    }
+
+    /// Commits everything appended, as the driver does when asked.
+    fn commit_all(&mut self) -> Vec<Action> {
+        self.advance_us(INTERVAL_US);
+        let mut actions = self.event(Event::Tick);
+        if actions.contains(&Action::Commit) {
+            let end = self.core.next_offset;
+            actions.extend(self.event(Event::Committed {
+                end,
+                pending_bytes: 0,
+            }));
+        }
+        actions
+    }
+}
+
+fn describe(packet: &Packet<'_>) -> String {
+    match packet {
+        Packet::ConnAck(c) => format!("CONNACK {:?} present={}", c.reason, c.session_present),
+        Packet::PubAck(a) => format!("PUBACK {} {:?}", a.pkid, a.reason),
+        Packet::PubRec(a) => format!("PUBREC {} {:?}", a.pkid, a.reason),
+        Packet::PubComp(a) => format!("PUBCOMP {} {:?}", a.pkid, a.reason),
+        Packet::PingResp => "PINGRESP".into(),
+        Packet::Disconnect(d) => format!("DISCONNECT {:?}", d.reason),
+        other => format!("{other:?}"),
+    }
+}
+
+fn refusal(actions: &[Action]) -> Option<&'static str> {
+    actions.iter().find_map(|a| match a {
+        Action::Refuse { why, .. } => Some(*why),
+        _ => None,
+    })
+}
+
+fn appends(actions: &[Action]) -> Vec<(RecordKind, u64)> {
+    actions
+        .iter()
+        .filter_map(|a| match a {
+            Action::Append { kind, offset, .. } => Some((*kind, *offset)),
+            _ => None,
+        })
+        .collect()
+}
+
+#[test]
+fn connect_checks_run_in_their_order() {
+    let mut h = Harness::new(config());
+    // Certificate and username disagree: refused before anything is looked up.
+    let info = h.info("co2-1", Protocol::V5, true);
+    assert_eq!(
+        refusal(&h.connect_with(1, &info, Some("co2-2"))),
+        Some("certificate_mismatch")
+    );
+    let mut anonymous = h.info("co2-1", Protocol::V5, true);
+    anonymous.username = None;
+    assert_eq!(
+        refusal(&h.connect_with(2, &anonymous, None)),
+        Some("no_username")
+    );
+    let mut auth = h.info("co2-1", Protocol::V5, true);
+    auth.auth_method = true;
+    assert_eq!(
+        refusal(&h.connect_with(3, &auth, None)),
+        Some("auth_method")
+    );
+    assert_eq!(
+        refusal(&h.connect(4, "nobody", Protocol::V5, true)),
+        Some("unknown_device")
+    );
+    assert_eq!(
+        refusal(&h.connect(5, "revoked-1", Protocol::V5, true)),
+        Some("revoked_device")
+    );
+    let mut bad = h.info("co2-1", Protocol::V5, true);
+    bad.password = Some(b"v1.garbage".to_vec());
+    assert_eq!(
+        refusal(&h.connect_with(6, &bad, None)),
+        Some("bad_credential")
+    );
+    // A credential seen once never opens a second session.
+    let good = h.info("co2-1", Protocol::V5, true);
+    assert!(refusal(&h.connect_with(7, &good, None)).is_none());
+    assert_eq!(
+        refusal(&h.connect_with(8, &good, None)),
+        Some("replayed_credential")
+    );
+    // A verified certificate needs no password.
+    let mut cert = h.info("co2-2", Protocol::V5, true);
+    cert.password = None;
+    assert!(refusal(&h.connect_with(9, &cert, Some("co2-2"))).is_none());
+    assert_eq!(h.core.metrics().refused.get(), 7);
+    assert_eq!(
+        h.packets(6, Protocol::V5),
+        ["CONNACK BadUserNameOrPassword present=false"]
+    );
+    // Stopping refuses everything after the certificate checks.
+    h.event(Event::Stop);
+    assert_eq!(
+        refusal(&h.connect(10, "co2-1", Protocol::V5, true)),
+        Some("shutting_down")
+    );
+}
+
+#[test]
+fn connections_max_is_checked_before_the_registry() {
+    let mut h = Harness::new(CoreConfig {
+        connections_per_shard_max: 1,
+        ..config()
+    });
+    h.connect(1, "co2-1", Protocol::V5, true);
+    assert_eq!(
+        refusal(&h.connect(2, "nobody", Protocol::V5, true)),
+        Some("connections_max")
+    );
+    // A refused connection does not count once closed, nor before.
+    h.event(Event::Closed { conn: ConnId(2) });
+    h.event(Event::Closed { conn: ConnId(1) });
+    assert!(refusal(&h.connect(3, "co2-2", Protocol::V5, true)).is_none());
+    assert_eq!(h.core.metrics().open.get(), 1);
+}
+
+#[test]
+fn a_second_connection_takes_the_session_over() {
+    let mut h = Harness::new(config());
+    h.connect(1, "co2-1", Protocol::V5, true);
+    let actions = h.connect(2, "co2-1", Protocol::V5, true);
+    assert!(actions.contains(&Action::Close {
+        conn: ConnId(1),
+        reason: Some(ReasonCode::SessionTakenOver)
+    }));
+    h.output(1);
+    h.event(Event::Finish { conn: ConnId(1) });
+    assert_eq!(h.packets(1, Protocol::V5), ["DISCONNECT SessionTakenOver"]);
+    // The old connection's end leaves the new one's session alone.
+    h.event(Event::Closed { conn: ConnId(1) });
+    assert_eq!(h.core.device("co2-1").unwrap().conn, Some(ConnId(2)));
+}
+
+#[test]
+fn persistent_sessions_survive_and_clean_ones_do_not() {
+    let mut h = Harness::new(config());
+    h.connect(1, "co2-1", Protocol::V311, false);
+    assert_eq!(
+        h.packets(1, Protocol::V311),
+        ["CONNACK Success present=false"]
+    );
+    h.event(Event::Closed { conn: ConnId(1) });
+    h.connect(2, "co2-1", Protocol::V311, false);
+    assert_eq!(
+        h.packets(2, Protocol::V311),
+        ["CONNACK Success present=true"]
+    );
+    // Clean start: no session present, and none kept after it.
+    h.event(Event::Closed { conn: ConnId(2) });
+    h.connect(3, "co2-1", Protocol::V311, true);
+    assert_eq!(
+        h.packets(3, Protocol::V311),
+        ["CONNACK Success present=false"]
+    );
+    h.event(Event::Closed { conn: ConnId(3) });
+    h.connect(4, "co2-1", Protocol::V311, false);
+    assert_eq!(
+        h.packets(4, Protocol::V311),
+        ["CONNACK Success present=false"]
+    );
+}
+
+#[test]
+fn keep_alive_is_granted_with_its_margin_and_enforced() {
+    let mut h = Harness::new(config());
+    let mut info = h.info("co2-1", Protocol::V5, true);
+    info.keep_alive_s = 10;
+    let actions = h.connect_with(1, &info, None);
+    assert!(actions.contains(&Action::Accept {
+        conn: ConnId(1),
+        read_timeout_ms: 15_000
+    }));
+    // 0 (no keep-alive) gets the maximum, announced as Server Keep Alive.
+    let mut info = h.info("co2-2", Protocol::V5, true);
+    info.keep_alive_s = 0;
+    let actions = h.connect_with(2, &info, None);
+    assert!(actions.contains(&Action::Accept {
+        conn: ConnId(2),
+        read_timeout_ms: 450_000
+    }));
+    let actions = h.event(Event::ReadTimedOut { conn: ConnId(1) });
+    assert_eq!(
+        actions,
+        [Action::Close {
+            conn: ConnId(1),
+            reason: Some(ReasonCode::KeepAliveTimeout)
+        }]
+    );
+    assert_eq!(h.core.read_gate(ConnId(1)), ReadGate::Stop);
+}
+
+#[test]
+fn qos1_is_acknowledged_only_after_the_commit_covering_it() {
+    let mut h = Harness::new(config());
+    h.connect(1, "co2-1", Protocol::V5, true);
+    h.output(1);
+    assert!(appends(&h.publish(1, "co2-1", 1, QoS::AtLeastOnce, 10, false)).is_empty());
+    assert_eq!(h.core.poll_timeout(), Some(DELAY_US));
+    // The batch delay passes: the reading is appended, not yet acknowledged.
+    let actions = h.flush_batch();
+    assert_eq!(appends(&actions), [(RecordKind::Reading, 0)]);
+    assert!(h.output(1).is_empty());
+    assert_eq!(h.core.metrics().accepted.get(), 1);
+    // The commit is asked for at the interval, counted from the message's arrival.
+    assert_eq!(h.core.poll_timeout(), Some(INTERVAL_US));
+    h.advance_us(INTERVAL_US - DELAY_US);
+    assert!(h.event(Event::Tick).contains(&Action::Commit));
+    assert!(h.output(1).is_empty());
+    let actions = h.event(Event::Committed {
+        end: 1,
+        pending_bytes: 0,
+    });
+    assert_eq!(actions, [Action::Flush(ConnId(1))]);
+    assert_eq!(h.packets(1, Protocol::V5), ["PUBACK 10 Success"]);
+    assert_eq!(h.core.poll_timeout(), None);
+}
+
+#[test]
+fn a_refused_message_is_a_dead_letter_acknowledged_with_its_reason() {
+    let mut h = Harness::new(config());
+    h.connect(1, "co2-1", Protocol::V5, true);
+    h.output(1);
+    let mut payload = h.payload("co2-1", 1);
+    let last = payload.len() - 1;
+    payload[last] ^= 1;
+    h.event(Event::Packet {
+        conn: ConnId(1),
+        packet: Packet::Publish(Publish {
+            dup: false,
+            qos: QoS::AtLeastOnce,
+            retain: false,
+            topic: "devices/co2-1/telemetry",
+            pkid: 3,
+            properties: mqtt::Properties::default(),
+            payload: &payload,
+        }),
+    });
+    let actions = h.flush_batch();
+    assert_eq!(appends(&actions), [(RecordKind::DeadLetter, 0)]);
+    let Some(Action::Append { record: range, .. }) =
+        actions.iter().find(|a| matches!(a, Action::Append { .. }))
+    else {
+        unreachable!()
+    };
+    let (meta, raw) = record::split(h.core.record(range.clone())).unwrap();
+    let meta: record::DeadLetterMeta = serde_json::from_slice(meta).unwrap();
+    assert_eq!(meta.reason, "bad_signature");
+    assert_eq!(meta.seq, Some(1));
+    assert_eq!(raw, payload);
+    assert_eq!(*h.core.metrics().rejected.borrow(), [Reason::BadSignature]);
+    h.commit_all();
+    assert_eq!(h.packets(1, Protocol::V5), ["PUBACK 3 NotAuthorized"]);
+}
+
+#[test]
+fn qos2_flow_with_redelivery() {
+    let mut h = Harness::new(config());
+    h.connect(1, "co2-1", Protocol::V5, true);
+    h.output(1);
+    h.publish(1, "co2-1", 1, QoS::ExactlyOnce, 5, false);
+    h.flush_batch();
+    // Redelivered before durable: nothing is answered and nothing stored twice.
+    let actions = h.publish(1, "co2-1", 1, QoS::ExactlyOnce, 5, true);
+    assert!(actions.is_empty());
+    assert!(h.output(1).is_empty());
+    h.commit_all();
+    assert_eq!(h.packets(1, Protocol::V5), ["PUBREC 5 Success"]);
+    // PUBREC lost: the redelivery gets PUBREC again, still nothing stored.
+    let actions = h.publish(1, "co2-1", 1, QoS::ExactlyOnce, 5, true);
+    assert!(appends(&actions).is_empty());
+    assert_eq!(h.packets(1, Protocol::V5), ["PUBREC 5 Success"]);
+    h.event(Event::Packet {
+        conn: ConnId(1),
+        packet: Packet::PubRel(Ack {
+            pkid: 5,
+            reason: ReasonCode::Success,
+            properties: mqtt::Properties::default(),
+        }),
+    });
+    assert_eq!(h.packets(1, Protocol::V5), ["PUBCOMP 5 Success"]);
+    assert_eq!(h.appended, 1);
+}
+
+#[test]
+fn a_dup_redelivery_of_an_accepted_reading_is_acknowledged_without_a_record() {
+    let mut h = Harness::new(config());
+    h.connect(1, "co2-1", Protocol::V311, true);
+    h.output(1);
+    h.publish(1, "co2-1", 1, QoS::AtLeastOnce, 1, false);
+    h.flush_batch();
+    h.commit_all();
+    assert_eq!(h.packets(1, Protocol::V311), ["PUBACK 1 Success"]);
+    h.publish(1, "co2-1", 1, QoS::AtLeastOnce, 2, true);
+    let actions = h.flush_batch();
+    assert!(appends(&actions).is_empty());
+    assert_eq!(h.packets(1, Protocol::V311), ["PUBACK 2 Success"]);
+    // Without DUP the same sequence is a replay: a dead letter.
+    h.publish(1, "co2-1", 1, QoS::AtLeastOnce, 3, false);
+    let actions = h.flush_batch();
+    assert_eq!(appends(&actions), [(RecordKind::DeadLetter, 1)]);
+    assert_eq!(*h.core.metrics().rejected.borrow(), [Reason::Replayed]);
+}
+
+#[test]
+fn a_full_batch_is_verified_at_once() {
+    let mut h = Harness::new(config());
+    h.connect(1, "co2-1", Protocol::V5, true);
+    h.connect(2, "co2-2", Protocol::V5, true);
+    h.publish(1, "co2-1", 1, QoS::AtMostOnce, 0, false);
+    h.publish(1, "co2-1", 2, QoS::AtMostOnce, 0, false);
+    h.publish(2, "co2-2", 1, QoS::AtMostOnce, 0, false);
+    let actions = h.publish(2, "co2-2", 2, QoS::AtMostOnce, 0, false);
+    assert_eq!(appends(&actions).len(), 4);
+    assert_eq!(h.core.metrics().accepted.get(), 4);
+}
+
+#[test]
+fn back_pressure_pauses_and_resumes_reading() {
+    let mut h = Harness::new(CoreConfig {
+        pending_bytes_max: 100,
+        ..config()
+    });
+    h.connect(1, "co2-1", Protocol::V5, true);
+    assert_eq!(h.core.read_gate(ConnId(1)), ReadGate::Read);
+    h.publish(1, "co2-1", 1, QoS::AtLeastOnce, 1, false);
+    h.flush_batch();
+    // The record waits for the disk and is over the bound: stop reading.
+    assert!(h.core.pending_bytes() > 100);
+    assert_eq!(h.core.read_gate(ConnId(1)), ReadGate::Wait);
+    let actions = h.commit_all();
+    assert!(actions.contains(&Action::Resume(ConnId(1))));
+    assert_eq!(h.core.read_gate(ConnId(1)), ReadGate::Read);
+}
+
+#[test]
+fn inflight_bound_pauses_reading_until_acknowledged() {
+    let mut h = Harness::new(config());
+    h.connect(1, "co2-1", Protocol::V5, true);
+    for seq in 1..=3 {
+        h.publish(1, "co2-1", seq, QoS::AtLeastOnce, seq as u16, false);
+    }
+    assert_eq!(h.core.read_gate(ConnId(1)), ReadGate::Wait);
+    // A v5 device beyond its receive maximum is closed.
+    h.publish(1, "co2-1", 4, QoS::AtLeastOnce, 4, false);
+    assert_eq!(
+        h.core.conn(ConnId(1)).unwrap().close_reason,
+        Some(ReasonCode::ReceiveMaximumExceeded)
+    );
+    let mut h = Harness::new(config());
+    h.connect(1, "co2-1", Protocol::V311, true);
+    for seq in 1..=3 {
+        h.publish(1, "co2-1", seq, QoS::AtLeastOnce, seq as u16, false);
+    }
+    assert_eq!(h.core.read_gate(ConnId(1)), ReadGate::Wait);
+    h.flush_batch();
+    let actions = h.commit_all();
+    assert!(actions.contains(&Action::Resume(ConnId(1))));
+    assert_eq!(h.core.read_gate(ConnId(1)), ReadGate::Read);
+}
+
+#[test]
+fn kafka_gate_holds_acks_then_bypasses_then_gates_again() {
+    let mut h = Harness::new(CoreConfig {
+        kafka_gate: true,
+        ..config()
+    });
+    h.connect(1, "co2-1", Protocol::V5, true);
+    h.output(1);
+    h.publish(1, "co2-1", 1, QoS::AtLeastOnce, 1, false);
+    h.flush_batch();
+    h.commit_all();
+    // Durable, but Kafka has not confirmed: no PUBACK.
+    h.event(Event::SinkConfirmed { end: 0 });
+    assert!(h.output(1).is_empty());
+    // Kafka confirms: the PUBACK goes.
+    h.event(Event::SinkConfirmed { end: 1 });
+    assert_eq!(h.packets(1, Protocol::V5), ["PUBACK 1 Success"]);
+    // Kafka stops confirming: after unreachable_after_ms the log alone decides.
+    h.publish(1, "co2-1", 2, QoS::AtLeastOnce, 2, false);
+    h.flush_batch();
+    h.commit_all();
+    h.advance_us(999_000);
+    h.event(Event::SinkConfirmed { end: 1 });
+    assert!(h.output(1).is_empty());
+    h.advance_us(2_000);
+    let actions = h.event(Event::SinkConfirmed { end: 1 });
+    assert!(actions
+        .iter()
+        .any(|a| matches!(a, Action::KafkaGate { bypass: true, .. })));
+    assert_eq!(h.packets(1, Protocol::V5), ["PUBACK 2 Success"]);
+    // Kafka catches up: acknowledgements wait for it again.
+    let actions = h.event(Event::SinkConfirmed { end: 2 });
+    assert!(actions
+        .iter()
+        .any(|a| matches!(a, Action::KafkaGate { bypass: false, .. })));
+    h.publish(1, "co2-1", 3, QoS::AtLeastOnce, 3, false);
+    h.flush_batch();
+    h.commit_all();
+    assert!(h.output(1).is_empty());
+    h.event(Event::SinkConfirmed { end: 3 });
+    assert_eq!(h.packets(1, Protocol::V5), ["PUBACK 3 Success"]);
+}
+
+#[test]
+fn a_revoked_device_is_disconnected() {
+    let mut h = Harness::new(config());
+    h.connect(1, "co2-1", Protocol::V5, true);
+    let lookup = |_: &str| None;
+    let actions = h.event(Event::RegistryChanged { registry: &lookup });
+    assert_eq!(
+        actions,
+        [Action::Close {
+            conn: ConnId(1),
+            reason: Some(ReasonCode::AdministrativeAction)
+        }]
+    );
+}
+
+#[test]
+fn a_failed_log_acknowledges_nothing_more() {
+    let mut h = Harness::new(config());
+    h.connect(1, "co2-1", Protocol::V5, true);
+    h.output(1);
+    h.publish(1, "co2-1", 1, QoS::AtLeastOnce, 1, false);
+    h.flush_batch();
+    let actions = h.event(Event::LogFailed);
+    assert!(actions.contains(&Action::Abort(ConnId(1))));
+    assert!(h.output(1).is_empty());
+    assert_eq!(h.core.poll_timeout(), None);
+}
+
+#[test]
+fn a_failed_commit_is_retried_after_a_pause_and_acknowledges_nothing_meanwhile() {
+    let mut h = Harness::new(config());
+    h.connect(1, "co2-1", Protocol::V5, true);
+    h.output(1);
+    h.publish(1, "co2-1", 1, QoS::AtLeastOnce, 1, false);
+    h.flush_batch();
+    h.advance_us(INTERVAL_US);
+    assert!(h.event(Event::Tick).contains(&Action::Commit));
+    h.event(Event::CommitFailed);
+    assert!(h.output(1).is_empty());
+    // Not before 100 ms.
+    assert_eq!(h.core.poll_timeout(), Some(h.now.mono_us + 100_000));
+    h.advance_us(50_000);
+    assert!(!h.event(Event::Tick).contains(&Action::Commit));
+    h.advance_us(50_000);
+    assert!(h.event(Event::Tick).contains(&Action::Commit));
+    h.event(Event::Committed {
+        end: 1,
+        pending_bytes: 0,
+    });
+    assert_eq!(h.packets(1, Protocol::V5), ["PUBACK 1 Success"]);
+}
+
+#[test]
+fn acknowledgements_keep_arrival_order_across_connections() {
+    let mut h = Harness::new(config());
+    h.connect(1, "co2-1", Protocol::V5, true);
+    h.connect(2, "co2-2", Protocol::V5, true);
+    h.output(1);
+    h.output(2);
+    h.publish(1, "co2-1", 1, QoS::AtLeastOnce, 1, false);
+    h.publish(2, "co2-2", 1, QoS::AtLeastOnce, 1, false);
+    h.publish(1, "co2-1", 2, QoS::AtLeastOnce, 2, false);
+    h.flush_batch();
+    h.advance_us(INTERVAL_US);
+    h.event(Event::Tick);
+    // Durable up to the first two records only: the third waits.
+    h.event(Event::Committed {
+        end: 2,
+        pending_bytes: 0,
+    });
+    assert_eq!(h.packets(1, Protocol::V5), ["PUBACK 1 Success"]);
+    assert_eq!(h.packets(2, Protocol::V5), ["PUBACK 1 Success"]);
+    h.commit_all();
+    assert_eq!(h.packets(1, Protocol::V5), ["PUBACK 2 Success"]);
+}
+
+#[test]
+fn stopping_finishes_waiting_messages_and_closes_with_shutting_down() {
+    let mut h = Harness::new(config());
+    h.connect(1, "co2-1", Protocol::V5, true);
+    h.output(1);
+    h.publish(1, "co2-1", 1, QoS::AtLeastOnce, 1, false);
+    let actions = h.event(Event::Stop);
+    assert!(actions.contains(&Action::Close {
+        conn: ConnId(1),
+        reason: Some(ReasonCode::ServerShuttingDown)
+    }));
+    // No batch delay while stopping.
+    assert_eq!(appends(&actions), [(RecordKind::Reading, 0)]);
+    h.commit_all();
+    h.event(Event::Finish { conn: ConnId(1) });
+    assert_eq!(
+        h.packets(1, Protocol::V5),
+        ["PUBACK 1 Success", "DISCONNECT ServerShuttingDown"]
+    );
+}
+
+#[test]
+fn a_sink_refusal_becomes_a_dead_letter() {
+    let mut h = Harness::new(config());
+    let meta = record::ReadingMeta {
+        device: "co2-1".into(),
+        seq: 9,
+        ts_ms: WALL_MS,
+        readings: std::collections::BTreeMap::new(),
+        topic: "devices/co2-1/telemetry".into(),
+        received_ms: WALL_MS,
+        node: "n1".into(),
+        shard: 0,
+        qos: 1,
+        region: String::new(),
+        project: String::new(),
+        location: String::new(),
+        sensor_type: String::new(),
+    };
+    let actions = h.event(Event::SinkRefused {
+        sink: "influxdb",
+        reason: "sink_refused",
+        detail: "bad field",
+        offset: 41,
+        meta: &meta,
+        raw: b"raw",
+    });
+    let Some(Action::Append {
+        kind: RecordKind::DeadLetter,
+        record: range,
+        ..
+    }) = actions.first()
+    else {
+        panic!("no dead letter: {actions:?}");
+    };
+    let (json, raw) = record::split(h.core.record(range.clone())).unwrap();
+    let dead: record::DeadLetterMeta = serde_json::from_slice(json).unwrap();
+    assert_eq!(dead.reason, "sink_refused");
+    assert_eq!(
+        dead.detail,
+        "influxdb refused the reading at log offset 41: bad field"
+    );
+    assert_eq!(dead.seq, Some(9));
+    assert_eq!(raw, b"raw");
+    // It is committed like any record.
+    assert_eq!(h.core.poll_timeout(), Some(INTERVAL_US));
+}
+
+#[test]
+fn packets_the_server_does_not_serve_get_their_answers() {
+    let mut h = Harness::new(config());
+    h.connect(1, "co2-1", Protocol::V5, true);
+    h.output(1);
+    h.event(Event::Packet {
+        conn: ConnId(1),
+        packet: Packet::PingReq,
+    });
+    h.event(Event::Packet {
+        conn: ConnId(1),
+        packet: Packet::PubRel(Ack {
+            pkid: 77,
+            reason: ReasonCode::Success,
+            properties: mqtt::Properties::default(),
+        }),
+    });
+    assert_eq!(
+        h.packets(1, Protocol::V5),
+        ["PINGRESP", "PUBCOMP 77 PacketIdentifierNotFound"]
+    );
+    // A packet only a server sends is a protocol error.
+    let actions = h.event(Event::Packet {
+        conn: ConnId(1),
+        packet: Packet::PingResp,
+    });
+    assert_eq!(
+        actions,
+        [Action::Close {
+            conn: ConnId(1),
+            reason: Some(ReasonCode::ProtocolError)
+        }]
+    );
+}
+
+#[test]
+fn a_first_packet_that_does_not_decode_gets_the_connack_the_spec_defines() {
+    let mut h = Harness::new(config());
+    // A v5 CONNECT header whose protocol name is wrong.
+    let buf = [
+        0x10, 0x0a, 0x00, 0x04, b'M', b'Q', b'T', b'X', 0x05, 0x02, 0x00, 0x3c,
+    ];
+    let error = mqtt::DecodeError::InvalidProtocolName;
+    let actions = h.event(Event::BadFirstPacket {
+        conn: ConnId(1),
+        error: Some((&error, &buf)),
+    });
+    assert_eq!(refusal(&actions), Some("malformed"));
+    assert_eq!(
+        h.packets(1, Protocol::V5),
+        ["CONNACK UnsupportedProtocolVersion present=false"]
+    );
+    assert_eq!(*h.core.metrics().rejected.borrow(), [Reason::Malformed]);
+}
