@@ -139,7 +139,11 @@ fn client_id_limit_is_400_bytes_for_every_device_id() {
                 .unwrap()
                 .verify(device, &client_id, &vk, TS, 300_000);
             let check = check_client_id(&client_id);
-            let what = format!("device id of {} bytes, client id of {} bytes", device.len(), client_id.len());
+            let what = format!(
+                "device id of {} bytes, client id of {} bytes",
+                device.len(),
+                client_id.len()
+            );
             if accepted {
                 assert_eq!(verdict, Ok(()), "{what}");
                 assert_eq!(check, Ok(()), "{what}");

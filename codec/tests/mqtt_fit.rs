@@ -4,8 +4,8 @@
 #![allow(clippy::unwrap_used)]
 
 use ingestd_codec::mqtt::{
-    decode_from, encode_within, Ack, ConnAck, DecodeError, Decoded, Disconnect, FitError,
-    Fitted, Origin, Packet, Properties, Protocol, ReasonCode,
+    decode_from, encode_within, Ack, ConnAck, DecodeError, Decoded, Disconnect, FitError, Fitted,
+    Origin, Packet, Properties, Protocol, ReasonCode,
 };
 
 /// A CONNACK as the server sends it: its capabilities and an assigned client id.
@@ -69,7 +69,10 @@ fn connack_one_byte_too_large_goes_out_in_its_minimal_form() {
     assert_eq!(out, CONNACK_MINIMAL);
     assert!(matches!(
         decode_from(&out, Protocol::V5, 1 << 20, Origin::Server),
-        Ok(Decoded::Packet { packet: Packet::ConnAck(_), .. })
+        Ok(Decoded::Packet {
+            packet: Packet::ConnAck(_),
+            ..
+        })
     ));
 }
 
@@ -122,7 +125,13 @@ fn a_packet_with_nothing_optional_is_whole_or_refused() {
     assert_eq!(result, Ok(Fitted::Whole));
     assert_eq!(out, [0x40, 0x02, 0x00, 0x07]);
     let (result, out) = encode(&puback, 3);
-    assert_eq!(result, Err(FitError::TooLarge { size_min: 4, max: 3 }));
+    assert_eq!(
+        result,
+        Err(FitError::TooLarge {
+            size_min: 4,
+            max: 3
+        })
+    );
     assert!(out.is_empty());
 }
 
@@ -136,8 +145,10 @@ fn connect_exposes_the_clients_maximum_packet_size() {
         0x05, 0x27, 0x00, 0x00, 0x00, 0x02, // Maximum Packet Size 2
         0x00, 0x00, // client id ""
     ];
-    let Ok(Decoded::Packet { packet: Packet::Connect(connect), .. }) =
-        decode_from(&with_limit, Protocol::V5, 1 << 20, Origin::Client)
+    let Ok(Decoded::Packet {
+        packet: Packet::Connect(connect),
+        ..
+    }) = decode_from(&with_limit, Protocol::V5, 1 << 20, Origin::Client)
     else {
         panic!("CONNECT did not decode");
     };
@@ -149,8 +160,10 @@ fn connect_exposes_the_clients_maximum_packet_size() {
         0x00,       // no properties
         0x00, 0x00, // client id ""
     ];
-    let Ok(Decoded::Packet { packet: Packet::Connect(connect), .. }) =
-        decode_from(&without, Protocol::V5, 1 << 20, Origin::Client)
+    let Ok(Decoded::Packet {
+        packet: Packet::Connect(connect),
+        ..
+    }) = decode_from(&without, Protocol::V5, 1 << 20, Origin::Client)
     else {
         panic!("CONNECT did not decode");
     };
@@ -160,6 +173,9 @@ fn connect_exposes_the_clients_maximum_packet_size() {
     let mut zero = with_limit;
     zero[17] = 0x00;
     let error = decode_from(&zero, Protocol::V5, 1 << 20, Origin::Client).unwrap_err();
-    assert_eq!(error, DecodeError::InvalidPropertyValue { id: 0x27, value: 0 });
+    assert_eq!(
+        error,
+        DecodeError::InvalidPropertyValue { id: 0x27, value: 0 }
+    );
     assert_eq!(error.reason_code(), ReasonCode::ProtocolError);
 }

@@ -189,10 +189,18 @@ fn invalid_or_truncated_properties_are_malformed_packets() {
                     ));
                 }
             }
-            other => failures.push(format!("{}: got {other:?}, expected {:?}", case.what, case.error)),
+            other => failures.push(format!(
+                "{}: got {other:?}, expected {:?}",
+                case.what, case.error
+            )),
         }
     }
-    assert!(failures.is_empty(), "{} failures:\n{}", failures.len(), failures.join("\n"));
+    assert!(
+        failures.is_empty(),
+        "{} failures:\n{}",
+        failures.len(),
+        failures.join("\n")
+    );
 }
 
 /// The value rules the spec calls a Protocol Error stay 0x82: a property given twice, and a

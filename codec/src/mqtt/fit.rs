@@ -31,7 +31,9 @@ pub enum Fitted {
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
 pub enum FitError {
     /// Even the smallest allowed form is larger than the peer accepts: send nothing, close.
-    #[error("packet of at least {size_min} bytes exceeds the peer's maximum packet size of {max} bytes")]
+    #[error(
+        "packet of at least {size_min} bytes exceeds the peer's maximum packet size of {max} bytes"
+    )]
     TooLarge { size_min: usize, max: usize },
     /// The packet does not encode at all (a bug on the sending side).
     #[error(transparent)]
