@@ -15,10 +15,19 @@
 
 use ed25519_dalek::{Signature, Signer, SigningKey, VerifyingKey};
 
-use crate::envelope::{hex, is_valid_device_id};
+use crate::envelope::{hex, is_valid_device_id, MAX_DEVICE_ID_LEN};
+use crate::mqtt::ReasonCode;
 
 /// Domain-separation prefix of the signed CONNECT message.
 pub const CONNECT_PREFIX: &[u8] = b"ingestd/connect/v1\n";
+/// Longest MQTT client identifier the server accepts, in UTF-8 bytes, whatever the device
+/// id's length (docs/PROTOCOL.md, section 10). Far above the 23 bytes every MQTT server
+/// must accept [MQTT-3.1.3-5], and small enough to sign on the stack.
+pub const CLIENT_ID_BYTES_MAX: usize = 400;
+/// Longest signed CONNECT message: the prefix, a 64-byte device id, a client id of
+/// [`CLIENT_ID_BYTES_MAX`], their two length prefixes, the timestamp and the nonce.
+const CONNECT_MESSAGE_BYTES_MAX: usize =
+    CONNECT_PREFIX.len() + 2 + MAX_DEVICE_ID_LEN + 2 + CLIENT_ID_BYTES_MAX + 8 + 16;
 /// Default accepted distance between the credential timestamp and the server clock.
 pub const DEFAULT_WINDOW_MS: u64 = 300_000;
 /// Longest well-formed password: "v1." + 20 digits + "." + 32 + "." + 128.
@@ -36,8 +45,8 @@ pub enum CredentialError {
     /// The username is not a valid device id.
     #[error("username is not a valid device id")]
     BadDeviceId,
-    /// The client id is over 65535 bytes.
-    #[error("client id too long")]
+    /// The client id is over [`CLIENT_ID_BYTES_MAX`] bytes.
+    #[error("client id longer than {CLIENT_ID_BYTES_MAX} bytes")]
     BadClientId,
     /// `ts_ms` is more than the window before `now_ms`.
     #[error("credential expired")]
@@ -71,6 +80,18 @@ impl CredentialError {
             CredentialError::UnknownDevice => "unknown_device",
         }
     }
+}
+
+/// The one check of a client identifier's length, for every CONNECT (with a credential,
+/// a client certificate, or neither): `Err` carries the CONNACK reason, 0x85 Client
+/// Identifier not valid, which is 3.1.1 return code 2 Identifier rejected
+/// ([`ReasonCode::to_connect_return_code`]). An empty client id passes: the server
+/// assigns one (docs/PROTOCOL.md, section 10).
+pub fn check_client_id(client_id: &str) -> Result<(), ReasonCode> {
+    if client_id.len() > CLIENT_ID_BYTES_MAX {
+        return Err(ReasonCode::ClientIdentifierNotValid);
+    }
+    Ok(())
 }
 
 /// A parsed CONNECT password.
@@ -143,6 +164,9 @@ impl Credential {
         if !is_valid_device_id(device_id.as_bytes()) {
             return Err(CredentialError::BadDeviceId);
         }
+        if check_client_id(client_id).is_err() {
+            return Err(CredentialError::BadClientId);
+        }
         if self.ts_ms.abs_diff(now_ms) > window_ms {
             return Err(if self.ts_ms < now_ms {
                 CredentialError::Expired
@@ -150,7 +174,7 @@ impl Credential {
                 CredentialError::NotYetValid
             });
         }
-        let mut msg = [0u8; 512];
+        let mut msg = [0u8; CONNECT_MESSAGE_BYTES_MAX];
         let len = write_connect_message(device_id, client_id, self.ts_ms, &self.nonce, &mut msg)?;
         let msg = msg.get(..len).ok_or(CredentialError::BadClientId)?;
         key.verify_strict(msg, &Signature::from_bytes(&self.signature))
@@ -158,9 +182,9 @@ impl Credential {
     }
 }
 
-/// Writes the signed CONNECT message into `buf`, returning its length. A stack buffer keeps
-/// this allocation-free; client ids that do not fit (over ~400 bytes) are refused, far above
-/// what MQTT brokers allow in practice (23 bytes guaranteed by the MQTT spec).
+/// Writes the signed CONNECT message into `buf`, returning its length. A stack buffer of
+/// [`CONNECT_MESSAGE_BYTES_MAX`] keeps this allocation-free; the ids were checked against
+/// their limits before, so running out of room is a bug reported as `BadClientId`.
 fn write_connect_message(
     device_id: &str,
     client_id: &str,

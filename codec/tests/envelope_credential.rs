@@ -2,8 +2,12 @@
 
 #![allow(clippy::unwrap_used)] // test helpers outside #[test] fns
 
-use ingestd_codec::credential::{sign_credential, Credential, CredentialError, MAX_PASSWORD_LEN};
+use ingestd_codec::credential::{
+    check_client_id, sign_credential, Credential, CredentialError, CLIENT_ID_BYTES_MAX,
+    MAX_PASSWORD_LEN,
+};
 use ingestd_codec::envelope::SigningKey;
+use ingestd_codec::mqtt::{ConnectReturnCode, ReasonCode};
 
 const TS: u64 = 1_764_201_600_000;
 
@@ -113,4 +117,47 @@ fn only_canonical_text_parses() {
             .as_bytes()
     )
     .is_ok());
+}
+
+/// One limit, 400 UTF-8 bytes, whatever the device id's length: before, the limit was what
+/// was left of a 512-byte buffer after the device id (464 bytes for a 1-byte id).
+#[test]
+fn client_id_limit_is_400_bytes_for_every_device_id() {
+    assert_eq!(CLIENT_ID_BYTES_MAX, 400);
+    let key = SigningKey::from_bytes(&[1; 32]);
+    let vk = key.verifying_key();
+    let two_byte_chars = "\u{e9}".repeat(200); // 400 bytes, 200 characters
+    for device in ["d", &"d".repeat(64)] {
+        for (client_id, accepted) in [
+            ("c".repeat(400), true),
+            (two_byte_chars.clone(), true),
+            ("c".repeat(401), false),
+            (format!("{two_byte_chars}c"), false),
+        ] {
+            let password = sign_credential(device, &client_id, &key, TS, [7; 16]);
+            let verdict = Credential::parse(password.as_bytes())
+                .unwrap()
+                .verify(device, &client_id, &vk, TS, 300_000);
+            let check = check_client_id(&client_id);
+            let what = format!(
+                "device id of {} bytes, client id of {} bytes",
+                device.len(),
+                client_id.len()
+            );
+            if accepted {
+                assert_eq!(verdict, Ok(()), "{what}");
+                assert_eq!(check, Ok(()), "{what}");
+            } else {
+                assert_eq!(verdict, Err(CredentialError::BadClientId), "{what}");
+                assert_eq!(check, Err(ReasonCode::ClientIdentifierNotValid), "{what}");
+                assert_eq!(
+                    ReasonCode::ClientIdentifierNotValid.to_connect_return_code(),
+                    Some(ConnectReturnCode::IdentifierRejected)
+                );
+                assert_eq!(u8::from(ReasonCode::ClientIdentifierNotValid), 0x85);
+            }
+        }
+    }
+    // An empty client id passes the length check: the server assigns the device id.
+    assert_eq!(check_client_id(""), Ok(()));
 }

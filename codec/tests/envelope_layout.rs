@@ -432,3 +432,53 @@ fn batch_verifier_reuses_and_rejects_weak_keys() {
     bv.verify(&mut out);
     assert!(out.is_empty());
 }
+
+/// The JSON rules docs/PROTOCOL.md section 4 states beyond the test vectors.
+#[test]
+fn json_rules_as_documented() {
+    let ok = r#"{"v":1,"device":"d","seq":1,"ts":2,"readings":{"co2_ppm":1},"sig":"SIG"}"#
+        .replace("SIG", &"ab".repeat(64));
+    let verdict = |text: String| {
+        decode_json(text.as_bytes(), 1024)
+            .map(|_| ())
+            .map_err(|e| e.reason())
+    };
+    // Top-level member names are compared after unescaping ...
+    assert_eq!(
+        verdict(ok.replacen(r#"{"v":1"#, r#"{"\u0076":1"#, 1)),
+        Ok(())
+    );
+    // ... so an escaped repeat is a repeat.
+    assert_eq!(
+        verdict(ok.replacen(r#"{"v":1"#, r#"{"v":1,"\u0076":1"#, 1)),
+        Err("bad_json")
+    );
+    // Integers: no sign, not even on zero; no exponent.
+    assert_eq!(
+        verdict(ok.replacen(r#""seq":1"#, r#""seq":-0"#, 1)),
+        Err("bad_json")
+    );
+    assert_eq!(
+        verdict(ok.replacen(r#""v":1"#, r#""v":1e0"#, 1)),
+        Err("bad_json")
+    );
+    // A syntax error anywhere wins over an earlier defect (here an unknown version).
+    let broken = ok.replacen(r#""v":1"#, r#""v":2"#, 1).replacen('}', "", 1);
+    assert_eq!(verdict(broken), Err("bad_json"));
+    // In readings the first failing member decides, and within one member the kind name
+    // is checked before the value.
+    assert_eq!(
+        verdict(ok.replacen(r#""co2_ppm":1"#, r#""co2_ppb":"x","co2_ppm":1e39"#, 1)),
+        Err("bad_kind")
+    );
+    assert_eq!(
+        verdict(ok.replacen(r#""co2_ppm":1"#, r#""co2_ppm":1e39,"co2_ppb":1"#, 1)),
+        Err("non_finite_value")
+    );
+    // A byte-order mark sends the payload to the JSON decoder, which refuses it.
+    let marked = [b"\xEF\xBB\xBF".as_slice(), ok.as_bytes()].concat();
+    assert_eq!(
+        decode(&marked, 1024).map(|_| ()).map_err(|e| e.reason()),
+        Err("bad_json")
+    );
+}

@@ -1,9 +1,10 @@
 //! Arbitrary bytes → `decode`, both protocols, a small and a large size limit, consuming
 //! frames back to back. Every decoded packet must re-encode, and the re-encoded frame must
-//! decode to the same packet with exactly its own length.
+//! decode to the same packet with exactly its own length. Encoding it within a peer's
+//! Maximum Packet Size never yields a larger frame, and what it yields decodes.
 #![no_main]
 
-use ingestd_codec::mqtt::{decode, Decoded, Packet, Protocol};
+use ingestd_codec::mqtt::{decode, encode_within, Decoded, FitError, Packet, Protocol};
 use libfuzzer_sys::fuzz_target;
 
 fn roundtrip(packet: &Packet<'_>, protocol: Protocol) {
@@ -17,6 +18,22 @@ fn roundtrip(packet: &Packet<'_>, protocol: Protocol) {
             assert_eq!(&again, packet, "re-encoded frame decodes differently");
         }
         other => panic!("re-encoded frame does not decode: {other:?}\n{packet:?}\n{out:02x?}"),
+    }
+    for limit in [out.len().saturating_sub(1), 8, 2] {
+        let mut fitted = Vec::new();
+        match encode_within(packet, protocol, limit, &mut fitted) {
+            Ok(_) => {
+                assert!(fitted.len() <= limit, "{} bytes over a limit of {limit}", fitted.len());
+                assert!(matches!(
+                    decode(&fitted, protocol, usize::MAX),
+                    Ok(Decoded::Packet { .. })
+                ));
+            }
+            Err(FitError::TooLarge { size_min, max }) => {
+                assert!(size_min > max && fitted.is_empty());
+            }
+            Err(e) => panic!("encode_within failed where encode did not: {e:?}"),
+        }
     }
 }
 

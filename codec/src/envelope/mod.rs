@@ -499,13 +499,19 @@ pub fn sign<'a>(
     Ok(env)
 }
 
+/// The UTF-8 byte-order mark, which RFC 8259 §8.1 forbids in front of a JSON text.
+const BYTE_ORDER_MARK: &[u8] = b"\xEF\xBB\xBF";
+
 /// Decodes either form: JSON if the first non-whitespace byte is `{`, binary otherwise.
-/// (Binary versions 9, 10, 13, 32 and 123 are therefore never to be allocated.)
+/// (Binary versions 9, 10, 13, 32 and 123 are therefore never to be allocated.) A payload
+/// that starts with a byte-order mark is a JSON text someone's editor or library marked:
+/// the JSON decoder refuses it as `bad_json`, which says more than the binary decoder's
+/// `unknown_version` (239); so binary version 239 is never to be allocated either.
 pub fn decode(payload: &[u8], max_bytes: usize) -> Result<Envelope<'_>, EnvelopeError> {
     let first = payload
         .iter()
         .find(|b| !matches!(b, b' ' | b'\t' | b'\n' | b'\r'));
-    if first == Some(&b'{') {
+    if first == Some(&b'{') || payload.starts_with(BYTE_ORDER_MARK) {
         decode_json(payload, max_bytes)
     } else {
         decode_binary(payload, max_bytes)

@@ -731,6 +731,22 @@ pub fn generate() -> String {
         base_json.clone(),
         "wrong_device",
     ));
+    cases.push(invalid(
+        "json_version_not_integer",
+        "json",
+        "v written 1.0: an integer member takes no fraction or exponent",
+        &t1,
+        base_json.replacen("{\"v\":1,", "{\"v\":1.0,", 1),
+        "bad_json",
+    ));
+    cases.push(invalid(
+        "json_byte_order_mark",
+        "json",
+        "valid JSON behind a UTF-8 byte-order mark (RFC 8259 forbids it)",
+        &t1,
+        format!("\u{feff}{base_json}"),
+        "bad_json",
+    ));
     let mut padded = base_json.clone();
     padded.push_str(&" ".repeat(DEFAULT_MAX_BYTES + 1 - base_json.len()));
     cases.push(invalid(

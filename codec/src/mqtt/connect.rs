@@ -48,6 +48,18 @@ const FLAG_WILL_RETAIN: u8 = 0x20;
 const FLAG_PASSWORD: u8 = 0x40;
 const FLAG_USERNAME: u8 = 0x80;
 
+impl Connect<'_> {
+    /// The largest packet, in bytes (fixed header included), the client accepts: its v5
+    /// Maximum Packet Size, `usize::MAX` when it announced none (and always in 3.1.1).
+    /// The decoder has already refused 0 as a Protocol Error (§3.1.2.11.4). Pass this to
+    /// [`super::encode_within`] for every packet sent on the connection [MQTT-3.1.2-24].
+    pub fn packet_bytes_max(&self) -> usize {
+        self.properties
+            .maximum_packet_size
+            .map_or(usize::MAX, |v| usize::try_from(v).unwrap_or(usize::MAX))
+    }
+}
+
 impl<'a> Connect<'a> {
     pub(crate) fn read(r: &mut Reader<'a>) -> Result<Self, DecodeError> {
         // Read the name as raw bytes so that MQTT 3.1's "MQIsdp" can be told apart.

@@ -108,7 +108,8 @@ pub enum DecodeError {
     /// A property identifier that v5 does not define.
     #[error("unknown property identifier {0:#04x}")]
     UnknownProperty(u8),
-    /// A property that table 2-4 does not allow in this packet.
+    /// A property that table 2-4 does not allow in this packet: a Malformed Packet
+    /// ("an Identifier which is not valid for its packet type", §2.2.2.2).
     #[error("property {id:#04x} not allowed in {context:?}")]
     PropertyNotAllowed { id: u8, context: PropertyContext },
     /// A property given twice that may appear only once (§2.2.2.2).
@@ -117,7 +118,8 @@ pub enum DecodeError {
     /// A property value the spec calls a protocol error (Receive Maximum 0, ...).
     #[error("property {id:#04x} has invalid value {value}")]
     InvalidPropertyValue { id: u8, value: u32 },
-    /// A property runs past the declared property length.
+    /// A property runs past the declared property length (a truncated property section;
+    /// one whose length runs past the packet is [`DecodeError::RemainingLengthTooShort`]).
     #[error("property runs past the property length")]
     PropertyLengthMismatch,
     /// Authentication Data without Authentication Method (§3.1.2.11.10).
@@ -159,7 +161,6 @@ impl DecodeError {
             | NoTopicFilters(_)
             | InvalidRetainHandling
             | NoLocalOnSharedSubscription
-            | PropertyNotAllowed { .. }
             | DuplicateProperty(_)
             | InvalidPropertyValue { .. }
             | AuthDataWithoutMethod
@@ -183,6 +184,7 @@ impl DecodeError {
             | WillFlagsWithoutWill
             | PasswordWithoutUsername
             | UnknownProperty(_)
+            | PropertyNotAllowed { .. }
             | PropertyLengthMismatch
             | InvalidReturnCode(_)
             | InvalidConnAckFlags(_) => ReasonCode::MalformedPacket,

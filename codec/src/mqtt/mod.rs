@@ -6,9 +6,10 @@
 //! [`decode`] accepts; invalid values are an [`EncodeError`], never a malformed frame.
 //!
 //! Limits: this is framing, not a session. Rules that need connection state (a second
-//! CONNECT, Topic Alias above the negotiated maximum, packet identifiers in flight, Maximum
-//! Packet Size negotiated by the peer) belong to the caller. Direction rules (a client must
-//! not send CONNACK, nor a Subscription Identifier in PUBLISH) apply with [`decode_from`].
+//! CONNECT, Topic Alias above the negotiated maximum, packet identifiers in flight) belong
+//! to the caller; the peer's Maximum Packet Size is applied by [`encode_within`]. Direction
+//! rules (a client must not send CONNACK, nor a Subscription Identifier in PUBLISH) apply
+//! with [`decode_from`].
 
 mod ack;
 mod auth;
@@ -16,6 +17,7 @@ mod connack;
 mod connect;
 mod disconnect;
 mod error;
+mod fit;
 mod header;
 mod primitives;
 mod properties;
@@ -35,6 +37,7 @@ pub use connack::ConnAck;
 pub use connect::{Connect, Will};
 pub use disconnect::Disconnect;
 pub use error::{DecodeError, EncodeError};
+pub use fit::{encode_within, FitError, Fitted};
 pub use header::{PacketType, MAX_VAR_INT};
 pub use properties::{allowed as property_allowed, id as property_id, Properties, PropertyContext};
 pub use publish::Publish;
