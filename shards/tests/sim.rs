@@ -24,7 +24,7 @@ mod rng;
 mod world;
 
 const SEEDS_DEFAULT: u64 = 32;
-const STEPS_DEFAULT: u64 = 3_000;
+const STEPS_DEFAULT: u64 = 2_000;
 
 fn env_u64(name: &str) -> Option<u64> {
     let value = std::env::var(name).ok()?;

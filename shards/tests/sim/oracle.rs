@@ -50,8 +50,15 @@ pub struct SentMsg {
 /// A record as parsed back from the log.
 #[derive(Debug, Clone)]
 pub enum Parsed {
-    Reading { device: String, seq: u64 },
-    Dead { device: String, reason: String, seq: Option<u64> },
+    Reading {
+        device: String,
+        seq: u64,
+    },
+    Dead {
+        device: String,
+        reason: String,
+        seq: Option<u64>,
+    },
 }
 
 pub fn parse(kind: RecordKind, bytes: &[u8]) -> Result<(Parsed, Vec<u8>), String> {
@@ -76,6 +83,9 @@ pub fn parse(kind: RecordKind, bytes: &[u8]) -> Result<(Parsed, Vec<u8>), String
     Ok((parsed, raw.to_vec()))
 }
 
+/// A durable dead letter: its offset and reason.
+type DeadLetter = (u64, String);
+
 fn replay_family(reason: &str) -> bool {
     reason == "replayed" || reason == "stale_sequence" || reason.contains("sequence")
 }
@@ -88,7 +98,7 @@ pub struct Oracle {
     /// Durable readings: (device, seq) -> (offset, raw).
     readings: BTreeMap<(usize, u64), (u64, Vec<u8>)>,
     /// Durable dead letters: (device, raw) -> (offset, reason), oldest first.
-    dead: BTreeMap<(usize, Vec<u8>), Vec<(u64, String)>>,
+    dead: BTreeMap<(usize, Vec<u8>), Vec<DeadLetter>>,
     /// Readings appended in this life of the core (durable or not): promise 7.
     appended_readings: BTreeMap<(usize, u64), u64>,
     /// Highest sequence per device restored at the last restart.
@@ -154,7 +164,12 @@ impl Oracle {
     }
 
     /// A record became durable.
-    pub fn on_durable(&mut self, offset: u64, kind: RecordKind, bytes: &[u8]) -> Result<(), String> {
+    pub fn on_durable(
+        &mut self,
+        offset: u64,
+        kind: RecordKind,
+        bytes: &[u8],
+    ) -> Result<(), String> {
         let (parsed, raw) = parse(kind, bytes)?;
         match parsed {
             Parsed::Reading { device, seq } => {
@@ -181,7 +196,10 @@ impl Oracle {
             }
             Parsed::Dead { device, reason, .. } => {
                 let d = self.device(&device)?;
-                self.dead.entry((d, raw)).or_default().push((offset, reason));
+                self.dead
+                    .entry((d, raw))
+                    .or_default()
+                    .push((offset, reason));
                 self.durable_dead += 1;
             }
         }
@@ -203,7 +221,11 @@ impl Oracle {
     }
 
     /// The core restarted from the `durable` records.
-    pub fn on_restart(&mut self, durable: u64, restored: BTreeMap<usize, u64>) -> Result<(), String> {
+    pub fn on_restart(
+        &mut self,
+        durable: u64,
+        restored: BTreeMap<usize, u64>,
+    ) -> Result<(), String> {
         if self.acked_end > durable {
             return Err(format!(
                 "promise 5: an acknowledgement relied on offset {} but only {durable} records \
@@ -241,7 +263,7 @@ impl Oracle {
         // open defect: such a message is acknowledged and recorded nowhere).
         let restored = self.restored.get(&d).is_some_and(|h| msg.seq <= *h);
         let redelivery = msg.dup && !self.strict && (reading.is_some() || restored);
-        let dead: Vec<&(u64, String)> = self
+        let dead: Vec<&DeadLetter> = self
             .dead
             .get(&(d, msg.payload.clone()))
             .map(|v| v.iter().filter(|(offset, _)| *offset < limit).collect())
@@ -280,7 +302,11 @@ impl Oracle {
                  durable (limit {limit})"
             ));
         };
-        if protocol == Protocol::V5 && reason == ReasonCode::Success && reading_same.is_none() && !redelivery {
+        if protocol == Protocol::V5
+            && reason == ReasonCode::Success
+            && reading_same.is_none()
+            && !redelivery
+        {
             return Err(format!(
                 "promise 4: {what}: a v5 Success acknowledgement without a durable reading"
             ));

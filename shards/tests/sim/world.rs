@@ -259,7 +259,11 @@ impl World {
             devices.push(Device {
                 id,
                 key,
-                protocol: if rng.chance(500) { Protocol::V5 } else { Protocol::V311 },
+                protocol: if rng.chance(500) {
+                    Protocol::V5
+                } else {
+                    Protocol::V311
+                },
                 conn: None,
                 connected: false,
                 clean_start: true,
@@ -276,7 +280,9 @@ impl World {
             });
         }
         let commit_fail_per_mille = *rng.pick(&[0u64, 20, 100, 300]).unwrap_or(&0);
-        let commit_delay_us_max = *rng.pick(&[200u64, 2_000, 20_000, 200_000]).unwrap_or(&2_000);
+        let commit_delay_us_max = *rng
+            .pick(&[200u64, 2_000, 20_000, 200_000])
+            .unwrap_or(&2_000);
         let core = Core::new(config.clone(), NoMetrics, 0, 0);
         Self {
             seed,
@@ -343,9 +349,15 @@ impl World {
 
     fn fail(&self, message: &str) -> ! {
         let trace: Vec<&str> = self.trace.iter().map(String::as_str).collect();
+        let features = if cfg!(feature = "mutation-ack-early") {
+            " --features mutation-ack-early"
+        } else {
+            ""
+        };
+        let strict = if self.strict { "SIM_STRICT=1 " } else { "" };
         panic!(
-            "simulation failed: seed {} step {}: {message}\nreplay: SIM_SEED={} cargo test -p \
-             ingestd-shards --test sim\nlast events:\n  {}",
+            "simulation failed: seed {} step {}: {message}\nreplay: {strict}SIM_SEED={} cargo \
+             test -p ingestd-shards{features} --test sim\nlast events:\n  {}",
             self.seed,
             self.step,
             self.seed,
@@ -567,8 +579,17 @@ impl World {
                         self.fail(&e);
                     }
                     let what = match parse(kind, &bytes) {
-                        Ok((Parsed::Reading { device, seq }, _)) => format!("reading {device} {seq}"),
-                        Ok((Parsed::Dead { device, reason, seq }, _)) => {
+                        Ok((Parsed::Reading { device, seq }, _)) => {
+                            format!("reading {device} {seq}")
+                        }
+                        Ok((
+                            Parsed::Dead {
+                                device,
+                                reason,
+                                seq,
+                            },
+                            _,
+                        )) => {
                             format!("dead letter {device} {seq:?} {reason}")
                         }
                         Err(e) => self.fail(&format!("record at {offset} does not parse: {e}")),
@@ -601,7 +622,8 @@ impl World {
         for id in aborts {
             self.trace(format!("conn {id} aborted"));
             self.drop_conn(id);
-            self.core.handle(Event::Closed { conn: ConnId(id) }, self.now);
+            self.core
+                .handle(Event::Closed { conn: ConnId(id) }, self.now);
         }
     }
 
@@ -650,7 +672,10 @@ impl World {
         };
         let protocol = conn.protocol;
         let Some(msg) = conn.sent.get_mut(&ack.pkid).and_then(VecDeque::pop_front) else {
-            self.fail(&format!("conn {id}: acknowledgement of packet {} never sent", ack.pkid));
+            self.fail(&format!(
+                "conn {id}: acknowledgement of packet {} never sent",
+                ack.pkid
+            ));
         };
         self.summary.acked += 1;
         if let Err(e) = self.oracle.check_ack(&msg, ack.reason, protocol, limit) {
@@ -727,12 +752,14 @@ impl World {
             }
             Packet::PubAck(ack) => {
                 let d = &mut self.devices[i];
-                d.unacked.retain(|o| !(o.pkid == ack.pkid && o.qos == QoS::AtLeastOnce));
+                d.unacked
+                    .retain(|o| !(o.pkid == ack.pkid && o.qos == QoS::AtLeastOnce));
             }
             Packet::PubRec(ack) => {
                 let d = &mut self.devices[i];
                 let before = d.unacked.len();
-                d.unacked.retain(|o| !(o.pkid == ack.pkid && o.qos == QoS::ExactlyOnce));
+                d.unacked
+                    .retain(|o| !(o.pkid == ack.pkid && o.qos == QoS::ExactlyOnce));
                 let known = d.unacked.len() < before || d.pubrel.contains(&ack.pkid);
                 if known && ack.reason == ReasonCode::Success {
                     if !d.pubrel.contains(&ack.pkid) {
@@ -790,7 +817,15 @@ impl World {
         let readings = [Reading::new(Kind::Co2Ppm, value)];
         let mut scratch = Vec::new();
         let json = self.rng.chance(300);
-        let env = envelope::sign(key, &topic, device, seq, self.now.wall_ms, &readings, &mut scratch);
+        let env = envelope::sign(
+            key,
+            &topic,
+            device,
+            seq,
+            self.now.wall_ms,
+            &readings,
+            &mut scratch,
+        );
         let Ok(env) = env else {
             self.fail("signing an envelope failed");
         };
@@ -816,7 +851,8 @@ impl World {
         sender: Sender,
         topic: Option<String>,
     ) {
-        let topic = topic.unwrap_or_else(|| envelope::telemetry_topic(TOPIC_PREFIX, &self.devices[i].id));
+        let topic =
+            topic.unwrap_or_else(|| envelope::telemetry_topic(TOPIC_PREFIX, &self.devices[i].id));
         // Another device's envelope or topic is refused for that before its sequence is looked at.
         let expect_refusal =
             !dup && sender != Sender::Foreign && self.oracle.durable_reading_exists(i, seq);
@@ -913,8 +949,18 @@ impl World {
         if let Some(c) = self.conns.get_mut(&id) {
             c.credential = Some(self.credentials.len() - 1);
         }
-        self.trace(format!("{device_id} connects on conn {id} ({protocol:?}, clean {clean_start})"));
-        self.send_connect(id, protocol, &client_id, &device_id, password.as_bytes(), clean_start, keep_alive);
+        self.trace(format!(
+            "{device_id} connects on conn {id} ({protocol:?}, clean {clean_start})"
+        ));
+        self.send_connect(
+            id,
+            protocol,
+            &client_id,
+            &device_id,
+            password.as_bytes(),
+            clean_start,
+            keep_alive,
+        );
         self.devices[i].last_send_us = self.now.mono_us;
     }
 
@@ -989,18 +1035,12 @@ impl World {
             590..=599 => self.credential_attack(),
             600..=604 => self.start_sink_outage(),
             605..=606 => self.restart("crash"),
-            607 => {
-                if self.rng.chance(300) {
-                    self.trace("the log fails".into());
-                    self.event(Event::LogFailed);
-                    self.restart("log failed");
-                }
+            607 if self.rng.chance(300) => {
+                self.trace("the log fails".into());
+                self.event(Event::LogFailed);
+                self.restart("log failed");
             }
-            608 => {
-                if self.rng.chance(300) {
-                    self.graceful_restart();
-                }
-            }
+            608 if self.rng.chance(300) => self.graceful_restart(),
             609..=619 => {
                 // An unknown PUBREL (v5 answers "packet identifier not found").
                 if let Some(&i) = self.rng.pick(&connected) {
@@ -1034,7 +1074,11 @@ impl World {
         let d = &mut self.devices[i];
         loop {
             let pkid = d.next_pkid;
-            d.next_pkid = if d.next_pkid >= PKID_ATTACKER_MIN - 2 { 1 } else { d.next_pkid + 1 };
+            d.next_pkid = if d.next_pkid >= PKID_ATTACKER_MIN - 2 {
+                1
+            } else {
+                d.next_pkid + 1
+            };
             if !d.unacked.iter().any(|o| o.pkid == pkid) && !d.pubrel.contains(&pkid) {
                 return pkid;
             }
@@ -1106,7 +1150,11 @@ impl World {
         }
         let (seq, payload) = self.devices[i].history[self.rng.below(n) as usize].clone();
         let dup = self.rng.chance(500);
-        let qos = if self.rng.chance(500) { QoS::AtLeastOnce } else { QoS::AtMostOnce };
+        let qos = if self.rng.chance(500) {
+            QoS::AtLeastOnce
+        } else {
+            QoS::AtMostOnce
+        };
         // As a new exchange from the attacker's packet-id range, so the device's own flow is
         // not disturbed.
         let pkid = self.attacker_pkid();
@@ -1115,7 +1163,11 @@ impl World {
 
     fn attacker_pkid(&mut self) -> u16 {
         let pkid = self.attacker_pkid;
-        self.attacker_pkid = if pkid == u16::MAX { PKID_ATTACKER_MIN } else { pkid + 1 };
+        self.attacker_pkid = if pkid == u16::MAX {
+            PKID_ATTACKER_MIN
+        } else {
+            pkid + 1
+        };
         pkid
     }
 
@@ -1161,7 +1213,11 @@ impl World {
         let Some((seq, payload)) = self.rng.pick(&stored).cloned() else {
             return;
         };
-        let qos = if self.rng.chance(700) { QoS::AtLeastOnce } else { QoS::AtMostOnce };
+        let qos = if self.rng.chance(700) {
+            QoS::AtLeastOnce
+        } else {
+            QoS::AtMostOnce
+        };
         let pkid = self.attacker_pkid();
         self.trace(format!("replay {} seq {seq}", self.devices[i].id));
         self.publish_on(i, id, pkid, qos, false, seq, payload, Sender::Replay, None);
@@ -1182,14 +1238,34 @@ impl World {
             let other_id = self.devices[other].id.clone();
             let seq = self.rng.range(1, 5_000);
             let payload = self.payload(&key, &other_id, seq);
-            self.publish_on(i, id, pkid, QoS::AtLeastOnce, false, seq, payload, Sender::Foreign, None);
+            self.publish_on(
+                i,
+                id,
+                pkid,
+                QoS::AtLeastOnce,
+                false,
+                seq,
+                payload,
+                Sender::Foreign,
+                None,
+            );
         } else {
             let key = self.devices[i].key.clone();
             let device_id = self.devices[i].id.clone();
             let seq = self.devices[i].next_seq;
             let payload = self.payload(&key, &device_id, seq);
             let topic = envelope::telemetry_topic(TOPIC_PREFIX, &self.devices[other].id);
-            self.publish_on(i, id, pkid, QoS::AtLeastOnce, false, seq, payload, Sender::Foreign, Some(topic));
+            self.publish_on(
+                i,
+                id,
+                pkid,
+                QoS::AtLeastOnce,
+                false,
+                seq,
+                payload,
+                Sender::Foreign,
+                Some(topic),
+            );
         }
     }
 
@@ -1204,24 +1280,38 @@ impl World {
                 return;
             };
             let cred = &self.credentials[c];
-            let (device, client_id, password) = (cred.device, cred.client_id.clone(), cred.password.clone());
+            let (device, client_id, password) =
+                (cred.device, cred.client_id.clone(), cred.password.clone());
             let protocol = self.devices[device].protocol;
             let device_id = self.devices[device].id.clone();
             let id = self.open_conn(device, protocol, Some(Attack::ReplayedCredential));
             if let Some(conn) = self.conns.get_mut(&id) {
                 conn.credential = Some(c);
             }
-            self.trace(format!("attacker replays a credential of {device_id} on conn {id}"));
+            self.trace(format!(
+                "attacker replays a credential of {device_id} on conn {id}"
+            ));
             self.send_connect(id, protocol, &client_id, &device_id, &password, true, 30);
         } else {
             let device = self.rng.below(self.devices.len() as u64) as usize;
             let device_id = self.devices[device].id.clone();
             let client_id = format!("{device_id}-c");
-            let password = sign_credential(&device_id, &client_id, &self.attacker_key, now_ms, [9; 16]);
+            let password =
+                sign_credential(&device_id, &client_id, &self.attacker_key, now_ms, [9; 16]);
             let protocol = self.devices[device].protocol;
             let id = self.open_conn(device, protocol, Some(Attack::ForgedCredential));
-            self.trace(format!("attacker forges a credential of {device_id} on conn {id}"));
-            self.send_connect(id, protocol, &client_id, &device_id, password.as_bytes(), true, 30);
+            self.trace(format!(
+                "attacker forges a credential of {device_id} on conn {id}"
+            ));
+            self.send_connect(
+                id,
+                protocol,
+                &client_id,
+                &device_id,
+                password.as_bytes(),
+                true,
+                30,
+            );
         }
     }
 
@@ -1232,7 +1322,10 @@ impl World {
         let length_ms = self.config.unreachable_after_ms * self.rng.range(1, 30) / 10;
         self.sink.outage_until_us = self.now.mono_us + length_ms * 1000;
         self.sink.silent = self.rng.chance(300);
-        self.trace(format!("sink outage for {length_ms} ms (silent {})", self.sink.silent));
+        self.trace(format!(
+            "sink outage for {length_ms} ms (silent {})",
+            self.sink.silent
+        ));
     }
 
     // ---- restarts ----
@@ -1241,7 +1334,11 @@ impl World {
     fn restart(&mut self, why: &str) {
         self.summary.restarts += 1;
         self.life += 1;
-        self.trace(format!("restart ({why}): {} of {} records durable", self.durable, self.log.len()));
+        self.trace(format!(
+            "restart ({why}): {} of {} records durable",
+            self.durable,
+            self.log.len()
+        ));
         self.log.truncate(self.durable);
         self.commit = None;
         let ids: Vec<u64> = self.conns.keys().copied().collect();
@@ -1277,11 +1374,14 @@ impl World {
                 break;
             }
             let target = self.now.mono_us + 20_000;
-            while let Some(at) = [self.core.poll_timeout(), self.commit.as_ref().map(|c| c.at_us)]
-                .into_iter()
-                .flatten()
-                .min()
-                .filter(|at| *at <= target)
+            while let Some(at) = [
+                self.core.poll_timeout(),
+                self.commit.as_ref().map(|c| c.at_us),
+            ]
+            .into_iter()
+            .flatten()
+            .min()
+            .filter(|at| *at <= target)
             {
                 self.set_time(at.max(self.now.mono_us));
                 self.fire_timers();
@@ -1349,7 +1449,9 @@ impl World {
                 }
                 return false;
             }
-            Err(e) => self.fail(&format!("conn {id}: a device sent bytes that do not decode: {e:?}")),
+            Err(e) => self.fail(&format!(
+                "conn {id}: a device sent bytes that do not decode: {e:?}"
+            )),
         };
         conn.last_read_us = self.now.mono_us;
         self.trace(format!("conn {id} -> {}", describe(&packet)));
