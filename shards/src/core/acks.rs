@@ -159,7 +159,14 @@ impl<M: Metrics> Core<M> {
 
     /// Sends every acknowledgement the durable end (and Kafka) made safe, in order.
     pub(super) fn release_acks(&mut self) {
-        let limit = self.gate.limit(self.durable_end);
+        // `mutation-ack-early` is a deliberate defect for the simulation (shards/tests/sim.rs)
+        // to prove it notices: acknowledge as soon as the record is appended. Never on in
+        // production.
+        let limit = if cfg!(feature = "mutation-ack-early") {
+            self.next_offset
+        } else {
+            self.gate.limit(self.durable_end)
+        };
         let now_us = self.now.mono_us;
         while let Some(ack) = self.acks.pop_ready(limit) {
             if ack.qos == QoS::ExactlyOnce {
