@@ -4,11 +4,17 @@
 //! deterministically in a test with a fake clock. The server crate owns the executors,
 //! sockets and files and calls into this crate from each shard.
 //!
-//! What is here so far:
+//! - [`core::Core`]: every rule of a shard as one state machine (events in, actions out):
+//!   CONNECT, the QoS flows, the checks, acknowledgements held until durable, the records.
 //! - [`home_shard`]: the one function that decides which core owns a device.
 //! - [`replay::ReplayWindow`]: the per-device sliding window that refuses a sequence number
 //!   already seen or too old.
-//! - [`core::Core`]: every rule of a shard as one state machine (events in, actions out).
+//! - [`validate`]: the cheap checks of a reading, in order of cost; [`session`]: a device's
+//!   QoS 2 state; [`policy`]: the commit policy, the authentication throttle, credential
+//!   nonces.
+//!
+//! `tests/purity.rs` keeps this crate free of runtimes, sockets, files and clocks, and
+//! `tests/sim.rs` runs the core under a seeded simulation (docs/ARCHITECTURE.md).
 
 #![forbid(unsafe_code)]
 

@@ -1,8 +1,9 @@
 //! The durable log: per-shard, append-only, checksummed segments.
 //!
-//! It is the sink of the embedded default and, later, the spool while an external sink is
-//! unreachable. A record is durable once [`ShardLog::commit`] has returned an end offset
-//! beyond it: only then may the device's PUBLISH be acknowledged.
+//! It is the sink of the embedded default and the source every external sink is fed from
+//! (the spool while a sink is slow or unreachable). A record is durable once
+//! [`ShardLog::commit`] has returned an end offset beyond it: only then may the device's
+//! PUBLISH be acknowledged.
 //!
 //! - [`format`]: the bytes on disk (pure).
 //! - [`writer`]: [`ShardLog`], the group-committing writer on a shard's io_uring executor.

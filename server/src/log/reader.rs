@@ -1,10 +1,10 @@
 //! Reads a shard's durable log from an offset, on an ordinary thread.
 //!
-//! Used by `ingestd log tail|export` and by tests that count what reached the log. It
-//! reads whole segments into memory one at a time (segments are bounded by
-//! `segment_bytes_max`). A torn tail on the last segment is where the log ends (the
-//! writer repairs it at its next start); anything invalid before that is corruption and
-//! is reported, never skipped.
+//! Used by `ingestd log tail|export`, by the start-up rebuild of replay windows, by the
+//! sinks' feeders to read back what they did not get live, and by tests. It reads whole
+//! segments into memory one at a time (segments are bounded by `segment_bytes_max`). A
+//! torn tail on the last segment is where the log ends (the writer repairs it at its next
+//! start); anything invalid before that is corruption and is reported, never skipped.
 
 use super::format::{self, RecordKind, Scan};
 use super::list_segments;

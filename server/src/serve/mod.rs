@@ -1,8 +1,11 @@
 //! `ingestd serve`: the thread-per-core ingestion server.
 //!
 //! One glommio executor per shard, each pinned to a core with its own SO_REUSEPORT
-//! listener and its own durable log (see `shard`). This module starts them, reports
-//! readiness and liveness to systemd, turns SIGTERM into a drain, and waits.
+//! listener and its own durable log (see `shard`). This module starts the egress thread
+//! (when sinks are configured), the metrics thread and the shards, restores the replay
+//! windows from the durable log, reports readiness and liveness to systemd, reloads the
+//! registry on SIGHUP, turns SIGTERM into a drain, and waits. docs/ARCHITECTURE.md has
+//! the threads, tasks and queues.
 
 mod conn;
 pub mod handoff;

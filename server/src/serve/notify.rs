@@ -2,7 +2,8 @@
 //!
 //! `notify` before `notified` is remembered (one pending wake), so a wake-up between a
 //! task's last check and its wait is never lost. One waiter at a time: each use (the
-//! timer, the committer, one connection's writer) has exactly one task waiting on it.
+//! timer, the committer, one connection's writer or reader) has exactly one task waiting
+//! on it. [`Latch`] is the other kind: set once, any number of waiters (the shard's stop).
 
 use std::cell::{Cell, RefCell};
 use std::future::Future;

@@ -12,7 +12,9 @@
 //! - the committer: commits the log when the core asks, then tells it the durable end
 //!   and hands the newly durable records to the egress ring.
 //!
-//! All of it is `!Send` and lives on this core; only `Handoff`s and counters cross cores.
+//! All of it is `!Send` and lives on this core. Only plain messages cross threads
+//! (`Handoff`s between shards; durable records and sink refusals in the egress rings),
+//! besides atomic counters and positions.
 
 use super::conn::{self, ConnIo, Transport};
 use super::handoff::{self, Handoff};
