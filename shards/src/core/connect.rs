@@ -22,6 +22,9 @@ pub struct ConnectInfo {
     pub auth_method: bool,
     /// Bytes of the CONNECT packet.
     pub len: usize,
+    /// The client's Maximum Packet Size (`usize::MAX` when it announced none, and in
+    /// 3.1.1): the server never sends it a larger packet [MQTT-3.1.2-24].
+    pub packet_bytes_max: usize,
 }
 
 impl ConnectInfo {
@@ -37,6 +40,7 @@ impl ConnectInfo {
             session_expiry_s: connect.properties.session_expiry_interval.unwrap_or(0),
             auth_method: connect.properties.authentication_method.is_some(),
             len,
+            packet_bytes_max: connect.packet_bytes_max(),
         }
     }
 }
@@ -66,7 +70,13 @@ fn connect_level(buf: &[u8]) -> Option<u8> {
 type Refusal = (ReasonCode, &'static str);
 
 impl<M: Metrics> Core<M> {
-    fn new_conn(&mut self, conn: ConnId, protocol: Protocol, peer: SocketAddr) {
+    fn new_conn(
+        &mut self,
+        conn: ConnId,
+        protocol: Protocol,
+        peer: SocketAddr,
+        client_max_bytes: usize,
+    ) {
         let previous = self.conns.insert(
             conn,
             ConnState {
@@ -81,6 +91,7 @@ impl<M: Metrics> Core<M> {
                 closing: false,
                 close_reason: None,
                 finished: false,
+                client_max_bytes,
             },
         );
         assert!(previous.is_none(), "connection id {conn:?} reused");
@@ -95,7 +106,7 @@ impl<M: Metrics> Core<M> {
         handed_in: bool,
         registry: Lookup<'_>,
     ) {
-        self.new_conn(conn, info.protocol, peer);
+        self.new_conn(conn, info.protocol, peer, info.packet_bytes_max);
         // Mutual TLS: a verified client certificate names the device; a username, if
         // given, must agree with it. Otherwise the username names the device and the
         // password proves it.
@@ -152,11 +163,11 @@ impl<M: Metrics> Core<M> {
             first_packet_reply(buf, error)
         });
         let protocol = reply.map_or(Protocol::V311, |(p, _)| p);
-        self.new_conn(conn, protocol, SocketAddr::from(([0, 0, 0, 0], 0)));
-        if let Some((protocol, reason)) = reply {
-            self.send(conn, |out, _| {
-                encode_connack(protocol, reason, false, None, 0, 0, out)
-            });
+        // The CONNECT did not decode: its Maximum Packet Size is unknown.
+        let peer = SocketAddr::from(([0, 0, 0, 0], 0));
+        self.new_conn(conn, protocol, peer, usize::MAX);
+        if let Some((_, reason)) = reply {
+            self.send(conn, &connack(protocol, reason, false, None, 0, 0));
         }
         self.actions.push_back(Action::Refuse {
             conn,
@@ -247,9 +258,8 @@ impl<M: Metrics> Core<M> {
                 self.metrics.auth_throttled();
             }
         }
-        self.send(conn, |out, _| {
-            encode_connack(protocol, reason, false, None, 0, 0, out)
-        });
+        // Not sent if it does not fit the client's Maximum Packet Size [MQTT-3.1.2-25].
+        self.send(conn, &connack(protocol, reason, false, None, 0, 0));
         self.actions.push_back(Action::Refuse {
             conn,
             why,
@@ -258,7 +268,9 @@ impl<M: Metrics> Core<M> {
     }
 
     /// Accepts: takes the session over from an older connection, keeps or resets it, and
-    /// grants the keep-alive.
+    /// grants the keep-alive. A CONNACK larger than the client's Maximum Packet Size even
+    /// in its minimal form is not sent: the connection closes unanswered [MQTT-3.1.2-25],
+    /// and nothing of the device's state changes.
     fn accept(
         &mut self,
         conn: ConnId,
@@ -266,10 +278,38 @@ impl<M: Metrics> Core<M> {
         peer: SocketAddr,
         idx: super::DeviceIdx,
     ) {
+        // Keep-alive: the device must send something every keep_alive seconds; the server
+        // allows 1.5 times that [MQTT-3.1.2-24]. 0 or above the maximum gets the maximum.
+        let keep_alive_max = self.config.keep_alive_max_s;
+        let keep_alive_s = if info.keep_alive_s == 0 || info.keep_alive_s > keep_alive_max {
+            keep_alive_max
+        } else {
+            info.keep_alive_s
+        };
+        let server_keep_alive = (keep_alive_s != info.keep_alive_s).then_some(keep_alive_s);
+        let device = &self.devices[idx.0 as usize];
+        let session_present = !info.clean_start && device.session_exists;
+        let connack = connack(
+            info.protocol,
+            ReasonCode::Success,
+            session_present,
+            server_keep_alive,
+            self.config.max_inflight,
+            self.config.max_packet_bytes,
+        );
+        if !fits(&connack, info) {
+            self.metrics.connect_refused();
+            self.actions.push_back(Action::Refuse {
+                conn,
+                why: "connack_too_large",
+                delay_ms: 0,
+            });
+            return;
+        }
+
         self.throttle.succeeded(peer.ip());
         let device = &mut self.devices[idx.0 as usize];
         let old = device.conn.take();
-        let session_present = !info.clean_start && device.session_exists;
         if info.clean_start {
             device.session = crate::session::Session::new();
         }
@@ -288,29 +328,8 @@ impl<M: Metrics> Core<M> {
         }
         self.accepted += 1;
         self.metrics.connection_opened();
-
-        // Keep-alive: the device must send something every keep_alive seconds; the server
-        // allows 1.5 times that [MQTT-3.1.2-24]. 0 or above the maximum gets the maximum.
-        let keep_alive_max = self.config.keep_alive_max_s;
-        let keep_alive_s = if info.keep_alive_s == 0 || info.keep_alive_s > keep_alive_max {
-            keep_alive_max
-        } else {
-            info.keep_alive_s
-        };
-        let server_keep_alive = (keep_alive_s != info.keep_alive_s).then_some(keep_alive_s);
-        let (max_inflight, max_packet) = (self.config.max_inflight, self.config.max_packet_bytes);
-        let protocol = info.protocol;
-        self.send(conn, |out, _| {
-            encode_connack(
-                protocol,
-                ReasonCode::Success,
-                session_present,
-                server_keep_alive,
-                max_inflight,
-                max_packet,
-                out,
-            );
-        });
+        let sent = self.send(conn, &connack);
+        debug_assert!(sent, "a CONNACK that fits was not queued");
         self.actions.push_back(Action::Accept {
             conn,
             read_timeout_ms: u64::from(keep_alive_s) * 1500,
@@ -342,15 +361,21 @@ impl<M: Metrics> Core<M> {
     }
 }
 
-pub(super) fn encode_connack(
+/// Whether `packet` fits the client's Maximum Packet Size, with what may be left out.
+fn fits(packet: &Packet<'_>, info: &ConnectInfo) -> bool {
+    let mut scratch = Vec::new();
+    mqtt::encode_within(packet, info.protocol, info.packet_bytes_max, &mut scratch).is_ok()
+}
+
+/// A CONNACK; a refusal carries no properties.
+pub(super) fn connack(
     protocol: Protocol,
     reason: ReasonCode,
     session_present: bool,
     server_keep_alive: Option<u16>,
     max_inflight: u16,
     max_packet_bytes: usize,
-    out: &mut Vec<u8>,
-) {
+) -> Packet<'static> {
     // 3.1.1 has six return codes; map the v5 reasons onto the closest one.
     let reason = match protocol {
         Protocol::V5 => reason,
@@ -375,11 +400,9 @@ pub(super) fn encode_connack(
         properties.shared_subscription_available = Some(0);
         properties.server_keep_alive = server_keep_alive;
     }
-    let connack = ConnAck {
+    Packet::ConnAck(ConnAck {
         session_present: session_present && reason == ReasonCode::Success,
         reason,
         properties,
-    };
-    let result = Packet::ConnAck(connack).encode(protocol, out);
-    debug_assert!(result.is_ok(), "CONNACK encoding: {result:?}");
+    })
 }

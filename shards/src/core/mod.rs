@@ -271,6 +271,9 @@ pub struct ConnState {
     pub close_reason: Option<ReasonCode>,
     /// Nothing more is sent.
     finished: bool,
+    /// The client's Maximum Packet Size (MQTT 5; `usize::MAX` when none was announced):
+    /// nothing larger is ever sent to it [MQTT-3.1.2-24].
+    client_max_bytes: usize,
 }
 
 /// The shard core.
@@ -576,20 +579,39 @@ impl<M: Metrics> Core<M> {
         idx
     }
 
-    /// Queues bytes for a connection's writer; one flush action until the writer takes
-    /// them.
-    fn send(&mut self, conn: ConnId, encode: impl FnOnce(&mut Vec<u8>, Protocol)) {
+    /// Queues one packet for a connection's writer, within the client's Maximum Packet Size:
+    /// optional properties are left out to fit ([`mqtt::encode_within`]); a packet that
+    /// still does not fit is not sent and an accepted connection closes [MQTT-3.1.2-25].
+    /// One flush action until the writer takes the bytes. Returns whether it was queued.
+    fn send(&mut self, conn: ConnId, packet: &Packet<'_>) -> bool {
         let Some(state) = self.conns.get_mut(&conn) else {
-            return;
+            return false;
         };
         if state.finished {
-            return;
+            return false;
         }
-        encode(&mut state.out, state.protocol);
+        let fitted = mqtt::encode_within(
+            packet,
+            state.protocol,
+            state.client_max_bytes,
+            &mut state.out,
+        );
+        if let Err(error) = fitted {
+            debug_assert!(
+                matches!(error, mqtt::FitError::TooLarge { .. }),
+                "encoding a packet the core built: {error}"
+            );
+            if state.device.is_some() {
+                // Nothing is sent, not even a DISCONNECT with a reason: it may not fit either.
+                self.close(conn, None);
+            }
+            return false;
+        }
         if !state.flush_queued {
             state.flush_queued = true;
             self.actions.push_back(Action::Flush(conn));
         }
+        true
     }
 
     /// Stops reading; the connection closes once its acknowledgements are out, with a v5
@@ -755,11 +777,17 @@ impl<M: Metrics> Core<M> {
         }
         state.closing = true;
         if let (Protocol::V5, Some(reason)) = (state.protocol, state.close_reason) {
-            let disconnect = mqtt::Disconnect {
+            let disconnect = Packet::Disconnect(mqtt::Disconnect {
                 reason,
                 properties: mqtt::Properties::default(),
-            };
-            let _ = Packet::Disconnect(disconnect).encode(Protocol::V5, &mut state.out);
+            });
+            // Not sent if it does not fit the client's Maximum Packet Size (1 or 2 bytes).
+            let _ = mqtt::encode_within(
+                &disconnect,
+                Protocol::V5,
+                state.client_max_bytes,
+                &mut state.out,
+            );
         }
         state.finished = true;
         if !state.out.is_empty() && !state.flush_queued {

@@ -58,6 +58,19 @@ enum Verdict {
     Opaque,
 }
 
+/// A PUBACK, PUBREC or PUBCOMP without properties.
+fn ack_packet(
+    kind: fn(mqtt::Ack<'static>) -> Packet<'static>,
+    pkid: u16,
+    reason: ReasonCode,
+) -> Packet<'static> {
+    kind(mqtt::Ack {
+        pkid,
+        reason,
+        properties: Properties::default(),
+    })
+}
+
 /// The refusal reason of a failed cheap check.
 fn reason_of(rejection: &Rejection) -> Reason {
     match rejection {
@@ -103,15 +116,11 @@ impl<M: Metrics> Core<M> {
                 } else {
                     ReasonCode::PacketIdentifierNotFound
                 };
-                self.send(conn, |out, protocol| {
-                    let _ = mqtt::encode_pubcomp_reason(ack.pkid, reason, protocol, out);
-                });
+                self.send(conn, &ack_packet(Packet::PubComp, ack.pkid, reason));
                 Ok(())
             }
             Packet::PingReq => {
-                self.send(conn, |out, protocol| {
-                    let _ = Packet::PingResp.encode(protocol, out);
-                });
+                self.send(conn, &Packet::PingResp);
                 Ok(())
             }
             Packet::Disconnect(_) => {
@@ -131,9 +140,7 @@ impl<M: Metrics> Core<M> {
                     properties: Properties::default(),
                     return_codes: vec![refusal; subscribe.filters.len()],
                 };
-                self.send(conn, |out, protocol| {
-                    let _ = Packet::SubAck(suback).encode(protocol, out);
-                });
+                self.send(conn, &Packet::SubAck(suback));
                 Ok(())
             }
             Packet::Unsubscribe(unsubscribe) => {
@@ -148,9 +155,7 @@ impl<M: Metrics> Core<M> {
                     properties: Properties::default(),
                     reasons,
                 };
-                self.send(conn, |out, protocol| {
-                    let _ = Packet::UnsubAck(unsuback).encode(protocol, out);
-                });
+                self.send(conn, &Packet::UnsubAck(unsuback));
                 Ok(())
             }
             // A second CONNECT, acknowledgements of PUBLISHes this server never sent, AUTH
@@ -184,9 +189,8 @@ impl<M: Metrics> Core<M> {
                     Qos2Action::Deliver => {}
                     Qos2Action::AwaitDurable => return Ok(()),
                     Qos2Action::ResendPubrec => {
-                        self.send(conn, |out, protocol| {
-                            let _ = mqtt::encode_pubrec(publish.pkid, protocol, out);
-                        });
+                        let pubrec = ack_packet(Packet::PubRec, publish.pkid, ReasonCode::Success);
+                        self.send(conn, &pubrec);
                         return Ok(());
                     }
                     Qos2Action::TooMany => return Err(Some(ReasonCode::ReceiveMaximumExceeded)),

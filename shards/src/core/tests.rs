@@ -154,6 +154,7 @@ impl Harness {
             session_expiry_s: if clean_start { 0 } else { 3600 },
             auth_method: false,
             len: 0,
+            packet_bytes_max: usize::MAX,
         }
     }
 
@@ -852,4 +853,101 @@ fn a_first_packet_that_does_not_decode_gets_the_connack_the_spec_defines() {
         ["CONNACK UnsupportedProtocolVersion present=false"]
     );
     assert_eq!(*h.core.metrics().rejected.borrow(), [Reason::Malformed]);
+}
+
+/// A v5 CONNECT of `device` announcing a Maximum Packet Size of `max` bytes.
+fn with_max(h: &mut Harness, device: &str, max: usize) -> ConnectInfo {
+    let mut info = h.info(device, Protocol::V5, true);
+    info.packet_bytes_max = max;
+    info
+}
+
+#[test]
+fn a_connack_larger_than_the_clients_maximum_is_not_sent() {
+    let mut h = Harness::new(config());
+    // The minimal CONNACK is 5 bytes: a client that accepts 2 (or 4) gets nothing.
+    for (conn, max) in [(1, 2), (2, 4)] {
+        let info = with_max(&mut h, "co2-1", max);
+        let actions = h.connect_with(conn, &info, None);
+        assert_eq!(refusal(&actions), Some("connack_too_large"));
+        assert!(h.output(conn).is_empty());
+        assert_eq!(h.core.device("co2-1").unwrap().conn, None);
+    }
+    assert_eq!(h.core.metrics().open.get(), 0);
+    // 5 bytes: the CONNACK without its defaulted capabilities.
+    let info = with_max(&mut h, "co2-1", 5);
+    let actions = h.connect_with(3, &info, None);
+    assert!(actions.iter().any(|a| matches!(a, Action::Accept { .. })));
+    let out = h.output(3);
+    assert_eq!(out.len(), 5);
+    let Ok(Decoded::Packet {
+        packet: Packet::ConnAck(connack),
+        ..
+    }) = mqtt::decode(&out, Protocol::V5, 1 << 20)
+    else {
+        panic!("not a CONNACK: {out:?}");
+    };
+    assert_eq!(connack.reason, ReasonCode::Success);
+    assert_eq!(connack.properties.receive_maximum, None);
+    // Without a limit the CONNACK announces the server's capabilities.
+    h.connect(4, "co2-2", Protocol::V5, true);
+    assert!(h.output(4).len() > 5);
+}
+
+#[test]
+fn packets_larger_than_the_clients_maximum_are_not_sent_and_the_connection_closes() {
+    let mut h = Harness::new(config());
+    let info = with_max(&mut h, "co2-1", 5);
+    h.connect_with(1, &info, None);
+    h.output(1);
+    // A 2-byte PINGRESP and a 4-byte PUBACK fit.
+    h.event(Event::Packet {
+        conn: ConnId(1),
+        packet: Packet::PingReq,
+    });
+    h.publish(1, "co2-1", 1, QoS::AtLeastOnce, 9, false);
+    h.flush_batch();
+    h.commit_all();
+    assert_eq!(h.packets(1, Protocol::V5), ["PINGRESP", "PUBACK 9 Success"]);
+    // A SUBACK for two filters is 7 bytes: not sent, and the connection closes without a
+    // DISCONNECT.
+    let actions = h.event(Event::Packet {
+        conn: ConnId(1),
+        packet: Packet::Subscribe(mqtt::Subscribe {
+            pkid: 4,
+            properties: mqtt::Properties::default(),
+            filters: vec![
+                mqtt::SubscribeFilter {
+                    filter: "a",
+                    options: mqtt::SubscriptionOptions::qos(QoS::AtMostOnce),
+                },
+                mqtt::SubscribeFilter {
+                    filter: "b",
+                    options: mqtt::SubscriptionOptions::qos(QoS::AtMostOnce),
+                },
+            ],
+        }),
+    });
+    assert_eq!(
+        actions,
+        [Action::Close {
+            conn: ConnId(1),
+            reason: None
+        }]
+    );
+    h.event(Event::Finish { conn: ConnId(1) });
+    assert!(h.output(1).is_empty());
+}
+
+#[test]
+fn the_closing_disconnect_obeys_the_clients_maximum() {
+    let mut h = Harness::new(config());
+    // The DISCONNECT with a reason is 3 bytes: it fits every client that got a CONNACK
+    // (5 bytes at least).
+    let info = with_max(&mut h, "co2-1", 5);
+    h.connect_with(1, &info, None);
+    h.output(1);
+    h.event(Event::ReadTimedOut { conn: ConnId(1) });
+    h.event(Event::Finish { conn: ConnId(1) });
+    assert_eq!(h.packets(1, Protocol::V5), ["DISCONNECT KeepAliveTimeout"]);
 }
