@@ -76,6 +76,7 @@ impl<M: Metrics> Core<M> {
         protocol: Protocol,
         peer: SocketAddr,
         client_max_bytes: usize,
+        session_expiry_s: Option<u32>,
     ) {
         let previous = self.conns.insert(
             conn,
@@ -92,6 +93,7 @@ impl<M: Metrics> Core<M> {
                 close_reason: None,
                 finished: false,
                 client_max_bytes,
+                session_expiry_s,
             },
         );
         assert!(previous.is_none(), "connection id {conn:?} reused");
@@ -106,7 +108,8 @@ impl<M: Metrics> Core<M> {
         handed_in: bool,
         registry: Lookup<'_>,
     ) {
-        self.new_conn(conn, info.protocol, peer, info.packet_bytes_max);
+        let expiry_s = (info.protocol == Protocol::V5).then_some(info.session_expiry_s);
+        self.new_conn(conn, info.protocol, peer, info.packet_bytes_max, expiry_s);
         // Mutual TLS: a verified client certificate names the device; a username, if
         // given, must agree with it. Otherwise the username names the device and the
         // password proves it.
@@ -165,7 +168,7 @@ impl<M: Metrics> Core<M> {
         let protocol = reply.map_or(Protocol::V311, |(p, _)| p);
         // The CONNECT did not decode: its Maximum Packet Size is unknown.
         let peer = SocketAddr::from(([0, 0, 0, 0], 0));
-        self.new_conn(conn, protocol, peer, usize::MAX);
+        self.new_conn(conn, protocol, peer, usize::MAX, None);
         if let Some((_, reason)) = reply {
             self.send(conn, &connack(protocol, reason, false, None, 0, 0));
         }
@@ -287,6 +290,7 @@ impl<M: Metrics> Core<M> {
             info.keep_alive_s
         };
         let server_keep_alive = (keep_alive_s != info.keep_alive_s).then_some(keep_alive_s);
+        self.expire_session(idx);
         let device = &self.devices[idx.0 as usize];
         let session_present = !info.clean_start && device.session_exists;
         let connack = connack(
@@ -314,6 +318,7 @@ impl<M: Metrics> Core<M> {
             device.session = crate::session::Session::new();
         }
         device.session_exists = true;
+        device.session_ends_at_us = None;
         device.session_persistent = match info.protocol {
             Protocol::V311 => !info.clean_start,
             Protocol::V5 => info.session_expiry_s > 0,
@@ -351,12 +356,7 @@ impl<M: Metrics> Core<M> {
         let device = &mut self.devices[idx.0 as usize];
         if device.conn == Some(conn) {
             device.conn = None;
-            if device.session_persistent {
-                device.session.drop_pending();
-            } else {
-                device.session = crate::session::Session::new();
-                device.session_exists = false;
-            }
+            self.end_session(idx, state.session_expiry_s);
         }
     }
 }

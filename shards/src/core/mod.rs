@@ -6,6 +6,7 @@
 //!
 //! - [`connect`]: CONNECT authentication order, takeover, session persistence, keep-alive.
 //! - [`publish`]: the QoS flows, the checks, verification batching, building the records.
+//! - [`expiry`]: MQTT 5 session expiry, and the DISCONNECT that may change it.
 //! - [`acks`]: acknowledgements held until the log (and Kafka, when gated) covers them.
 //! - [`record`]: the log record format; [`reason`]: the one refusal enum.
 //!
@@ -16,6 +17,7 @@
 
 pub mod acks;
 pub mod connect;
+pub mod expiry;
 pub mod publish;
 pub mod reason;
 pub mod record;
@@ -245,6 +247,9 @@ pub struct DeviceState {
     pub session_persistent: bool,
     /// A session exists from an earlier connection.
     pub session_exists: bool,
+    /// When the session, left without a connection, expires (monotonic µs; `None`: it
+    /// does not, or a connection holds it). Checked at the next CONNECT.
+    pub session_ends_at_us: Option<u64>,
     /// The device's live connection, for takeover and revocation.
     pub conn: Option<ConnId>,
 }
@@ -274,6 +279,9 @@ pub struct ConnState {
     /// The client's Maximum Packet Size (MQTT 5; `usize::MAX` when none was announced):
     /// nothing larger is ever sent to it [MQTT-3.1.2-24].
     client_max_bytes: usize,
+    /// MQTT 5: the Session Expiry Interval, from the CONNECT or a DISCONNECT (`None` in
+    /// 3.1.1).
+    session_expiry_s: Option<u32>,
 }
 
 /// The shard core.
@@ -573,6 +581,7 @@ impl<M: Metrics> Core<M> {
             session: Session::new(),
             session_persistent: false,
             session_exists: false,
+            session_ends_at_us: None,
             conn: None,
         });
         self.device_index.insert(device_id.to_string(), idx);

@@ -123,12 +123,7 @@ impl<M: Metrics> Core<M> {
                 self.send(conn, &Packet::PingResp);
                 Ok(())
             }
-            Packet::Disconnect(_) => {
-                if let Some(state) = self.conns.get_mut(&conn) {
-                    state.closing = true;
-                }
-                Ok(())
-            }
+            Packet::Disconnect(disconnect) => self.on_disconnect(conn, &disconnect),
             Packet::Subscribe(subscribe) => {
                 // No downlink yet: every filter is refused [MQTT-3.8.4-5 / 3.9.3].
                 let refusal = match protocol {

@@ -951,3 +951,111 @@ fn the_closing_disconnect_obeys_the_clients_maximum() {
     h.event(Event::Finish { conn: ConnId(1) });
     assert_eq!(h.packets(1, Protocol::V5), ["DISCONNECT KeepAliveTimeout"]);
 }
+
+/// A v5 DISCONNECT carrying `expiry_s` as its Session Expiry Interval, if given.
+fn disconnect(h: &mut Harness, conn: u64, expiry_s: Option<u32>) -> Vec<Action> {
+    let properties = mqtt::Properties {
+        session_expiry_interval: expiry_s,
+        ..mqtt::Properties::default()
+    };
+    h.event(Event::Packet {
+        conn: ConnId(conn),
+        packet: Packet::Disconnect(mqtt::Disconnect {
+            reason: ReasonCode::Success,
+            properties,
+        }),
+    })
+}
+
+/// A v5 CONNECT of co2-1 with Clean Start 0 and this Session Expiry Interval; returns
+/// whether the CONNACK said Session Present.
+fn reconnect(h: &mut Harness, conn: u64, expiry_s: u32) -> bool {
+    let mut info = h.info("co2-1", Protocol::V5, false);
+    info.session_expiry_s = expiry_s;
+    h.connect_with(conn, &info, None);
+    let packets = h.packets(conn, Protocol::V5);
+    assert_eq!(packets.len(), 1, "{packets:?}");
+    packets[0].ends_with("present=true")
+}
+
+#[test]
+fn a_disconnect_setting_an_expiry_after_a_connect_with_zero_is_a_protocol_error() {
+    let mut h = Harness::new(config());
+    assert!(!reconnect(&mut h, 1, 0));
+    let actions = disconnect(&mut h, 1, Some(60));
+    assert_eq!(
+        actions,
+        [Action::Close {
+            conn: ConnId(1),
+            reason: Some(ReasonCode::ProtocolError)
+        }]
+    );
+    h.event(Event::Finish { conn: ConnId(1) });
+    assert_eq!(h.packets(1, Protocol::V5), ["DISCONNECT ProtocolError"]);
+    h.event(Event::Closed { conn: ConnId(1) });
+    // The session ended with the connection, as the CONNECT said.
+    assert!(!reconnect(&mut h, 2, 0));
+    // Zero after zero is a normal DISCONNECT.
+    assert!(disconnect(&mut h, 2, Some(0)).is_empty());
+    assert_eq!(h.core.read_gate(ConnId(2)), ReadGate::Stop);
+    h.event(Event::Finish { conn: ConnId(2) });
+    assert!(h.output(2).is_empty());
+}
+
+#[test]
+fn a_v5_session_expires_its_interval_after_the_connection_ended() {
+    let mut h = Harness::new(config());
+    assert!(!reconnect(&mut h, 1, 2));
+    // A QoS 2 exchange left open: its packet id is session state.
+    h.publish(1, "co2-1", 1, QoS::ExactlyOnce, 5, false);
+    h.flush_batch();
+    h.commit_all();
+    assert_eq!(h.packets(1, Protocol::V5), ["PUBREC 5 Success"]);
+    h.event(Event::Closed { conn: ConnId(1) });
+    // Within the 2 s: the session is there, with its QoS 2 id.
+    h.advance_us(1_000_000);
+    assert!(reconnect(&mut h, 2, 2));
+    h.event(Event::Closed { conn: ConnId(2) });
+    // 3.5 s after the end: gone, and its state with it.
+    h.advance_us(3_500_000);
+    assert!(!reconnect(&mut h, 3, 2));
+    h.event(Event::Packet {
+        conn: ConnId(3),
+        packet: Packet::PubRel(Ack {
+            pkid: 5,
+            reason: ReasonCode::Success,
+            properties: mqtt::Properties::default(),
+        }),
+    });
+    assert_eq!(
+        h.packets(3, Protocol::V5),
+        ["PUBCOMP 5 PacketIdentifierNotFound"]
+    );
+    // 0xFFFFFFFF: never.
+    reconnect(&mut h, 4, u32::MAX);
+    h.event(Event::Closed { conn: ConnId(3) });
+    h.event(Event::Closed { conn: ConnId(4) });
+    h.advance_us(1_000_000_000_000);
+    assert!(reconnect(&mut h, 5, 0));
+}
+
+#[test]
+fn a_disconnect_may_end_lower_or_raise_the_session_expiry() {
+    let mut h = Harness::new(config());
+    // Set to 0 by the DISCONNECT: the session ends with the connection.
+    reconnect(&mut h, 1, 3600);
+    assert!(disconnect(&mut h, 1, Some(0)).is_empty());
+    h.event(Event::Closed { conn: ConnId(1) });
+    h.advance_us(1_000);
+    assert!(!reconnect(&mut h, 2, 2));
+    // Raised from 2 s to 10 s: still there after 3.5 s.
+    assert!(disconnect(&mut h, 2, Some(10)).is_empty());
+    h.event(Event::Closed { conn: ConnId(2) });
+    h.advance_us(3_500_000);
+    assert!(reconnect(&mut h, 3, 2));
+    // Without the property the CONNECT's interval holds.
+    assert!(disconnect(&mut h, 3, None).is_empty());
+    h.event(Event::Closed { conn: ConnId(3) });
+    h.advance_us(2_000_000);
+    assert!(!reconnect(&mut h, 4, 2));
+}
