@@ -4,7 +4,7 @@
 
 use super::{Action, ConnId, ConnState, Core, Lookup, Metrics};
 use crate::policy::NonceError;
-use ingestd_codec::credential::Credential;
+use ingestd_codec::credential::{check_client_id, Credential};
 use ingestd_codec::mqtt::{self, ConnAck, DecodeError, Packet, Properties, Protocol, ReasonCode};
 use std::net::SocketAddr;
 
@@ -69,6 +69,18 @@ fn connect_level(buf: &[u8]) -> Option<u8> {
 /// A refused CONNECT: the CONNACK's reason and the log line's word.
 type Refusal = (ReasonCode, &'static str);
 
+/// The client identifier's rules, checked before anything else is looked at: at most
+/// 400 bytes of UTF-8 whatever the device id (the codec's one check), and empty only
+/// with a session that ends with the connection in 3.1.1 [MQTT-3.1.3-8]. An empty one is
+/// otherwise accepted: the device id becomes the client id (docs/PROTOCOL.md, 13.1).
+fn client_id_rules(info: &ConnectInfo) -> Result<(), Refusal> {
+    check_client_id(&info.client_id).map_err(|reason| (reason, "client_id_too_long"))?;
+    if info.client_id.is_empty() && info.protocol == Protocol::V311 && !info.clean_start {
+        return Err((ReasonCode::ClientIdentifierNotValid, "empty_client_id"));
+    }
+    Ok(())
+}
+
 impl<M: Metrics> Core<M> {
     fn new_conn(
         &mut self,
@@ -110,6 +122,9 @@ impl<M: Metrics> Core<M> {
     ) {
         let expiry_s = (info.protocol == Protocol::V5).then_some(info.session_expiry_s);
         self.new_conn(conn, info.protocol, peer, info.packet_bytes_max, expiry_s);
+        if let Err(refusal) = client_id_rules(info) {
+            return self.refuse(conn, info, peer, refusal);
+        }
         // Mutual TLS: a verified client certificate names the device; a username, if
         // given, must agree with it. Otherwise the username names the device and the
         // password proves it.
@@ -125,7 +140,9 @@ impl<M: Metrics> Core<M> {
             (Some(cert), _) => cert,
             (None, Some(user)) => user,
             // Benchmarks against plain MQTT clients: the client id names the device.
-            (None, None) if !self.config.require_credential => info.client_id.as_str(),
+            (None, None) if !self.config.require_credential && !info.client_id.is_empty() => {
+                info.client_id.as_str()
+            }
             (None, None) => {
                 return self.refuse(
                     conn,
@@ -293,7 +310,11 @@ impl<M: Metrics> Core<M> {
         self.expire_session(idx);
         let device = &self.devices[idx.0 as usize];
         let session_present = !info.clean_start && device.session_exists;
-        let connack = connack(
+        // An empty client id: the device id is the client id, and a v5 client is told so
+        // [MQTT-3.2.2-16]. (The credential signed the client id as sent, the empty one.)
+        let assigned =
+            (info.client_id.is_empty() && info.protocol == Protocol::V5).then(|| device.id.clone());
+        let mut connack = connack(
             info.protocol,
             ReasonCode::Success,
             session_present,
@@ -301,6 +322,9 @@ impl<M: Metrics> Core<M> {
             self.config.max_inflight,
             self.config.max_packet_bytes,
         );
+        if let Packet::ConnAck(ack) = &mut connack {
+            ack.properties.assigned_client_identifier = assigned.as_deref();
+        }
         if !fits(&connack, info) {
             self.metrics.connect_refused();
             self.actions.push_back(Action::Refuse {

@@ -1059,3 +1059,121 @@ fn a_disconnect_may_end_lower_or_raise_the_session_expiry() {
     h.advance_us(2_000_000);
     assert!(!reconnect(&mut h, 4, 2));
 }
+
+/// A CONNECT of `device` whose credential signs `client_id`, the client id it sends.
+fn info_with_client(
+    h: &mut Harness,
+    device: &str,
+    protocol: Protocol,
+    clean_start: bool,
+    client_id: &str,
+) -> ConnectInfo {
+    let mut info = h.info(device, protocol, clean_start);
+    info.client_id = client_id.to_string();
+    info.password = Some(
+        sign_credential(
+            device,
+            client_id,
+            &key(device),
+            h.now.wall_ms,
+            [h.nonce; 16],
+        )
+        .into_bytes(),
+    );
+    info
+}
+
+/// The CONNACK in a connection's output.
+fn connack_of(h: &mut Harness, conn: u64, protocol: Protocol) -> (ReasonCode, Option<String>) {
+    let out = h.output(conn);
+    let Ok(Decoded::Packet {
+        packet: Packet::ConnAck(connack),
+        ..
+    }) = mqtt::decode(&out, protocol, 1 << 20)
+    else {
+        panic!("not a CONNACK: {out:?}");
+    };
+    let assigned = connack
+        .properties
+        .assigned_client_identifier
+        .map(str::to_string);
+    (connack.reason, assigned)
+}
+
+#[test]
+fn an_empty_client_id_is_assigned_the_device_id() {
+    let mut h = Harness::new(config());
+    // v5: accepted; the CONNACK assigns the device id [MQTT-3.2.2-16]. The credential
+    // signed the client id as sent, the empty one.
+    let info = info_with_client(&mut h, "co2-1", Protocol::V5, false, "");
+    let actions = h.connect_with(1, &info, None);
+    assert!(actions.iter().any(|a| matches!(a, Action::Accept { .. })));
+    assert_eq!(
+        connack_of(&mut h, 1, Protocol::V5),
+        (ReasonCode::Success, Some("co2-1".to_string()))
+    );
+    // A client id of its own is not assigned anything.
+    h.connect(2, "co2-2", Protocol::V5, true);
+    assert_eq!(
+        connack_of(&mut h, 2, Protocol::V5),
+        (ReasonCode::Success, None)
+    );
+    // A credential signed for another client id does not open a session under the empty one.
+    let mut info = h.info("co2-2", Protocol::V5, true);
+    info.client_id = String::new();
+    assert_eq!(
+        refusal(&h.connect_with(3, &info, None)),
+        Some("bad_credential")
+    );
+    // 3.1.1: accepted with Clean Session 1 ...
+    let info = info_with_client(&mut h, "co2-2", Protocol::V311, true, "");
+    let actions = h.connect_with(4, &info, None);
+    assert!(actions.iter().any(|a| matches!(a, Action::Accept { .. })));
+    assert_eq!(connack_of(&mut h, 4, Protocol::V311).0, ReasonCode::Success);
+    // ... and refused with return code 2 with Clean Session 0 [MQTT-3.1.3-8].
+    let info = info_with_client(&mut h, "co2-2", Protocol::V311, false, "");
+    assert_eq!(
+        refusal(&h.connect_with(5, &info, None)),
+        Some("empty_client_id")
+    );
+    assert_eq!(
+        h.output(5),
+        [0x20, 0x02, 0x00, 0x02],
+        "CONNACK return code 2"
+    );
+}
+
+#[test]
+fn the_client_id_limit_is_400_bytes_whatever_the_device_id() {
+    let mut h = Harness::new(config());
+    let long = "d".repeat(64);
+    let entry = h.registry["co2-1"].clone();
+    h.registry.insert(
+        long.clone(),
+        DeviceEntry {
+            key: key(&long).verifying_key(),
+            ..entry
+        },
+    );
+    let mut conn = 0;
+    for device in ["co2-1", long.as_str()] {
+        for protocol in [Protocol::V5, Protocol::V311] {
+            for (len, accepted) in [(400, true), (401, false)] {
+                // Two-byte characters count as two: 200 of them are 400 bytes.
+                let client_id = "é".repeat(len / 2) + &"c".repeat(len % 2);
+                assert_eq!(client_id.len(), len);
+                conn += 1;
+                let info = info_with_client(&mut h, device, protocol, true, &client_id);
+                let actions = h.connect_with(conn, &info, None);
+                let (reason, _) = connack_of(&mut h, conn, protocol);
+                if accepted {
+                    assert_eq!(reason, ReasonCode::Success, "{device} {len}");
+                    h.event(Event::Closed { conn: ConnId(conn) });
+                } else {
+                    assert_eq!(refusal(&actions), Some("client_id_too_long"));
+                    assert_eq!(reason, ReasonCode::ClientIdentifierNotValid);
+                }
+            }
+        }
+    }
+}
