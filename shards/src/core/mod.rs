@@ -234,6 +234,8 @@ pub trait Metrics {
     fn verify_batch(&self, _signatures: usize) {}
     fn ack_latency_us(&self, _us: u64) {}
     fn backpressure_pause(&self) {}
+    /// A PUBACK, PUBREC or PUBCOMP of a PUBLISH the server never sent: ignored.
+    fn unsolicited_ack(&self) {}
 }
 
 /// Per-device state on its home shard.

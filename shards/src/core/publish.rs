@@ -153,8 +153,15 @@ impl<M: Metrics> Core<M> {
                 self.send(conn, &Packet::UnsubAck(unsuback));
                 Ok(())
             }
-            // A second CONNECT, acknowledgements of PUBLISHes this server never sent, AUTH
-            // without an authentication method: protocol errors.
+            // The server never sends a PUBLISH, so these acknowledge nothing: a leftover of
+            // an earlier session or a client's confusion. Neither specification makes them
+            // a protocol error (docs/PROTOCOL.md 13.1): ignored, and counted.
+            Packet::PubAck(_) | Packet::PubRec(_) | Packet::PubComp(_) => {
+                self.metrics.unsolicited_ack();
+                Ok(())
+            }
+            // A second CONNECT, AUTH without an authentication method, packets only a
+            // server sends: protocol errors.
             _ => Err(Some(ReasonCode::ProtocolError)),
         }
     }

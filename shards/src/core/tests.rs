@@ -19,6 +19,7 @@ struct Counts {
     rejected: RefCell<Vec<Reason>>,
     refused: Cell<u64>,
     open: Cell<i64>,
+    unsolicited: Cell<u64>,
 }
 
 impl Metrics for Counts {
@@ -36,6 +37,9 @@ impl Metrics for Counts {
     }
     fn rejected(&self, reason: Reason) {
         self.rejected.borrow_mut().push(reason);
+    }
+    fn unsolicited_ack(&self) {
+        self.unsolicited.set(self.unsolicited.get() + 1);
     }
 }
 
@@ -1175,5 +1179,32 @@ fn the_client_id_limit_is_400_bytes_whatever_the_device_id() {
                 }
             }
         }
+    }
+}
+
+#[test]
+fn unsolicited_acknowledgements_are_ignored_and_counted() {
+    for protocol in [Protocol::V5, Protocol::V311] {
+        let mut h = Harness::new(config());
+        h.connect(1, "co2-1", protocol, true);
+        h.output(1);
+        for packet in [Packet::PubAck, Packet::PubRec, Packet::PubComp] {
+            let actions = h.event(Event::Packet {
+                conn: ConnId(1),
+                packet: packet(Ack {
+                    pkid: 12,
+                    reason: ReasonCode::Success,
+                    properties: mqtt::Properties::default(),
+                }),
+            });
+            assert!(actions.is_empty(), "{protocol:?}: {actions:?}");
+        }
+        assert_eq!(h.core.metrics().unsolicited.get(), 3);
+        assert_eq!(h.core.read_gate(ConnId(1)), ReadGate::Read);
+        // The connection goes on.
+        h.publish(1, "co2-1", 1, QoS::AtLeastOnce, 2, false);
+        h.flush_batch();
+        h.commit_all();
+        assert_eq!(h.packets(1, protocol), ["PUBACK 2 Success"]);
     }
 }
