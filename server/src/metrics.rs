@@ -101,11 +101,12 @@ impl Histogram {
 
 /// Reasons a message is refused besides the envelope's own
 /// (`ingestd_codec::envelope::EnvelopeError::ALL_REASONS`, which come first).
-pub const SHARD_REASONS: [&str; 5] = [
+pub const SHARD_REASONS: [&str; 6] = [
     "stale_sequence",
     "topic_not_allowed",
     "qos0_dropped_overload",
     "malformed",
+    "redelivery_mismatch",
     "other",
 ];
 

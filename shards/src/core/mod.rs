@@ -8,7 +8,8 @@
 //! - [`publish`]: the QoS flows, the checks, verification batching, building the records.
 //! - [`expiry`]: MQTT 5 session expiry, and the DISCONNECT that may change it.
 //! - [`acks`]: acknowledgements held until the log (and Kafka, when gated) covers them.
-//! - [`record`]: the log record format; [`reason`]: the one refusal enum.
+//! - [`record`]: the log record format; [`reason`]: the one refusal enum; [`recent`]: the
+//!   last readings per device, to tell a redelivery from another message.
 //!
 //! Limits: one core per shard; connections are [`ConnId`]s handed out by the driver;
 //! output is buffered per connection (one flush action per connection per event, not
@@ -20,6 +21,7 @@ pub mod connect;
 pub mod expiry;
 pub mod publish;
 pub mod reason;
+pub mod recent;
 pub mod record;
 #[cfg(test)]
 mod tests;
@@ -254,6 +256,8 @@ pub struct DeviceState {
     pub session_ends_at_us: Option<u64>,
     /// The device's live connection, for takeover and revocation.
     pub conn: Option<ConnId>,
+    /// Its last accepted readings, to compare DUP redeliveries with.
+    pub recent: recent::RecentReadings,
 }
 
 /// Index of a device in [`Core::devices`] (devices are never removed).
@@ -585,6 +589,7 @@ impl<M: Metrics> Core<M> {
             session_exists: false,
             session_ends_at_us: None,
             conn: None,
+            recent: recent::RecentReadings::default(),
         });
         self.device_index.insert(device_id.to_string(), idx);
         idx

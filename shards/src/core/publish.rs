@@ -7,6 +7,7 @@
 //! finished in order, so acknowledgements keep the order of the PUBLISHes [MQTT-4.6.0-2].
 
 use super::acks::PendingAck;
+use super::recent::RecentReadings;
 use super::record::{self, DeadLetterMeta, OpaqueMeta, ReadingMeta};
 use super::{ConnId, Core, DeviceIdx, Metrics, Reason, RecordKind};
 use crate::replay::ReplayError;
@@ -69,6 +70,19 @@ fn ack_packet(
         reason,
         properties: Properties::default(),
     })
+}
+
+/// A DUP redelivery of an accepted sequence: acknowledged with nothing stored when it is
+/// the stored reading; otherwise acknowledged once a dead letter records it.
+fn redelivery(recent: &RecentReadings, seq: u64, payload: &[u8]) -> Verdict {
+    match recent.compare(seq, payload).detail(seq) {
+        None => Verdict::Redelivery,
+        Some(detail) => Verdict::Reject {
+            reason: Reason::RedeliveryMismatch,
+            detail,
+            seq: Some(seq),
+        },
+    }
 }
 
 /// The refusal reason of a failed cheap check.
@@ -273,8 +287,8 @@ impl<M: Metrics> Core<M> {
                     slot,
                 }
             }
-            Err(Rejection::Replay(ReplayError::Duplicate { .. })) if publish.dup => {
-                Verdict::Redelivery
+            Err(Rejection::Replay(ReplayError::Duplicate { seq })) if publish.dup => {
+                redelivery(&state.recent, seq, publish.payload)
             }
             Err(rejection) => Verdict::Reject {
                 reason: reason_of(&rejection),
@@ -398,6 +412,7 @@ impl<M: Metrics> Core<M> {
             .replay
             .commit(seq)
             .map_err(|e| (Reason::of_replay(&e), e.to_string()))?;
+        device.recent.push(seq, &work.payload);
         let mut names = BTreeMap::new();
         for reading in readings.as_slice() {
             let name = match Kind::from_code(reading.kind).and_then(Kind::name) {

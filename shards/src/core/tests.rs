@@ -545,11 +545,13 @@ fn a_dup_redelivery_of_an_accepted_reading_is_acknowledged_without_a_record() {
     let mut h = Harness::new(config());
     h.connect(1, "co2-1", Protocol::V311, true);
     h.output(1);
+    let stored = h.payload("co2-1", 1);
     h.publish(1, "co2-1", 1, QoS::AtLeastOnce, 1, false);
     h.flush_batch();
     h.commit_all();
     assert_eq!(h.packets(1, Protocol::V311), ["PUBACK 1 Success"]);
-    h.publish(1, "co2-1", 1, QoS::AtLeastOnce, 2, true);
+    // The same bytes (a redelivery is the same message [MQTT-4.3.2]).
+    publish_dup(&mut h, 1, 2, &stored);
     let actions = h.flush_batch();
     assert!(appends(&actions).is_empty());
     assert_eq!(h.packets(1, Protocol::V311), ["PUBACK 2 Success"]);
@@ -1207,4 +1209,124 @@ fn unsolicited_acknowledgements_are_ignored_and_counted() {
         h.commit_all();
         assert_eq!(h.packets(1, protocol), ["PUBACK 2 Success"]);
     }
+}
+
+/// The dead letters (reason, detail) among `actions`' appends.
+fn dead_letters(h: &Harness, actions: &[Action]) -> Vec<(String, String)> {
+    actions
+        .iter()
+        .filter_map(|a| match a {
+            Action::Append {
+                kind: RecordKind::DeadLetter,
+                record,
+                ..
+            } => {
+                let (meta, _) = record::split(h.core.record(record.clone())).unwrap();
+                let meta: record::DeadLetterMeta = serde_json::from_slice(meta).unwrap();
+                Some((meta.reason, meta.detail))
+            }
+            _ => None,
+        })
+        .collect()
+}
+
+/// A DUP PUBLISH of co2-1 with this payload.
+fn publish_dup(h: &mut Harness, conn: u64, pkid: u16, payload: &[u8]) {
+    h.event(Event::Packet {
+        conn: ConnId(conn),
+        packet: Packet::Publish(Publish {
+            dup: true,
+            qos: QoS::AtLeastOnce,
+            retain: false,
+            topic: "devices/co2-1/telemetry",
+            pkid,
+            properties: mqtt::Properties::default(),
+            payload,
+        }),
+    });
+}
+
+#[test]
+fn a_dup_redelivery_that_is_not_the_stored_reading_is_acknowledged_and_dead_lettered() {
+    let mut h = Harness::new(config());
+    h.connect(1, "co2-1", Protocol::V5, true);
+    h.output(1);
+    let stored = h.payload("co2-1", 1);
+    h.publish(1, "co2-1", 1, QoS::AtLeastOnce, 1, false);
+    h.flush_batch();
+    h.commit_all();
+    assert_eq!(h.packets(1, Protocol::V5), ["PUBACK 1 Success"]);
+    // The same bytes again with DUP: the stored reading, nothing recorded.
+    publish_dup(&mut h, 1, 2, &stored);
+    assert!(appends(&h.flush_batch()).is_empty());
+    h.commit_all();
+    assert_eq!(h.packets(1, Protocol::V5), ["PUBACK 2 Success"]);
+    // A forged signature, and another reading under the same sequence.
+    let mut forged = stored.clone();
+    let last = forged.len() - 1;
+    forged[last] ^= 1;
+    h.advance_us(1_000_000);
+    let altered = h.payload("co2-1", 1);
+    assert_ne!(altered, stored);
+    publish_dup(&mut h, 1, 3, &forged);
+    publish_dup(&mut h, 1, 4, &altered);
+    let actions = h.flush_batch();
+    let detail = "DUP redelivery of sequence 1 differs from the stored reading".to_string();
+    assert_eq!(
+        dead_letters(&h, &actions),
+        [
+            ("redelivery_mismatch".to_string(), detail.clone()),
+            ("redelivery_mismatch".to_string(), detail)
+        ]
+    );
+    // Acknowledged once the dead letters are durable.
+    assert!(h.output(1).is_empty());
+    h.commit_all();
+    assert_eq!(
+        h.packets(1, Protocol::V5),
+        [
+            "PUBACK 3 ImplementationSpecificError",
+            "PUBACK 4 ImplementationSpecificError"
+        ]
+    );
+    assert_eq!(
+        *h.core.metrics().rejected.borrow(),
+        [Reason::RedeliveryMismatch, Reason::RedeliveryMismatch]
+    );
+}
+
+#[test]
+fn a_dup_redelivery_too_old_to_compare_is_dead_lettered() {
+    let mut h = Harness::new(config());
+    h.connect(1, "co2-1", Protocol::V311, true);
+    h.output(1);
+    let first = h.payload("co2-1", 1);
+    for seq in 1..=17 {
+        h.publish(1, "co2-1", seq, QoS::AtMostOnce, 0, false);
+    }
+    h.flush_batch();
+    h.commit_all();
+    // 16 later readings pushed sequence 1 out of the ring.
+    publish_dup(&mut h, 1, 7, &first);
+    let actions = h.flush_batch();
+    assert_eq!(
+        dead_letters(&h, &actions),
+        [(
+            "redelivery_mismatch".to_string(),
+            "DUP redelivery of sequence 1 is too old to compare with the stored reading"
+                .to_string()
+        )]
+    );
+    h.commit_all();
+    assert_eq!(h.packets(1, Protocol::V311), ["PUBACK 7 Success"]);
+    // After a restart nothing can be compared either.
+    let mut h = Harness::new(config());
+    let entry = h.registry["co2-1"].clone();
+    h.core.restore_replay("co2-1", entry, 5);
+    h.connect(1, "co2-1", Protocol::V5, true);
+    h.output(1);
+    let payload = h.payload("co2-1", 5);
+    publish_dup(&mut h, 1, 1, &payload);
+    let actions = h.flush_batch();
+    assert_eq!(dead_letters(&h, &actions).len(), 1);
 }
