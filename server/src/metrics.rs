@@ -101,11 +101,12 @@ impl Histogram {
 
 /// Reasons a message is refused besides the envelope's own
 /// (`ingestd_codec::envelope::EnvelopeError::ALL_REASONS`, which come first).
-pub const SHARD_REASONS: [&str; 5] = [
+pub const SHARD_REASONS: [&str; 6] = [
     "stale_sequence",
     "topic_not_allowed",
     "qos0_dropped_overload",
     "malformed",
+    "redelivery_mismatch",
     "other",
 ];
 
@@ -149,6 +150,8 @@ pub struct ShardMetrics {
     pub log_pending_bytes: Gauge,
     pub handoff_ring_occupancy: Gauge,
     pub backpressure_pauses: Counter,
+    /// PUBACK, PUBREC and PUBCOMP of PUBLISHes the server never sent (ignored).
+    pub unsolicited_acks: Counter,
     pub tls_handshake_failures: Counter,
     /// Durable records the egress ring had no room for (their sinks read them back from
     /// the log).
@@ -229,7 +232,7 @@ impl Registry {
     pub fn render(&self) -> String {
         let mut out = String::with_capacity(16 * 1024);
         // Counters end in `_total`; the rest are gauges.
-        let scalars: [Metric; 17] = [
+        let scalars: [Metric; 18] = [
             (
                 "ingestd_connections_accepted_total",
                 "TCP connections accepted",
@@ -287,6 +290,11 @@ impl Registry {
                 "ingestd_backpressure_pauses_total",
                 "times a shard stopped reading sockets",
                 |m| m.backpressure_pauses.get(),
+            ),
+            (
+                "ingestd_unsolicited_acks_total",
+                "PUBACK, PUBREC and PUBCOMP of PUBLISHes the server never sent (ignored)",
+                |m| m.unsolicited_acks.get(),
             ),
             (
                 "ingestd_tls_handshake_failures_total",

@@ -9,9 +9,9 @@
 //! - `SIM_SEED=<seed>`: exactly that run again (a failure prints its seed).
 //! - `SIM_SEEDS=<count>` (from `SIM_SEED_BASE`, default 1000), `SIM_STEPS=<steps>`: a
 //!   longer search.
-//! - `SIM_STRICT=1`: also check the defects issue 11 lists as open (a forged DUP
-//!   redelivery must be dead-lettered; a credential must not open a session after a
-//!   restart).
+//! - `SIM_STRICT=1`: also check the defects issue 11 lists as open (a credential must not
+//!   open a session after a restart). A forged or altered DUP redelivery must be
+//!   dead-lettered: checked always.
 //!
 //! Limits: one shard (hand-off is not simulated); no TLS or certificates; no registry
 //! changes; the sink confirms only what is durable.

@@ -80,6 +80,9 @@ impl Metrics for CoreMetrics {
     fn backpressure_pause(&self) {
         self.0.backpressure_pauses.inc();
     }
+    fn unsolicited_ack(&self) {
+        self.0.unsolicited_acks.inc();
+    }
 }
 
 /// A registry entry as the core needs it.

@@ -181,15 +181,18 @@ impl<M: Metrics> Core<M> {
             if let Some(state) = self.conns.get_mut(&ack.conn) {
                 state.inflight = state.inflight.saturating_sub(1);
             }
-            self.send(ack.conn, |out, protocol| {
-                let result = match ack.qos {
-                    QoS::ExactlyOnce => {
-                        mqtt::encode_pubrec_reason(ack.pkid, ack.reason, protocol, out)
-                    }
-                    _ => mqtt::encode_puback_reason(ack.pkid, ack.reason, protocol, out),
-                };
-                debug_assert!(result.is_ok(), "ack encoding: {result:?}");
-            });
+            let packet = mqtt::Ack {
+                pkid: ack.pkid,
+                reason: ack.reason,
+                properties: mqtt::Properties::default(),
+            };
+            self.send(
+                ack.conn,
+                &match ack.qos {
+                    QoS::ExactlyOnce => mqtt::Packet::PubRec(packet),
+                    _ => mqtt::Packet::PubAck(packet),
+                },
+            );
             self.resume(ack.conn);
             self.metrics
                 .ack_latency_us(now_us.saturating_sub(ack.received_us));

@@ -4,7 +4,7 @@
 
 use super::{Action, ConnId, ConnState, Core, Lookup, Metrics};
 use crate::policy::NonceError;
-use ingestd_codec::credential::Credential;
+use ingestd_codec::credential::{check_client_id, Credential};
 use ingestd_codec::mqtt::{self, ConnAck, DecodeError, Packet, Properties, Protocol, ReasonCode};
 use std::net::SocketAddr;
 
@@ -22,6 +22,9 @@ pub struct ConnectInfo {
     pub auth_method: bool,
     /// Bytes of the CONNECT packet.
     pub len: usize,
+    /// The client's Maximum Packet Size (`usize::MAX` when it announced none, and in
+    /// 3.1.1): the server never sends it a larger packet [MQTT-3.1.2-24].
+    pub packet_bytes_max: usize,
 }
 
 impl ConnectInfo {
@@ -37,6 +40,7 @@ impl ConnectInfo {
             session_expiry_s: connect.properties.session_expiry_interval.unwrap_or(0),
             auth_method: connect.properties.authentication_method.is_some(),
             len,
+            packet_bytes_max: connect.packet_bytes_max(),
         }
     }
 }
@@ -65,8 +69,27 @@ fn connect_level(buf: &[u8]) -> Option<u8> {
 /// A refused CONNECT: the CONNACK's reason and the log line's word.
 type Refusal = (ReasonCode, &'static str);
 
+/// The client identifier's rules, checked before anything else is looked at: at most
+/// 400 bytes of UTF-8 whatever the device id (the codec's one check), and empty only
+/// with a session that ends with the connection in 3.1.1 [MQTT-3.1.3-8]. An empty one is
+/// otherwise accepted: the device id becomes the client id (docs/PROTOCOL.md, 13.1).
+fn client_id_rules(info: &ConnectInfo) -> Result<(), Refusal> {
+    check_client_id(&info.client_id).map_err(|reason| (reason, "client_id_too_long"))?;
+    if info.client_id.is_empty() && info.protocol == Protocol::V311 && !info.clean_start {
+        return Err((ReasonCode::ClientIdentifierNotValid, "empty_client_id"));
+    }
+    Ok(())
+}
+
 impl<M: Metrics> Core<M> {
-    fn new_conn(&mut self, conn: ConnId, protocol: Protocol, peer: SocketAddr) {
+    fn new_conn(
+        &mut self,
+        conn: ConnId,
+        protocol: Protocol,
+        peer: SocketAddr,
+        client_max_bytes: usize,
+        session_expiry_s: Option<u32>,
+    ) {
         let previous = self.conns.insert(
             conn,
             ConnState {
@@ -81,6 +104,8 @@ impl<M: Metrics> Core<M> {
                 closing: false,
                 close_reason: None,
                 finished: false,
+                client_max_bytes,
+                session_expiry_s,
             },
         );
         assert!(previous.is_none(), "connection id {conn:?} reused");
@@ -95,7 +120,11 @@ impl<M: Metrics> Core<M> {
         handed_in: bool,
         registry: Lookup<'_>,
     ) {
-        self.new_conn(conn, info.protocol, peer);
+        let expiry_s = (info.protocol == Protocol::V5).then_some(info.session_expiry_s);
+        self.new_conn(conn, info.protocol, peer, info.packet_bytes_max, expiry_s);
+        if let Err(refusal) = client_id_rules(info) {
+            return self.refuse(conn, info, peer, refusal);
+        }
         // Mutual TLS: a verified client certificate names the device; a username, if
         // given, must agree with it. Otherwise the username names the device and the
         // password proves it.
@@ -111,7 +140,9 @@ impl<M: Metrics> Core<M> {
             (Some(cert), _) => cert,
             (None, Some(user)) => user,
             // Benchmarks against plain MQTT clients: the client id names the device.
-            (None, None) if !self.config.require_credential => info.client_id.as_str(),
+            (None, None) if !self.config.require_credential && !info.client_id.is_empty() => {
+                info.client_id.as_str()
+            }
             (None, None) => {
                 return self.refuse(
                     conn,
@@ -152,11 +183,11 @@ impl<M: Metrics> Core<M> {
             first_packet_reply(buf, error)
         });
         let protocol = reply.map_or(Protocol::V311, |(p, _)| p);
-        self.new_conn(conn, protocol, SocketAddr::from(([0, 0, 0, 0], 0)));
-        if let Some((protocol, reason)) = reply {
-            self.send(conn, |out, _| {
-                encode_connack(protocol, reason, false, None, 0, 0, out)
-            });
+        // The CONNECT did not decode: its Maximum Packet Size is unknown.
+        let peer = SocketAddr::from(([0, 0, 0, 0], 0));
+        self.new_conn(conn, protocol, peer, usize::MAX, None);
+        if let Some((_, reason)) = reply {
+            self.send(conn, &connack(protocol, reason, false, None, 0, 0));
         }
         self.actions.push_back(Action::Refuse {
             conn,
@@ -247,9 +278,8 @@ impl<M: Metrics> Core<M> {
                 self.metrics.auth_throttled();
             }
         }
-        self.send(conn, |out, _| {
-            encode_connack(protocol, reason, false, None, 0, 0, out)
-        });
+        // Not sent if it does not fit the client's Maximum Packet Size [MQTT-3.1.2-25].
+        self.send(conn, &connack(protocol, reason, false, None, 0, 0));
         self.actions.push_back(Action::Refuse {
             conn,
             why,
@@ -258,7 +288,9 @@ impl<M: Metrics> Core<M> {
     }
 
     /// Accepts: takes the session over from an older connection, keeps or resets it, and
-    /// grants the keep-alive.
+    /// grants the keep-alive. A CONNACK larger than the client's Maximum Packet Size even
+    /// in its minimal form is not sent: the connection closes unanswered [MQTT-3.1.2-25],
+    /// and nothing of the device's state changes.
     fn accept(
         &mut self,
         conn: ConnId,
@@ -266,14 +298,51 @@ impl<M: Metrics> Core<M> {
         peer: SocketAddr,
         idx: super::DeviceIdx,
     ) {
+        // Keep-alive: the device must send something every keep_alive seconds; the server
+        // allows 1.5 times that [MQTT-3.1.2-24]. 0 or above the maximum gets the maximum.
+        let keep_alive_max = self.config.keep_alive_max_s;
+        let keep_alive_s = if info.keep_alive_s == 0 || info.keep_alive_s > keep_alive_max {
+            keep_alive_max
+        } else {
+            info.keep_alive_s
+        };
+        let server_keep_alive = (keep_alive_s != info.keep_alive_s).then_some(keep_alive_s);
+        self.expire_session(idx);
+        let device = &self.devices[idx.0 as usize];
+        let session_present = !info.clean_start && device.session_exists;
+        // An empty client id: the device id is the client id, and a v5 client is told so
+        // [MQTT-3.2.2-16]. (The credential signed the client id as sent, the empty one.)
+        let assigned =
+            (info.client_id.is_empty() && info.protocol == Protocol::V5).then(|| device.id.clone());
+        let mut connack = connack(
+            info.protocol,
+            ReasonCode::Success,
+            session_present,
+            server_keep_alive,
+            self.config.max_inflight,
+            self.config.max_packet_bytes,
+        );
+        if let Packet::ConnAck(ack) = &mut connack {
+            ack.properties.assigned_client_identifier = assigned.as_deref();
+        }
+        if !fits(&connack, info) {
+            self.metrics.connect_refused();
+            self.actions.push_back(Action::Refuse {
+                conn,
+                why: "connack_too_large",
+                delay_ms: 0,
+            });
+            return;
+        }
+
         self.throttle.succeeded(peer.ip());
         let device = &mut self.devices[idx.0 as usize];
         let old = device.conn.take();
-        let session_present = !info.clean_start && device.session_exists;
         if info.clean_start {
             device.session = crate::session::Session::new();
         }
         device.session_exists = true;
+        device.session_ends_at_us = None;
         device.session_persistent = match info.protocol {
             Protocol::V311 => !info.clean_start,
             Protocol::V5 => info.session_expiry_s > 0,
@@ -288,29 +357,8 @@ impl<M: Metrics> Core<M> {
         }
         self.accepted += 1;
         self.metrics.connection_opened();
-
-        // Keep-alive: the device must send something every keep_alive seconds; the server
-        // allows 1.5 times that [MQTT-3.1.2-24]. 0 or above the maximum gets the maximum.
-        let keep_alive_max = self.config.keep_alive_max_s;
-        let keep_alive_s = if info.keep_alive_s == 0 || info.keep_alive_s > keep_alive_max {
-            keep_alive_max
-        } else {
-            info.keep_alive_s
-        };
-        let server_keep_alive = (keep_alive_s != info.keep_alive_s).then_some(keep_alive_s);
-        let (max_inflight, max_packet) = (self.config.max_inflight, self.config.max_packet_bytes);
-        let protocol = info.protocol;
-        self.send(conn, |out, _| {
-            encode_connack(
-                protocol,
-                ReasonCode::Success,
-                session_present,
-                server_keep_alive,
-                max_inflight,
-                max_packet,
-                out,
-            );
-        });
+        let sent = self.send(conn, &connack);
+        debug_assert!(sent, "a CONNACK that fits was not queued");
         self.actions.push_back(Action::Accept {
             conn,
             read_timeout_ms: u64::from(keep_alive_s) * 1500,
@@ -332,25 +380,26 @@ impl<M: Metrics> Core<M> {
         let device = &mut self.devices[idx.0 as usize];
         if device.conn == Some(conn) {
             device.conn = None;
-            if device.session_persistent {
-                device.session.drop_pending();
-            } else {
-                device.session = crate::session::Session::new();
-                device.session_exists = false;
-            }
+            self.end_session(idx, state.session_expiry_s);
         }
     }
 }
 
-pub(super) fn encode_connack(
+/// Whether `packet` fits the client's Maximum Packet Size, with what may be left out.
+fn fits(packet: &Packet<'_>, info: &ConnectInfo) -> bool {
+    let mut scratch = Vec::new();
+    mqtt::encode_within(packet, info.protocol, info.packet_bytes_max, &mut scratch).is_ok()
+}
+
+/// A CONNACK; a refusal carries no properties.
+pub(super) fn connack(
     protocol: Protocol,
     reason: ReasonCode,
     session_present: bool,
     server_keep_alive: Option<u16>,
     max_inflight: u16,
     max_packet_bytes: usize,
-    out: &mut Vec<u8>,
-) {
+) -> Packet<'static> {
     // 3.1.1 has six return codes; map the v5 reasons onto the closest one.
     let reason = match protocol {
         Protocol::V5 => reason,
@@ -375,11 +424,9 @@ pub(super) fn encode_connack(
         properties.shared_subscription_available = Some(0);
         properties.server_keep_alive = server_keep_alive;
     }
-    let connack = ConnAck {
+    Packet::ConnAck(ConnAck {
         session_present: session_present && reason == ReasonCode::Success,
         reason,
         properties,
-    };
-    let result = Packet::ConnAck(connack).encode(protocol, out);
-    debug_assert!(result.is_ok(), "CONNACK encoding: {result:?}");
+    })
 }

@@ -6,8 +6,10 @@
 //!
 //! - [`connect`]: CONNECT authentication order, takeover, session persistence, keep-alive.
 //! - [`publish`]: the QoS flows, the checks, verification batching, building the records.
+//! - [`expiry`]: MQTT 5 session expiry, and the DISCONNECT that may change it.
 //! - [`acks`]: acknowledgements held until the log (and Kafka, when gated) covers them.
-//! - [`record`]: the log record format; [`reason`]: the one refusal enum.
+//! - [`record`]: the log record format; [`reason`]: the one refusal enum; [`recent`]: the
+//!   last readings per device, to tell a redelivery from another message.
 //!
 //! Limits: one core per shard; connections are [`ConnId`]s handed out by the driver;
 //! output is buffered per connection (one flush action per connection per event, not
@@ -16,8 +18,10 @@
 
 pub mod acks;
 pub mod connect;
+pub mod expiry;
 pub mod publish;
 pub mod reason;
+pub mod recent;
 pub mod record;
 #[cfg(test)]
 mod tests;
@@ -232,6 +236,8 @@ pub trait Metrics {
     fn verify_batch(&self, _signatures: usize) {}
     fn ack_latency_us(&self, _us: u64) {}
     fn backpressure_pause(&self) {}
+    /// A PUBACK, PUBREC or PUBCOMP of a PUBLISH the server never sent: ignored.
+    fn unsolicited_ack(&self) {}
 }
 
 /// Per-device state on its home shard.
@@ -245,8 +251,13 @@ pub struct DeviceState {
     pub session_persistent: bool,
     /// A session exists from an earlier connection.
     pub session_exists: bool,
+    /// When the session, left without a connection, expires (monotonic µs; `None`: it
+    /// does not, or a connection holds it). Checked at the next CONNECT.
+    pub session_ends_at_us: Option<u64>,
     /// The device's live connection, for takeover and revocation.
     pub conn: Option<ConnId>,
+    /// Its last accepted readings, to compare DUP redeliveries with.
+    pub recent: recent::RecentReadings,
 }
 
 /// Index of a device in [`Core::devices`] (devices are never removed).
@@ -271,6 +282,12 @@ pub struct ConnState {
     pub close_reason: Option<ReasonCode>,
     /// Nothing more is sent.
     finished: bool,
+    /// The client's Maximum Packet Size (MQTT 5; `usize::MAX` when none was announced):
+    /// nothing larger is ever sent to it [MQTT-3.1.2-24].
+    client_max_bytes: usize,
+    /// MQTT 5: the Session Expiry Interval, from the CONNECT or a DISCONNECT (`None` in
+    /// 3.1.1).
+    session_expiry_s: Option<u32>,
 }
 
 /// The shard core.
@@ -570,26 +587,47 @@ impl<M: Metrics> Core<M> {
             session: Session::new(),
             session_persistent: false,
             session_exists: false,
+            session_ends_at_us: None,
             conn: None,
+            recent: recent::RecentReadings::default(),
         });
         self.device_index.insert(device_id.to_string(), idx);
         idx
     }
 
-    /// Queues bytes for a connection's writer; one flush action until the writer takes
-    /// them.
-    fn send(&mut self, conn: ConnId, encode: impl FnOnce(&mut Vec<u8>, Protocol)) {
+    /// Queues one packet for a connection's writer, within the client's Maximum Packet Size:
+    /// optional properties are left out to fit ([`mqtt::encode_within`]); a packet that
+    /// still does not fit is not sent and an accepted connection closes [MQTT-3.1.2-25].
+    /// One flush action until the writer takes the bytes. Returns whether it was queued.
+    fn send(&mut self, conn: ConnId, packet: &Packet<'_>) -> bool {
         let Some(state) = self.conns.get_mut(&conn) else {
-            return;
+            return false;
         };
         if state.finished {
-            return;
+            return false;
         }
-        encode(&mut state.out, state.protocol);
+        let fitted = mqtt::encode_within(
+            packet,
+            state.protocol,
+            state.client_max_bytes,
+            &mut state.out,
+        );
+        if let Err(error) = fitted {
+            debug_assert!(
+                matches!(error, mqtt::FitError::TooLarge { .. }),
+                "encoding a packet the core built: {error}"
+            );
+            if state.device.is_some() {
+                // Nothing is sent, not even a DISCONNECT with a reason: it may not fit either.
+                self.close(conn, None);
+            }
+            return false;
+        }
         if !state.flush_queued {
             state.flush_queued = true;
             self.actions.push_back(Action::Flush(conn));
         }
+        true
     }
 
     /// Stops reading; the connection closes once its acknowledgements are out, with a v5
@@ -755,11 +793,17 @@ impl<M: Metrics> Core<M> {
         }
         state.closing = true;
         if let (Protocol::V5, Some(reason)) = (state.protocol, state.close_reason) {
-            let disconnect = mqtt::Disconnect {
+            let disconnect = Packet::Disconnect(mqtt::Disconnect {
                 reason,
                 properties: mqtt::Properties::default(),
-            };
-            let _ = Packet::Disconnect(disconnect).encode(Protocol::V5, &mut state.out);
+            });
+            // Not sent if it does not fit the client's Maximum Packet Size (1 or 2 bytes).
+            let _ = mqtt::encode_within(
+                &disconnect,
+                Protocol::V5,
+                state.client_max_bytes,
+                &mut state.out,
+            );
         }
         state.finished = true;
         if !state.out.is_empty() && !state.flush_queued {

@@ -7,6 +7,7 @@
 //! finished in order, so acknowledgements keep the order of the PUBLISHes [MQTT-4.6.0-2].
 
 use super::acks::PendingAck;
+use super::recent::RecentReadings;
 use super::record::{self, DeadLetterMeta, OpaqueMeta, ReadingMeta};
 use super::{ConnId, Core, DeviceIdx, Metrics, Reason, RecordKind};
 use crate::replay::ReplayError;
@@ -58,6 +59,32 @@ enum Verdict {
     Opaque,
 }
 
+/// A PUBACK, PUBREC or PUBCOMP without properties.
+fn ack_packet(
+    kind: fn(mqtt::Ack<'static>) -> Packet<'static>,
+    pkid: u16,
+    reason: ReasonCode,
+) -> Packet<'static> {
+    kind(mqtt::Ack {
+        pkid,
+        reason,
+        properties: Properties::default(),
+    })
+}
+
+/// A DUP redelivery of an accepted sequence: acknowledged with nothing stored when it is
+/// the stored reading; otherwise acknowledged once a dead letter records it.
+fn redelivery(recent: &RecentReadings, seq: u64, payload: &[u8]) -> Verdict {
+    match recent.compare(seq, payload).detail(seq) {
+        None => Verdict::Redelivery,
+        Some(detail) => Verdict::Reject {
+            reason: Reason::RedeliveryMismatch,
+            detail,
+            seq: Some(seq),
+        },
+    }
+}
+
 /// The refusal reason of a failed cheap check.
 fn reason_of(rejection: &Rejection) -> Reason {
     match rejection {
@@ -103,23 +130,14 @@ impl<M: Metrics> Core<M> {
                 } else {
                     ReasonCode::PacketIdentifierNotFound
                 };
-                self.send(conn, |out, protocol| {
-                    let _ = mqtt::encode_pubcomp_reason(ack.pkid, reason, protocol, out);
-                });
+                self.send(conn, &ack_packet(Packet::PubComp, ack.pkid, reason));
                 Ok(())
             }
             Packet::PingReq => {
-                self.send(conn, |out, protocol| {
-                    let _ = Packet::PingResp.encode(protocol, out);
-                });
+                self.send(conn, &Packet::PingResp);
                 Ok(())
             }
-            Packet::Disconnect(_) => {
-                if let Some(state) = self.conns.get_mut(&conn) {
-                    state.closing = true;
-                }
-                Ok(())
-            }
+            Packet::Disconnect(disconnect) => self.on_disconnect(conn, &disconnect),
             Packet::Subscribe(subscribe) => {
                 // No downlink yet: every filter is refused [MQTT-3.8.4-5 / 3.9.3].
                 let refusal = match protocol {
@@ -131,9 +149,7 @@ impl<M: Metrics> Core<M> {
                     properties: Properties::default(),
                     return_codes: vec![refusal; subscribe.filters.len()],
                 };
-                self.send(conn, |out, protocol| {
-                    let _ = Packet::SubAck(suback).encode(protocol, out);
-                });
+                self.send(conn, &Packet::SubAck(suback));
                 Ok(())
             }
             Packet::Unsubscribe(unsubscribe) => {
@@ -148,13 +164,18 @@ impl<M: Metrics> Core<M> {
                     properties: Properties::default(),
                     reasons,
                 };
-                self.send(conn, |out, protocol| {
-                    let _ = Packet::UnsubAck(unsuback).encode(protocol, out);
-                });
+                self.send(conn, &Packet::UnsubAck(unsuback));
                 Ok(())
             }
-            // A second CONNECT, acknowledgements of PUBLISHes this server never sent, AUTH
-            // without an authentication method: protocol errors.
+            // The server never sends a PUBLISH, so these acknowledge nothing: a leftover of
+            // an earlier session or a client's confusion. Neither specification makes them
+            // a protocol error (docs/PROTOCOL.md 13.1): ignored, and counted.
+            Packet::PubAck(_) | Packet::PubRec(_) | Packet::PubComp(_) => {
+                self.metrics.unsolicited_ack();
+                Ok(())
+            }
+            // A second CONNECT, AUTH without an authentication method, packets only a
+            // server sends: protocol errors.
             _ => Err(Some(ReasonCode::ProtocolError)),
         }
     }
@@ -184,9 +205,8 @@ impl<M: Metrics> Core<M> {
                     Qos2Action::Deliver => {}
                     Qos2Action::AwaitDurable => return Ok(()),
                     Qos2Action::ResendPubrec => {
-                        self.send(conn, |out, protocol| {
-                            let _ = mqtt::encode_pubrec(publish.pkid, protocol, out);
-                        });
+                        let pubrec = ack_packet(Packet::PubRec, publish.pkid, ReasonCode::Success);
+                        self.send(conn, &pubrec);
                         return Ok(());
                     }
                     Qos2Action::TooMany => return Err(Some(ReasonCode::ReceiveMaximumExceeded)),
@@ -267,8 +287,8 @@ impl<M: Metrics> Core<M> {
                     slot,
                 }
             }
-            Err(Rejection::Replay(ReplayError::Duplicate { .. })) if publish.dup => {
-                Verdict::Redelivery
+            Err(Rejection::Replay(ReplayError::Duplicate { seq })) if publish.dup => {
+                redelivery(&state.recent, seq, publish.payload)
             }
             Err(rejection) => Verdict::Reject {
                 reason: reason_of(&rejection),
@@ -392,6 +412,7 @@ impl<M: Metrics> Core<M> {
             .replay
             .commit(seq)
             .map_err(|e| (Reason::of_replay(&e), e.to_string()))?;
+        device.recent.push(seq, &work.payload);
         let mut names = BTreeMap::new();
         for reading in readings.as_slice() {
             let name = match Kind::from_code(reading.kind).and_then(Kind::name) {

@@ -35,12 +35,13 @@ pub enum Reason {
     TopicNotAllowed,
     Qos0DroppedOverload,
     Malformed,
+    RedeliveryMismatch,
     Other,
 }
 
 impl Reason {
     /// Every reason, in metric order.
-    pub const ALL: [Reason; 25] = [
+    pub const ALL: [Reason; 26] = [
         Reason::Oversize,
         Reason::Truncated,
         Reason::TrailingBytes,
@@ -65,6 +66,7 @@ impl Reason {
         Reason::TopicNotAllowed,
         Reason::Qos0DroppedOverload,
         Reason::Malformed,
+        Reason::RedeliveryMismatch,
         Reason::Other,
     ];
 
@@ -96,6 +98,7 @@ impl Reason {
             Reason::TopicNotAllowed => "topic_not_allowed",
             Reason::Qos0DroppedOverload => "qos0_dropped_overload",
             Reason::Malformed => "malformed",
+            Reason::RedeliveryMismatch => "redelivery_mismatch",
             Reason::Other => "other",
         }
     }
@@ -114,9 +117,10 @@ impl Reason {
             | Reason::WrongDevice
             | Reason::BadSignature
             | Reason::UnknownDevice => ReasonCode::NotAuthorized,
-            Reason::Replayed | Reason::StaleSequence | Reason::ClockSkew => {
-                ReasonCode::ImplementationSpecificError
-            }
+            Reason::Replayed
+            | Reason::StaleSequence
+            | Reason::ClockSkew
+            | Reason::RedeliveryMismatch => ReasonCode::ImplementationSpecificError,
             _ => ReasonCode::PayloadFormatInvalid,
         }
     }
@@ -169,6 +173,7 @@ mod tests {
             "topic_not_allowed",
             "qos0_dropped_overload",
             "malformed",
+            "redelivery_mismatch",
             "other",
         ];
         let expected: Vec<&str> = EnvelopeError::ALL_REASONS

@@ -19,6 +19,7 @@ struct Counts {
     rejected: RefCell<Vec<Reason>>,
     refused: Cell<u64>,
     open: Cell<i64>,
+    unsolicited: Cell<u64>,
 }
 
 impl Metrics for Counts {
@@ -36,6 +37,9 @@ impl Metrics for Counts {
     }
     fn rejected(&self, reason: Reason) {
         self.rejected.borrow_mut().push(reason);
+    }
+    fn unsolicited_ack(&self) {
+        self.unsolicited.set(self.unsolicited.get() + 1);
     }
 }
 
@@ -154,6 +158,7 @@ impl Harness {
             session_expiry_s: if clean_start { 0 } else { 3600 },
             auth_method: false,
             len: 0,
+            packet_bytes_max: usize::MAX,
         }
     }
 
@@ -540,11 +545,13 @@ fn a_dup_redelivery_of_an_accepted_reading_is_acknowledged_without_a_record() {
     let mut h = Harness::new(config());
     h.connect(1, "co2-1", Protocol::V311, true);
     h.output(1);
+    let stored = h.payload("co2-1", 1);
     h.publish(1, "co2-1", 1, QoS::AtLeastOnce, 1, false);
     h.flush_batch();
     h.commit_all();
     assert_eq!(h.packets(1, Protocol::V311), ["PUBACK 1 Success"]);
-    h.publish(1, "co2-1", 1, QoS::AtLeastOnce, 2, true);
+    // The same bytes (a redelivery is the same message [MQTT-4.3.2]).
+    publish_dup(&mut h, 1, 2, &stored);
     let actions = h.flush_batch();
     assert!(appends(&actions).is_empty());
     assert_eq!(h.packets(1, Protocol::V311), ["PUBACK 2 Success"]);
@@ -852,4 +859,474 @@ fn a_first_packet_that_does_not_decode_gets_the_connack_the_spec_defines() {
         ["CONNACK UnsupportedProtocolVersion present=false"]
     );
     assert_eq!(*h.core.metrics().rejected.borrow(), [Reason::Malformed]);
+}
+
+/// A v5 CONNECT of `device` announcing a Maximum Packet Size of `max` bytes.
+fn with_max(h: &mut Harness, device: &str, max: usize) -> ConnectInfo {
+    let mut info = h.info(device, Protocol::V5, true);
+    info.packet_bytes_max = max;
+    info
+}
+
+#[test]
+fn a_connack_larger_than_the_clients_maximum_is_not_sent() {
+    let mut h = Harness::new(config());
+    // The minimal CONNACK is 5 bytes: a client that accepts 2 (or 4) gets nothing.
+    for (conn, max) in [(1, 2), (2, 4)] {
+        let info = with_max(&mut h, "co2-1", max);
+        let actions = h.connect_with(conn, &info, None);
+        assert_eq!(refusal(&actions), Some("connack_too_large"));
+        assert!(h.output(conn).is_empty());
+        assert_eq!(h.core.device("co2-1").unwrap().conn, None);
+    }
+    assert_eq!(h.core.metrics().open.get(), 0);
+    // 5 bytes: the CONNACK without its defaulted capabilities.
+    let info = with_max(&mut h, "co2-1", 5);
+    let actions = h.connect_with(3, &info, None);
+    assert!(actions.iter().any(|a| matches!(a, Action::Accept { .. })));
+    let out = h.output(3);
+    assert_eq!(out.len(), 5);
+    let Ok(Decoded::Packet {
+        packet: Packet::ConnAck(connack),
+        ..
+    }) = mqtt::decode(&out, Protocol::V5, 1 << 20)
+    else {
+        panic!("not a CONNACK: {out:?}");
+    };
+    assert_eq!(connack.reason, ReasonCode::Success);
+    assert_eq!(connack.properties.receive_maximum, None);
+    // Without a limit the CONNACK announces the server's capabilities.
+    h.connect(4, "co2-2", Protocol::V5, true);
+    assert!(h.output(4).len() > 5);
+}
+
+#[test]
+fn packets_larger_than_the_clients_maximum_are_not_sent_and_the_connection_closes() {
+    let mut h = Harness::new(config());
+    let info = with_max(&mut h, "co2-1", 5);
+    h.connect_with(1, &info, None);
+    h.output(1);
+    // A 2-byte PINGRESP and a 4-byte PUBACK fit.
+    h.event(Event::Packet {
+        conn: ConnId(1),
+        packet: Packet::PingReq,
+    });
+    h.publish(1, "co2-1", 1, QoS::AtLeastOnce, 9, false);
+    h.flush_batch();
+    h.commit_all();
+    assert_eq!(h.packets(1, Protocol::V5), ["PINGRESP", "PUBACK 9 Success"]);
+    // A SUBACK for two filters is 7 bytes: not sent, and the connection closes without a
+    // DISCONNECT.
+    let actions = h.event(Event::Packet {
+        conn: ConnId(1),
+        packet: Packet::Subscribe(mqtt::Subscribe {
+            pkid: 4,
+            properties: mqtt::Properties::default(),
+            filters: vec![
+                mqtt::SubscribeFilter {
+                    filter: "a",
+                    options: mqtt::SubscriptionOptions::qos(QoS::AtMostOnce),
+                },
+                mqtt::SubscribeFilter {
+                    filter: "b",
+                    options: mqtt::SubscriptionOptions::qos(QoS::AtMostOnce),
+                },
+            ],
+        }),
+    });
+    assert_eq!(
+        actions,
+        [Action::Close {
+            conn: ConnId(1),
+            reason: None
+        }]
+    );
+    h.event(Event::Finish { conn: ConnId(1) });
+    assert!(h.output(1).is_empty());
+}
+
+#[test]
+fn the_closing_disconnect_obeys_the_clients_maximum() {
+    let mut h = Harness::new(config());
+    // The DISCONNECT with a reason is 3 bytes: it fits every client that got a CONNACK
+    // (5 bytes at least).
+    let info = with_max(&mut h, "co2-1", 5);
+    h.connect_with(1, &info, None);
+    h.output(1);
+    h.event(Event::ReadTimedOut { conn: ConnId(1) });
+    h.event(Event::Finish { conn: ConnId(1) });
+    assert_eq!(h.packets(1, Protocol::V5), ["DISCONNECT KeepAliveTimeout"]);
+}
+
+/// A v5 DISCONNECT carrying `expiry_s` as its Session Expiry Interval, if given.
+fn disconnect(h: &mut Harness, conn: u64, expiry_s: Option<u32>) -> Vec<Action> {
+    let properties = mqtt::Properties {
+        session_expiry_interval: expiry_s,
+        ..mqtt::Properties::default()
+    };
+    h.event(Event::Packet {
+        conn: ConnId(conn),
+        packet: Packet::Disconnect(mqtt::Disconnect {
+            reason: ReasonCode::Success,
+            properties,
+        }),
+    })
+}
+
+/// A v5 CONNECT of co2-1 with Clean Start 0 and this Session Expiry Interval; returns
+/// whether the CONNACK said Session Present.
+fn reconnect(h: &mut Harness, conn: u64, expiry_s: u32) -> bool {
+    let mut info = h.info("co2-1", Protocol::V5, false);
+    info.session_expiry_s = expiry_s;
+    h.connect_with(conn, &info, None);
+    let packets = h.packets(conn, Protocol::V5);
+    assert_eq!(packets.len(), 1, "{packets:?}");
+    packets[0].ends_with("present=true")
+}
+
+#[test]
+fn a_disconnect_setting_an_expiry_after_a_connect_with_zero_is_a_protocol_error() {
+    let mut h = Harness::new(config());
+    assert!(!reconnect(&mut h, 1, 0));
+    let actions = disconnect(&mut h, 1, Some(60));
+    assert_eq!(
+        actions,
+        [Action::Close {
+            conn: ConnId(1),
+            reason: Some(ReasonCode::ProtocolError)
+        }]
+    );
+    h.event(Event::Finish { conn: ConnId(1) });
+    assert_eq!(h.packets(1, Protocol::V5), ["DISCONNECT ProtocolError"]);
+    h.event(Event::Closed { conn: ConnId(1) });
+    // The session ended with the connection, as the CONNECT said.
+    assert!(!reconnect(&mut h, 2, 0));
+    // Zero after zero is a normal DISCONNECT.
+    assert!(disconnect(&mut h, 2, Some(0)).is_empty());
+    assert_eq!(h.core.read_gate(ConnId(2)), ReadGate::Stop);
+    h.event(Event::Finish { conn: ConnId(2) });
+    assert!(h.output(2).is_empty());
+}
+
+#[test]
+fn a_v5_session_expires_its_interval_after_the_connection_ended() {
+    let mut h = Harness::new(config());
+    assert!(!reconnect(&mut h, 1, 2));
+    // A QoS 2 exchange left open: its packet id is session state.
+    h.publish(1, "co2-1", 1, QoS::ExactlyOnce, 5, false);
+    h.flush_batch();
+    h.commit_all();
+    assert_eq!(h.packets(1, Protocol::V5), ["PUBREC 5 Success"]);
+    h.event(Event::Closed { conn: ConnId(1) });
+    // Within the 2 s: the session is there, with its QoS 2 id.
+    h.advance_us(1_000_000);
+    assert!(reconnect(&mut h, 2, 2));
+    h.event(Event::Closed { conn: ConnId(2) });
+    // 3.5 s after the end: gone, and its state with it.
+    h.advance_us(3_500_000);
+    assert!(!reconnect(&mut h, 3, 2));
+    h.event(Event::Packet {
+        conn: ConnId(3),
+        packet: Packet::PubRel(Ack {
+            pkid: 5,
+            reason: ReasonCode::Success,
+            properties: mqtt::Properties::default(),
+        }),
+    });
+    assert_eq!(
+        h.packets(3, Protocol::V5),
+        ["PUBCOMP 5 PacketIdentifierNotFound"]
+    );
+    // 0xFFFFFFFF: never.
+    reconnect(&mut h, 4, u32::MAX);
+    h.event(Event::Closed { conn: ConnId(3) });
+    h.event(Event::Closed { conn: ConnId(4) });
+    h.advance_us(1_000_000_000_000);
+    assert!(reconnect(&mut h, 5, 0));
+}
+
+#[test]
+fn a_disconnect_may_end_lower_or_raise_the_session_expiry() {
+    let mut h = Harness::new(config());
+    // Set to 0 by the DISCONNECT: the session ends with the connection.
+    reconnect(&mut h, 1, 3600);
+    assert!(disconnect(&mut h, 1, Some(0)).is_empty());
+    h.event(Event::Closed { conn: ConnId(1) });
+    h.advance_us(1_000);
+    assert!(!reconnect(&mut h, 2, 2));
+    // Raised from 2 s to 10 s: still there after 3.5 s.
+    assert!(disconnect(&mut h, 2, Some(10)).is_empty());
+    h.event(Event::Closed { conn: ConnId(2) });
+    h.advance_us(3_500_000);
+    assert!(reconnect(&mut h, 3, 2));
+    // Without the property the CONNECT's interval holds.
+    assert!(disconnect(&mut h, 3, None).is_empty());
+    h.event(Event::Closed { conn: ConnId(3) });
+    h.advance_us(2_000_000);
+    assert!(!reconnect(&mut h, 4, 2));
+}
+
+/// A CONNECT of `device` whose credential signs `client_id`, the client id it sends.
+fn info_with_client(
+    h: &mut Harness,
+    device: &str,
+    protocol: Protocol,
+    clean_start: bool,
+    client_id: &str,
+) -> ConnectInfo {
+    let mut info = h.info(device, protocol, clean_start);
+    info.client_id = client_id.to_string();
+    info.password = Some(
+        sign_credential(
+            device,
+            client_id,
+            &key(device),
+            h.now.wall_ms,
+            [h.nonce; 16],
+        )
+        .into_bytes(),
+    );
+    info
+}
+
+/// The CONNACK in a connection's output.
+fn connack_of(h: &mut Harness, conn: u64, protocol: Protocol) -> (ReasonCode, Option<String>) {
+    let out = h.output(conn);
+    let Ok(Decoded::Packet {
+        packet: Packet::ConnAck(connack),
+        ..
+    }) = mqtt::decode(&out, protocol, 1 << 20)
+    else {
+        panic!("not a CONNACK: {out:?}");
+    };
+    let assigned = connack
+        .properties
+        .assigned_client_identifier
+        .map(str::to_string);
+    (connack.reason, assigned)
+}
+
+#[test]
+fn an_empty_client_id_is_assigned_the_device_id() {
+    let mut h = Harness::new(config());
+    // v5: accepted; the CONNACK assigns the device id [MQTT-3.2.2-16]. The credential
+    // signed the client id as sent, the empty one.
+    let info = info_with_client(&mut h, "co2-1", Protocol::V5, false, "");
+    let actions = h.connect_with(1, &info, None);
+    assert!(actions.iter().any(|a| matches!(a, Action::Accept { .. })));
+    assert_eq!(
+        connack_of(&mut h, 1, Protocol::V5),
+        (ReasonCode::Success, Some("co2-1".to_string()))
+    );
+    // A client id of its own is not assigned anything.
+    h.connect(2, "co2-2", Protocol::V5, true);
+    assert_eq!(
+        connack_of(&mut h, 2, Protocol::V5),
+        (ReasonCode::Success, None)
+    );
+    // A credential signed for another client id does not open a session under the empty one.
+    let mut info = h.info("co2-2", Protocol::V5, true);
+    info.client_id = String::new();
+    assert_eq!(
+        refusal(&h.connect_with(3, &info, None)),
+        Some("bad_credential")
+    );
+    // 3.1.1: accepted with Clean Session 1 ...
+    let info = info_with_client(&mut h, "co2-2", Protocol::V311, true, "");
+    let actions = h.connect_with(4, &info, None);
+    assert!(actions.iter().any(|a| matches!(a, Action::Accept { .. })));
+    assert_eq!(connack_of(&mut h, 4, Protocol::V311).0, ReasonCode::Success);
+    // ... and refused with return code 2 with Clean Session 0 [MQTT-3.1.3-8].
+    let info = info_with_client(&mut h, "co2-2", Protocol::V311, false, "");
+    assert_eq!(
+        refusal(&h.connect_with(5, &info, None)),
+        Some("empty_client_id")
+    );
+    assert_eq!(
+        h.output(5),
+        [0x20, 0x02, 0x00, 0x02],
+        "CONNACK return code 2"
+    );
+}
+
+#[test]
+fn the_client_id_limit_is_400_bytes_whatever_the_device_id() {
+    let mut h = Harness::new(config());
+    let long = "d".repeat(64);
+    let entry = h.registry["co2-1"].clone();
+    h.registry.insert(
+        long.clone(),
+        DeviceEntry {
+            key: key(&long).verifying_key(),
+            ..entry
+        },
+    );
+    let mut conn = 0;
+    for device in ["co2-1", long.as_str()] {
+        for protocol in [Protocol::V5, Protocol::V311] {
+            for (len, accepted) in [(400, true), (401, false)] {
+                // Two-byte characters count as two: 200 of them are 400 bytes.
+                let client_id = "é".repeat(len / 2) + &"c".repeat(len % 2);
+                assert_eq!(client_id.len(), len);
+                conn += 1;
+                let info = info_with_client(&mut h, device, protocol, true, &client_id);
+                let actions = h.connect_with(conn, &info, None);
+                let (reason, _) = connack_of(&mut h, conn, protocol);
+                if accepted {
+                    assert_eq!(reason, ReasonCode::Success, "{device} {len}");
+                    h.event(Event::Closed { conn: ConnId(conn) });
+                } else {
+                    assert_eq!(refusal(&actions), Some("client_id_too_long"));
+                    assert_eq!(reason, ReasonCode::ClientIdentifierNotValid);
+                }
+            }
+        }
+    }
+}
+
+#[test]
+fn unsolicited_acknowledgements_are_ignored_and_counted() {
+    for protocol in [Protocol::V5, Protocol::V311] {
+        let mut h = Harness::new(config());
+        h.connect(1, "co2-1", protocol, true);
+        h.output(1);
+        for packet in [Packet::PubAck, Packet::PubRec, Packet::PubComp] {
+            let actions = h.event(Event::Packet {
+                conn: ConnId(1),
+                packet: packet(Ack {
+                    pkid: 12,
+                    reason: ReasonCode::Success,
+                    properties: mqtt::Properties::default(),
+                }),
+            });
+            assert!(actions.is_empty(), "{protocol:?}: {actions:?}");
+        }
+        assert_eq!(h.core.metrics().unsolicited.get(), 3);
+        assert_eq!(h.core.read_gate(ConnId(1)), ReadGate::Read);
+        // The connection goes on.
+        h.publish(1, "co2-1", 1, QoS::AtLeastOnce, 2, false);
+        h.flush_batch();
+        h.commit_all();
+        assert_eq!(h.packets(1, protocol), ["PUBACK 2 Success"]);
+    }
+}
+
+/// The dead letters (reason, detail) among `actions`' appends.
+fn dead_letters(h: &Harness, actions: &[Action]) -> Vec<(String, String)> {
+    actions
+        .iter()
+        .filter_map(|a| match a {
+            Action::Append {
+                kind: RecordKind::DeadLetter,
+                record,
+                ..
+            } => {
+                let (meta, _) = record::split(h.core.record(record.clone())).unwrap();
+                let meta: record::DeadLetterMeta = serde_json::from_slice(meta).unwrap();
+                Some((meta.reason, meta.detail))
+            }
+            _ => None,
+        })
+        .collect()
+}
+
+/// A DUP PUBLISH of co2-1 with this payload.
+fn publish_dup(h: &mut Harness, conn: u64, pkid: u16, payload: &[u8]) {
+    h.event(Event::Packet {
+        conn: ConnId(conn),
+        packet: Packet::Publish(Publish {
+            dup: true,
+            qos: QoS::AtLeastOnce,
+            retain: false,
+            topic: "devices/co2-1/telemetry",
+            pkid,
+            properties: mqtt::Properties::default(),
+            payload,
+        }),
+    });
+}
+
+#[test]
+fn a_dup_redelivery_that_is_not_the_stored_reading_is_acknowledged_and_dead_lettered() {
+    let mut h = Harness::new(config());
+    h.connect(1, "co2-1", Protocol::V5, true);
+    h.output(1);
+    let stored = h.payload("co2-1", 1);
+    h.publish(1, "co2-1", 1, QoS::AtLeastOnce, 1, false);
+    h.flush_batch();
+    h.commit_all();
+    assert_eq!(h.packets(1, Protocol::V5), ["PUBACK 1 Success"]);
+    // The same bytes again with DUP: the stored reading, nothing recorded.
+    publish_dup(&mut h, 1, 2, &stored);
+    assert!(appends(&h.flush_batch()).is_empty());
+    h.commit_all();
+    assert_eq!(h.packets(1, Protocol::V5), ["PUBACK 2 Success"]);
+    // A forged signature, and another reading under the same sequence.
+    let mut forged = stored.clone();
+    let last = forged.len() - 1;
+    forged[last] ^= 1;
+    h.advance_us(1_000_000);
+    let altered = h.payload("co2-1", 1);
+    assert_ne!(altered, stored);
+    publish_dup(&mut h, 1, 3, &forged);
+    publish_dup(&mut h, 1, 4, &altered);
+    let actions = h.flush_batch();
+    let detail = "DUP redelivery of sequence 1 differs from the stored reading".to_string();
+    assert_eq!(
+        dead_letters(&h, &actions),
+        [
+            ("redelivery_mismatch".to_string(), detail.clone()),
+            ("redelivery_mismatch".to_string(), detail)
+        ]
+    );
+    // Acknowledged once the dead letters are durable.
+    assert!(h.output(1).is_empty());
+    h.commit_all();
+    assert_eq!(
+        h.packets(1, Protocol::V5),
+        [
+            "PUBACK 3 ImplementationSpecificError",
+            "PUBACK 4 ImplementationSpecificError"
+        ]
+    );
+    assert_eq!(
+        *h.core.metrics().rejected.borrow(),
+        [Reason::RedeliveryMismatch, Reason::RedeliveryMismatch]
+    );
+}
+
+#[test]
+fn a_dup_redelivery_too_old_to_compare_is_dead_lettered() {
+    let mut h = Harness::new(config());
+    h.connect(1, "co2-1", Protocol::V311, true);
+    h.output(1);
+    let first = h.payload("co2-1", 1);
+    for seq in 1..=17 {
+        h.publish(1, "co2-1", seq, QoS::AtMostOnce, 0, false);
+    }
+    h.flush_batch();
+    h.commit_all();
+    // 16 later readings pushed sequence 1 out of the ring.
+    publish_dup(&mut h, 1, 7, &first);
+    let actions = h.flush_batch();
+    assert_eq!(
+        dead_letters(&h, &actions),
+        [(
+            "redelivery_mismatch".to_string(),
+            "DUP redelivery of sequence 1 is too old to compare with the stored reading"
+                .to_string()
+        )]
+    );
+    h.commit_all();
+    assert_eq!(h.packets(1, Protocol::V311), ["PUBACK 7 Success"]);
+    // After a restart nothing can be compared either.
+    let mut h = Harness::new(config());
+    let entry = h.registry["co2-1"].clone();
+    h.core.restore_replay("co2-1", entry, 5);
+    h.connect(1, "co2-1", Protocol::V5, true);
+    h.output(1);
+    let payload = h.payload("co2-1", 5);
+    publish_dup(&mut h, 1, 1, &payload);
+    let actions = h.flush_batch();
+    assert_eq!(dead_letters(&h, &actions).len(), 1);
 }

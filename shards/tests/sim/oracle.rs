@@ -7,7 +7,8 @@
 //! 3. A replay (an attacker's, or a resend of an accepted sequence without DUP) never
 //!    becomes a second reading: it is a dead letter `replayed`/`stale_sequence`.
 //! 4. Every acknowledged QoS 1/2 message not stored as a reading has a durable dead letter,
-//!    except a DUP redelivery of a stored sequence.
+//!    except a DUP redelivery of a stored reading (the same bytes); a DUP with another
+//!    payload under a stored sequence (forged, altered) is dead-lettered.
 //! 5. Everything acknowledged stays in the durable prefix through every restart.
 //! 6. A forged signature never becomes a reading: every durable reading verifies.
 //! 7. No false replay: a `replayed` dead letter names a sequence already stored as a
@@ -107,13 +108,10 @@ pub struct Oracle {
     acked_end: u64,
     pub durable_readings: u64,
     pub durable_dead: u64,
-    /// Set: also check what the issue lists as open defects (a DUP redelivery with another
-    /// payload must be dead-lettered).
-    strict: bool,
 }
 
 impl Oracle {
-    pub fn new(devices: Vec<(String, VerifyingKey)>, strict: bool) -> Self {
+    pub fn new(devices: Vec<(String, VerifyingKey)>) -> Self {
         let index = devices
             .iter()
             .enumerate()
@@ -122,7 +120,6 @@ impl Oracle {
         Self {
             devices,
             index,
-            strict,
             ..Self::default()
         }
     }
@@ -258,11 +255,10 @@ impl Oracle {
             .get(&(d, msg.seq))
             .filter(|(offset, _)| *offset < limit);
         let reading_same = reading.filter(|(_, raw)| *raw == msg.payload);
-        // The exception of promise 4: a DUP redelivery of a stored sequence. Outside strict
-        // mode also of a sequence a restart restored as seen without it being stored (an
-        // open defect: such a message is acknowledged and recorded nowhere).
-        let restored = self.restored.get(&d).is_some_and(|h| msg.seq <= *h);
-        let redelivery = msg.dup && !self.strict && (reading.is_some() || restored);
+        // The exception of promise 4: a DUP redelivery of a stored reading, the same bytes.
+        // Another payload under a stored sequence (forged, altered), or one a restart only
+        // restored as seen, is acknowledged too, but only once a dead letter records it.
+        let redelivery = msg.dup && reading_same.is_some();
         let dead: Vec<&DeadLetter> = self
             .dead
             .get(&(d, msg.payload.clone()))

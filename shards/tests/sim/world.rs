@@ -316,7 +316,7 @@ impl World {
             credentials: Vec::new(),
             attacker_key: SigningKey::from_bytes(&[0xee; 32]),
             attacker_pkid: PKID_ATTACKER_MIN,
-            oracle: Oracle::new(keys, strict),
+            oracle: Oracle::new(keys),
             trace: VecDeque::new(),
             summary: Summary::default(),
         }
