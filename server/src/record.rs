@@ -72,6 +72,17 @@ pub struct DeadLetterMeta {
     pub seq: Option<u64>,
 }
 
+/// An accepted CONNECT credential (`RecordKind::Credential`, no raw bytes): its nonce stays
+/// refused until its timestamp leaves the freshness window, across restarts.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct CredentialMeta {
+    pub device: String,
+    /// The credential's 16-byte nonce, hex.
+    pub nonce: String,
+    /// The credential's own timestamp, ms since the Unix epoch.
+    pub ts_ms: u64,
+}
+
 pub const RECORD_VERSION: u8 = 1;
 
 /// Appends a record payload: version, metadata, raw bytes.

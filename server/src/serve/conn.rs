@@ -358,13 +358,30 @@ pub async fn serve(
         // The stream drops here; the home shard holds the duplicated descriptor.
         return;
     }
-    let state = match authenticate(&shard, &info, &device_id, cert_device.is_some()) {
-        Ok(state) => state,
-        Err((reason, why)) => {
-            refuse(&shard, &mut stream, &info, peer, reason, why).await;
+    let (state, credential_end) =
+        match authenticate(&shard, &info, &device_id, cert_device.is_some()) {
+            Ok(accepted) => accepted,
+            Err((reason, why)) => {
+                refuse(&shard, &mut stream, &info, peer, reason, why).await;
+                return;
+            }
+        };
+    // The credential's record is durable before the CONNACK: a restart cannot forget it.
+    if let Some(end) = credential_end {
+        if !shard.wait_durable(end).await {
+            let why = "log_failed";
+            refuse(
+                &shard,
+                &mut stream,
+                &info,
+                peer,
+                ReasonCode::ServerUnavailable,
+                why,
+            )
+            .await;
             return;
         }
-    };
+    }
     shard.throttle.borrow_mut().succeeded(peer.ip());
 
     let conn = Rc::new(Conn::new(
@@ -718,13 +735,17 @@ fn on_publish(
     Ok(())
 }
 
-/// Checks the device and its credential; returns its state on this (its home) shard.
+/// An authenticated device's state, and the log end its credential's record needs.
+type Authenticated = (Rc<std::cell::RefCell<DeviceState>>, Option<u64>);
+
+/// Checks the device and its credential; returns its state on this (its home) shard and,
+/// for a credential, the log end its record needs to be durable.
 fn authenticate(
     shard: &Shard,
     info: &ConnectInfo,
     device_id: &str,
     certificate_verified: bool,
-) -> Result<Rc<std::cell::RefCell<DeviceState>>, (ReasonCode, &'static str)> {
+) -> Result<Authenticated, (ReasonCode, &'static str)> {
     if shard.stopping.is_set() {
         return Err((ReasonCode::ServerUnavailable, "shutting_down"));
     }
@@ -744,7 +765,7 @@ fn authenticate(
     if certificate_verified || !shard.config.auth.require_credential {
         // The device CA vouched for the device id (or credentials are off for a
         // benchmark); the registry for its status.
-        return Ok(shard.device_state(device_id, device));
+        return Ok((shard.device_state(device_id, device), None));
     }
     let password = info.password.as_deref().unwrap_or_default();
     let credential = Credential::parse(password)
@@ -754,13 +775,9 @@ fn authenticate(
     credential
         .verify(device_id, &info.client_id, &device.key, now, window)
         .map_err(|_| (ReasonCode::BadUserNameOrPassword, "bad_credential"))?;
-    let state = shard.device_state(device_id, device);
-    state
-        .borrow_mut()
-        .nonces
-        .accept(credential.nonce, credential.ts_ms, now, window)
-        .map_err(|_| (ReasonCode::BadUserNameOrPassword, "replayed_credential"))?;
-    Ok(state)
+    let end = super::durable::accept_credential(shard, device_id, &credential, now)
+        .map_err(|e| (ReasonCode::BadUserNameOrPassword, e.reason()))?;
+    Ok((shard.device_state(device_id, device), Some(end)))
 }
 
 /// Refuses a CONNECT: slows repeat offenders down, then CONNACK with the reason and close.

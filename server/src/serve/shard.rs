@@ -30,7 +30,7 @@ use futures_lite::future;
 use glommio::net::TcpListener;
 use ingestd_codec::envelope::{self, BatchVerifier, EnvelopeError, Kind};
 use ingestd_codec::mqtt::{self, QoS, ReasonCode};
-use ingestd_shards::policy::{AuthThrottle, CommitDecision, CommitPolicy, NonceCache};
+use ingestd_shards::policy::{AuthThrottle, CommitDecision, CommitPolicy};
 use ingestd_shards::replay::ReplayWindow;
 use ingestd_shards::session::Session;
 use ingestd_shards::validate::Limits;
@@ -50,7 +50,6 @@ const PIPELINE_ROUND_MAX: usize = 1024;
 pub struct DeviceState {
     pub device: Device,
     pub replay: ReplayWindow,
-    pub nonces: NonceCache,
     pub session: Session,
     /// The session outlives the connection (3.1.1 clean session 0, v5 expiry > 0).
     pub session_persistent: bool,
@@ -131,6 +130,8 @@ pub struct Shard {
     started: Instant,
     /// Present when sinks are configured.
     egress: Option<EgressSide>,
+    /// Checkpoints, remembered credentials, a full disk (`durable`).
+    pub durable: super::durable::Durable,
 }
 
 /// The shard's side of the egress (docs/DELIVERY.md).
@@ -175,6 +176,7 @@ impl Shard {
             }
         });
         Self {
+            durable: super::durable::Durable::new(&config),
             egress,
             id,
             shards,
@@ -216,7 +218,7 @@ impl Shard {
 
     /// Appends a record to the log (and, with sinks, to the egress tail); returns its offset.
     /// A reading's `meta` goes to the sinks as it is, so they need not decode the record.
-    fn append(&self, kind: RecordKind, payload: &[u8], meta: Option<ReadingMeta>) -> u64 {
+    pub fn append(&self, kind: RecordKind, payload: &[u8], meta: Option<ReadingMeta>) -> u64 {
         let offset = self.log.append(kind, payload);
         if let Some(egress) = &self.egress {
             let payload = payload.to_vec();
@@ -372,6 +374,24 @@ impl Shard {
         self.log.pending_bytes() + self.work.borrow().len() * 256
             > self.config.log.pending_bytes_max
             || self.shared.metrics.health.failed.load(Ordering::Relaxed)
+            || self.metrics.log_disk_full.get() > 0
+    }
+
+    /// Waits until every record below `end` is durable, asking for a commit; `false` when
+    /// the log failed and never will make it durable.
+    pub async fn wait_durable(&self, end: u64) -> bool {
+        while self.log.durable_end() < end {
+            if self.shared.metrics.health.failed.load(Ordering::Relaxed) {
+                return false;
+            }
+            let since = self.durable.committed.generation();
+            if self.oldest_pending_us.get().is_none() {
+                self.oldest_pending_us.set(Some(self.now_us()));
+            }
+            self.commit_notify.notify();
+            self.durable.committed.changed(since).await;
+        }
+        true
     }
 
     /// Parks a reader until the next commit.
@@ -400,8 +420,7 @@ impl Shard {
         }
         let state = Rc::new(RefCell::new(DeviceState {
             device: device.clone(),
-            replay: ReplayWindow::new(),
-            nonces: NonceCache::default(),
+            replay: self.durable.take_window(device_id),
             session: Session::new(),
             session_persistent: false,
             session_exists: false,
@@ -965,7 +984,7 @@ pub async fn committer(shard: Rc<Shard>) {
                 let bytes = shard.log.pending_bytes() as u64;
                 let started = Instant::now();
                 shard.oldest_pending_us.set(None);
-                match shard.log.commit().await {
+                match super::durable::commit(&shard).await {
                     Ok(end) => {
                         shard
                             .metrics
