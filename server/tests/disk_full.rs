@@ -131,6 +131,10 @@ fn a_full_disk_pauses_the_shard_and_it_resumes_when_space_returns() {
     let mut filler = std::fs::File::create(small.join("filler")).unwrap();
     let chunk = vec![0xA5u8; 64 << 10];
     while filler.write_all(&chunk).is_ok() {}
+    // Leave less than a segment: commits past the active segment's end still fit, creating
+    // the next segment does not (the case that stopped the whole server before).
+    let filled = filler.metadata().unwrap().len();
+    filler.set_len(filled.saturating_sub(192 << 10)).unwrap();
     let _ = filler.sync_all();
 
     // The shard that needs a new segment first stops: not ready, with a metric.
