@@ -11,7 +11,7 @@
 //!   longer search.
 //! - `SIM_STRICT=1`: also check the defects issue 11 lists as open (a forged DUP
 //!   redelivery must be dead-lettered; a credential must not open a session after a
-//!   restart).
+//!   restart; a DUP of a sequence never stored is not acknowledged without a record).
 //!
 //! Limits: one shard (hand-off is not simulated); no TLS or certificates; no registry
 //! changes; the sink confirms only what is durable.
@@ -69,11 +69,12 @@ fn simulation() {
         total.takeovers += s.takeovers;
         total.keepalive_timeouts += s.keepalive_timeouts;
         total.gate_bypasses += s.gate_bypasses;
+        total.disk_full += s.disk_full;
     }
     println!(
         "sim: {} seeds x {steps} steps: {} sent, {} acknowledged, {} readings, {} dead letters, \
-         {} restarts, {} failed commits, {} takeovers, {} keep-alive timeouts, {} gate \
-         bypasses, {} connects refused ({} genuine devices locked out, {} credentials \
+         {} restarts, {} failed commits, {} full disks, {} takeovers, {} keep-alive timeouts, \
+         {} gate bypasses, {} connects refused ({} genuine devices locked out, {} credentials \
          accepted again after a restart)",
         seeds.len(),
         total.sent,
@@ -82,6 +83,7 @@ fn simulation() {
         total.dead_letters,
         total.restarts,
         total.commits_failed,
+        total.disk_full,
         total.takeovers,
         total.keepalive_timeouts,
         total.gate_bypasses,

@@ -213,6 +213,7 @@ impl<M: Metrics> Core<M> {
                 );
             } else {
                 self.accept(held.conn, &held.info, held.peer, held.idx);
+                self.resume(held.conn);
             }
         }
     }

@@ -509,6 +509,11 @@ impl<M: Metrics> Core<M> {
         if state.closing {
             return ReadGate::Stop;
         }
+        if state.held {
+            // Nothing is read before the CONNACK (held for the credential's record).
+            state.waiting = true;
+            return ReadGate::Wait;
+        }
         if overloaded && !state.paused {
             state.paused = true;
             self.paused.push(conn);
