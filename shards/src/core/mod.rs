@@ -597,7 +597,13 @@ impl<M: Metrics> Core<M> {
 
     /// At start-up: a credential accepted before the restart (a `Credential` record or a
     /// checkpoint); refused again until it leaves its window. `now_ms` is the wall clock.
-    pub fn restore_credential(&mut self, device_id: &str, nonce: [u8; 16], ts_ms: u64, now_ms: u64) {
+    pub fn restore_credential(
+        &mut self,
+        device_id: &str,
+        nonce: [u8; 16],
+        ts_ms: u64,
+        now_ms: u64,
+    ) {
         // Already remembered (in a checkpoint and the log after it) is the same state.
         let _ = self.nonces.accept(
             device_id,

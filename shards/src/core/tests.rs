@@ -915,7 +915,13 @@ fn a_held_connect_is_refused_with_server_unavailable_when_the_log_fails() {
         ["CONNACK ServerUnavailable present=false"]
     );
     // A commit that comes anyway accepts nothing.
-    assert!(!accepted(&h.event(Event::Committed { end: 1, pending_bytes: 0 }), 1));
+    assert!(!accepted(
+        &h.event(Event::Committed {
+            end: 1,
+            pending_bytes: 0
+        }),
+        1
+    ));
 }
 
 #[test]
@@ -994,14 +1000,8 @@ fn windows_and_credentials_restored_after_a_restart_are_exact() {
     h.commit_all();
     let snapshot = h.core.snapshot(h.now.wall_ms);
     assert_eq!(snapshot.offset, 3);
-    assert_eq!(
-        snapshot.windows,
-        [("co2-1".to_string(), 102, 0b101u128)]
-    );
-    assert_eq!(
-        snapshot.nonces,
-        [("co2-1".to_string(), [1u8; 16], WALL_MS)]
-    );
+    assert_eq!(snapshot.windows, [("co2-1".to_string(), 102, 0b101u128)]);
+    assert_eq!(snapshot.nonces, [("co2-1".to_string(), [1u8; 16], WALL_MS)]);
 
     // The restart: a new core with what the checkpoint (or the log) gives.
     let mut h2 = Harness::new(config());
@@ -1012,11 +1012,15 @@ fn windows_and_credentials_restored_after_a_restart_are_exact() {
     h2.core
         .restore_replay(&device, crate::replay::ReplayWindow::restore(highest, seen));
     for (device, nonce, ts_ms) in &snapshot.nonces {
-        h2.core.restore_credential(device, *nonce, *ts_ms, h2.now.wall_ms);
+        h2.core
+            .restore_credential(device, *nonce, *ts_ms, h2.now.wall_ms);
     }
     // The snapshot of a restored core is the one it was restored from.
     let again = h2.core.snapshot(h2.now.wall_ms);
-    assert_eq!((again.windows, again.nonces), (snapshot.windows, snapshot.nonces));
+    assert_eq!(
+        (again.windows, again.nonces),
+        (snapshot.windows, snapshot.nonces)
+    );
     // The credential accepted before the restart is refused after it.
     assert_eq!(
         refusal(&h2.connect_with(1, &info, None)),
