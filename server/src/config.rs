@@ -103,6 +103,10 @@ pub struct AuthConfig {
     /// benchmarks against plain MQTT clients: a registered device id then suffices.
     pub require_credential: bool,
     pub failure_delay_ms_max: u64,
+    /// Accepted credential nonces a shard remembers (each until its credential leaves the
+    /// window; about 100 bytes each). Past this, the oldest is forgotten and credentials
+    /// dated at or before it are refused (docs/PROTOCOL.md, section 10).
+    pub credential_nonces_max: usize,
 }
 
 #[derive(Debug, Clone, Deserialize, PartialEq)]
@@ -135,6 +139,10 @@ pub struct LogConfig {
     pub commit_interval_us: u64,
     /// Bytes pending commit at which the shard stops reading sockets (back-pressure).
     pub pending_bytes_max: usize,
+    /// A shard writes a checkpoint of its replay windows and credential nonces after this
+    /// many bytes committed since the last one (and at a clean shutdown): the most log a
+    /// start-up after a crash scans per shard.
+    pub checkpoint_interval_bytes: u64,
 }
 
 #[derive(Debug, Clone, Deserialize, PartialEq)]
@@ -375,6 +383,7 @@ impl Default for AuthConfig {
             failure_delay_ms: 250,
             require_credential: true,
             failure_delay_ms_max: 10_000,
+            credential_nonces_max: 1 << 18,
         }
     }
 }
@@ -399,6 +408,7 @@ impl Default for LogConfig {
             commit_batch_bytes_max: 1 << 20,
             commit_interval_us: 2_000,
             pending_bytes_max: 16 << 20,
+            checkpoint_interval_bytes: 64 << 20,
         }
     }
 }
@@ -591,6 +601,15 @@ impl Config {
         }
         if self.auth.credential_window_ms == 0 {
             return Err(invalid("auth.credential_window_ms", "must be at least 1"));
+        }
+        if self.auth.credential_nonces_max == 0 {
+            return Err(invalid("auth.credential_nonces_max", "must be at least 1"));
+        }
+        if self.log.checkpoint_interval_bytes == 0 {
+            return Err(invalid(
+                "log.checkpoint_interval_bytes",
+                "must be at least 1",
+            ));
         }
         if self.auth.failure_delay_ms > self.auth.failure_delay_ms_max {
             return Err(invalid(

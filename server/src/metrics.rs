@@ -156,6 +156,12 @@ pub struct ShardMetrics {
     /// Durable records the egress ring had no room for (their sinks read them back from
     /// the log).
     pub egress_ring_full: Counter,
+    /// 1 while the shard's log cannot commit for lack of space (it reads and acknowledges
+    /// nothing until space returns).
+    pub log_disk_full: Gauge,
+    /// Free bytes on the log's disk, as last measured (at a disk-full condition, then
+    /// every second until it clears).
+    pub log_disk_free_bytes: Gauge,
 }
 
 /// Everything one sink counts (label `sink`).
@@ -203,6 +209,8 @@ pub struct Health {
     pub draining: AtomicBool,
     /// A shard's log failed an fsync; the node must not be sent traffic.
     pub failed: AtomicBool,
+    /// Shards whose log disk is full: /readyz is 503 while any is.
+    pub disk_full_shards: std::sync::atomic::AtomicUsize,
 }
 
 /// A metric's name, help text and how to read it off its source (a shard, a sink).
@@ -232,7 +240,7 @@ impl Registry {
     pub fn render(&self) -> String {
         let mut out = String::with_capacity(16 * 1024);
         // Counters end in `_total`; the rest are gauges.
-        let scalars: [Metric; 18] = [
+        let scalars: [Metric; 20] = [
             (
                 "ingestd_connections_accepted_total",
                 "TCP connections accepted",
@@ -318,6 +326,16 @@ impl Registry {
                 "ingestd_handoff_ring_occupancy",
                 "connections waiting in the shard's handoff rings",
                 |m| m.handoff_ring_occupancy.get(),
+            ),
+            (
+                "ingestd_log_disk_full",
+                "1 while the shard's log has no space to commit (it reads and acknowledges nothing)",
+                |m| m.log_disk_full.get(),
+            ),
+            (
+                "ingestd_log_disk_free_bytes",
+                "free bytes on the log's disk when last measured (at and during a disk-full condition)",
+                |m| m.log_disk_free_bytes.get(),
             ),
         ];
         let shards: Vec<(String, &ShardMetrics)> = self
@@ -486,6 +504,9 @@ fn answer(mut stream: TcpStream, registry: &Registry) -> std::io::Result<()> {
         "/healthz" => ("200 OK", "ok\n".to_string()),
         "/readyz" if health.draining.load(Ordering::Relaxed) => {
             ("503 Service Unavailable", "draining\n".to_string())
+        }
+        "/readyz" if health.disk_full_shards.load(Ordering::Relaxed) > 0 => {
+            ("503 Service Unavailable", "disk full\n".to_string())
         }
         "/readyz" if health.failed.load(Ordering::Relaxed) => {
             ("503 Service Unavailable", "failed\n".to_string())

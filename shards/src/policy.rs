@@ -2,9 +2,10 @@
 //!
 //! - [`CommitPolicy`]: when a group commit of the durable log is due.
 //! - [`AuthThrottle`]: slowing down addresses that keep failing to authenticate.
-//! - [`NonceCache`]: refusing a CONNECT credential replayed inside its freshness window.
+//! - [`CredentialNonces`]: refusing a CONNECT credential replayed inside its freshness
+//!   window.
 
-use std::collections::{HashMap, VecDeque};
+use std::collections::{BTreeSet, HashMap, VecDeque};
 use std::net::IpAddr;
 
 /// Group commit: commit when enough bytes wait, or when the oldest has waited long enough.
@@ -129,50 +130,135 @@ impl AuthThrottle {
     }
 }
 
-/// The nonces of recently accepted CONNECT credentials of one device.
+/// The nonces of the CONNECT credentials a shard accepted, remembered until each
+/// credential's timestamp leaves the freshness window.
 ///
-/// A credential is valid for its freshness window; over a plain connection it could be
-/// sniffed and replayed within that window. Remembering the nonces accepted in the window
-/// closes that. Bounded: a device that reconnects more than `NONCES_MAX` times within
-/// one window is refused until older nonces age out.
-#[derive(Debug, Clone, Default)]
-pub struct NonceCache {
-    /// (nonce, credential timestamp), oldest first.
-    seen: VecDeque<([u8; 16], u64)>,
+/// A credential is valid for `window_ms` either side of its timestamp; over a plain
+/// connection it could be sniffed and replayed within that time. Remembering every accepted
+/// (device, nonce) pair until then closes that, with no limit per device: a device may
+/// reconnect as often as it likes. Memory is bounded per shard by `entries_max`. When that
+/// many credentials are inside the window, the one with the oldest timestamp is forgotten and
+/// its timestamp becomes a floor: credentials dated at or below it are refused, so the
+/// forgotten one can never be used again. The floor is the timestamp of an accepted
+/// credential, so a fresh credential (dated now, newer than anything forgotten) is never
+/// refused by it; the floor only matters under more than `entries_max` CONNECTs within one
+/// window.
+#[derive(Debug, Clone)]
+pub struct CredentialNonces {
+    entries_max: usize,
+    /// (device, nonce) -> the credential's timestamp.
+    seen: HashMap<(String, [u8; 16]), u64>,
+    /// The same pairs by timestamp, oldest first: expiry and eviction take from the front.
+    by_ts: BTreeSet<(u64, String, [u8; 16])>,
+    /// Credentials dated at or below this are refused (an evicted nonce lay there).
+    floor_ts_ms: Option<u64>,
 }
-
-/// Most credentials remembered per device.
-pub const NONCES_MAX: usize = 16;
 
 /// Why a credential's nonce was refused.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum NonceError {
+    /// This device's nonce was accepted within the window.
     Replayed,
-    TooManyReconnects,
+    /// Dated at or below the floor left by evicting a nonce under memory pressure.
+    BelowFloor { floor_ts_ms: u64 },
 }
 
-impl NonceCache {
-    /// Records `nonce` if it was not used within the window. `ts_ms` is the credential's
-    /// own timestamp, already checked to be within `window_ms` of `now_ms`.
+impl NonceError {
+    /// Stable name for logs and refusal counters.
+    #[must_use]
+    pub fn reason(&self) -> &'static str {
+        match self {
+            NonceError::Replayed => "replayed_credential",
+            NonceError::BelowFloor { .. } => "credential_below_floor",
+        }
+    }
+}
+
+impl CredentialNonces {
+    #[must_use]
+    pub fn new(entries_max: usize) -> Self {
+        assert!(entries_max > 0, "CredentialNonces needs room for one nonce");
+        Self {
+            entries_max,
+            seen: HashMap::new(),
+            by_ts: BTreeSet::new(),
+            floor_ts_ms: None,
+        }
+    }
+
+    /// Records `device`'s `nonce` if it was not accepted within the window. `ts_ms` is the
+    /// credential's own timestamp, already checked to be within `window_ms` of `now_ms`.
     pub fn accept(
         &mut self,
+        device: &str,
         nonce: [u8; 16],
         ts_ms: u64,
         now_ms: u64,
         window_ms: u64,
     ) -> Result<(), NonceError> {
-        // A credential older than the window is refused by its timestamp anyway, so its
-        // nonce need not be remembered.
-        self.seen
-            .retain(|(_, ts)| now_ms.saturating_sub(*ts) <= window_ms);
-        if self.seen.iter().any(|(n, _)| *n == nonce) {
+        self.expire(now_ms, window_ms);
+        if let Some(floor_ts_ms) = self.floor_ts_ms {
+            if ts_ms <= floor_ts_ms {
+                return Err(NonceError::BelowFloor { floor_ts_ms });
+            }
+        }
+        let key = (device.to_string(), nonce);
+        if self.seen.contains_key(&key) {
             return Err(NonceError::Replayed);
         }
-        if self.seen.len() >= NONCES_MAX {
-            return Err(NonceError::TooManyReconnects);
+        while self.seen.len() >= self.entries_max {
+            let Some((ts, device, nonce)) = self.by_ts.pop_first() else {
+                break;
+            };
+            self.seen.remove(&(device, nonce));
+            self.floor_ts_ms = Some(self.floor_ts_ms.map_or(ts, |floor| floor.max(ts)));
         }
-        self.seen.push_back((nonce, ts_ms));
+        self.by_ts.insert((ts_ms, key.0.clone(), nonce));
+        self.seen.insert(key, ts_ms);
         Ok(())
+    }
+
+    /// Forgets nonces whose credentials have expired: the timestamp check refuses them.
+    pub fn expire(&mut self, now_ms: u64, window_ms: u64) {
+        while let Some((ts, _, _)) = self.by_ts.first() {
+            if now_ms.saturating_sub(*ts) <= window_ms {
+                break;
+            }
+            if let Some((_, device, nonce)) = self.by_ts.pop_first() {
+                self.seen.remove(&(device, nonce));
+            }
+        }
+        if self
+            .floor_ts_ms
+            .is_some_and(|floor| now_ms.saturating_sub(floor) > window_ms)
+        {
+            // Everything at or below the floor has expired anyway.
+            self.floor_ts_ms = None;
+        }
+    }
+
+    /// Nonces remembered now.
+    #[must_use]
+    pub fn len(&self) -> usize {
+        self.seen.len()
+    }
+
+    #[must_use]
+    pub fn is_empty(&self) -> bool {
+        self.seen.is_empty()
+    }
+
+    /// Every remembered (device, nonce, timestamp), oldest first: what a checkpoint keeps.
+    pub fn entries(&self) -> impl Iterator<Item = (&str, &[u8; 16], u64)> {
+        self.by_ts
+            .iter()
+            .map(|(ts, device, nonce)| (device.as_str(), nonce, *ts))
+    }
+
+    /// The floor, if an eviction raised one that has not expired.
+    #[must_use]
+    pub fn floor_ts_ms(&self) -> Option<u64> {
+        self.floor_ts_ms
     }
 }
 
@@ -233,26 +319,54 @@ mod tests {
 
     #[test]
     fn nonce_reuse_within_window_is_refused() {
-        let mut cache = NonceCache::default();
-        cache.accept([1; 16], 1000, 1000, 300).unwrap();
+        let mut cache = CredentialNonces::new(1024);
+        cache.accept("a", [1; 16], 1000, 1000, 300).unwrap();
         assert_eq!(
-            cache.accept([1; 16], 1000, 1100, 300),
+            cache.accept("a", [1; 16], 1000, 1100, 300),
             Err(NonceError::Replayed)
         );
-        cache.accept([2; 16], 1100, 1100, 300).unwrap();
+        // Another device's equal nonce is its own.
+        cache.accept("b", [1; 16], 1000, 1100, 300).unwrap();
+        cache.accept("a", [2; 16], 1100, 1100, 300).unwrap();
         // After the window the old nonce is forgotten (its credential has expired anyway).
-        cache.accept([1; 16], 1400, 1400, 300).unwrap();
+        cache.accept("a", [1; 16], 1400, 1400, 300).unwrap();
+        assert_eq!(cache.len(), 2);
     }
 
     #[test]
-    fn nonce_cache_is_bounded() {
-        let mut cache = NonceCache::default();
-        for i in 0..NONCES_MAX as u8 {
-            cache.accept([i; 16], 0, 0, 300).unwrap();
+    fn a_device_reconnecting_often_is_never_locked_out() {
+        // The defect: a per-device cap of 16 refused the 17th fresh credential.
+        let mut cache = CredentialNonces::new(1 << 16);
+        for i in 0..1000u64 {
+            let mut nonce = [0u8; 16];
+            nonce[..8].copy_from_slice(&i.to_le_bytes());
+            let now = 1_000_000 + i * 100;
+            assert_eq!(cache.accept("a", nonce, now, now, 300_000), Ok(()), "{i}");
         }
+    }
+
+    #[test]
+    fn a_full_cache_evicts_the_oldest_and_refuses_below_it_but_never_a_fresh_one() {
+        let mut cache = CredentialNonces::new(3);
+        for (i, ts) in [100u64, 110, 120].into_iter().enumerate() {
+            cache.accept("a", [i as u8; 16], ts, 130, 300).unwrap();
+        }
+        // Full: the oldest (ts 100) is forgotten and becomes the floor.
+        cache.accept("a", [9; 16], 130, 130, 300).unwrap();
+        assert_eq!(cache.len(), 3);
+        assert_eq!(cache.floor_ts_ms(), Some(100));
+        // The forgotten nonce cannot come back: its timestamp is at the floor.
         assert_eq!(
-            cache.accept([200; 16], 0, 0, 300),
-            Err(NonceError::TooManyReconnects)
+            cache.accept("a", [0; 16], 100, 140, 300),
+            Err(NonceError::BelowFloor { floor_ts_ms: 100 })
         );
+        // A fresh credential always passes.
+        cache.accept("b", [7; 16], 140, 140, 300).unwrap();
+        // Once the floor has left the window, it is gone.
+        assert_eq!(cache.floor_ts_ms(), Some(110));
+        cache.expire(415, 300);
+        assert_eq!(cache.floor_ts_ms(), None);
+        let entries: Vec<_> = cache.entries().map(|(_, _, ts)| ts).collect();
+        assert_eq!(entries, [120, 130, 140]);
     }
 }

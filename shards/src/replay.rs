@@ -81,6 +81,44 @@ impl ReplayWindow {
         self.highest
     }
 
+    /// The window's exact state, for a checkpoint: the highest accepted sequence and the
+    /// bitmap of the [`WINDOW`] sequences at and below it (bit `i`: `highest - i` was
+    /// accepted). `None` until the first reading.
+    #[must_use]
+    pub fn state(&self) -> Option<(u64, u128)> {
+        self.highest.map(|highest| (highest, self.seen))
+    }
+
+    /// The window [`state`](Self::state) described. Bit 0 is the highest itself, accepted
+    /// by definition, so it is set whatever `seen` says.
+    #[must_use]
+    pub fn restore(highest: u64, seen: u128) -> Self {
+        Self {
+            highest: Some(highest),
+            seen: seen | 1,
+        }
+    }
+
+    /// Adds what `other` accepted: the window of one device rebuilt from two sources (a
+    /// checkpoint and the log after it, or the logs of two shards after the shard count
+    /// changed). The result is the window of the union of both accepted sets, whatever the
+    /// order: a sequence below the merged window is forgotten by either order.
+    pub fn merge(&mut self, other: &ReplayWindow) {
+        let Some((highest, seen)) = other.state() else {
+            return;
+        };
+        for behind in 0..WINDOW {
+            if seen & (1u128 << behind) == 0 {
+                continue;
+            }
+            if let Some(seq) = highest.checked_sub(behind) {
+                // A sequence accepted by both, or below the merged window, is refused here
+                // and changes nothing, which is the union's answer too.
+                let _ = self.commit(seq);
+            }
+        }
+    }
+
     /// Would `seq` be accepted now? Changes nothing.
     pub fn check(&self, seq: u64) -> Result<(), ReplayError> {
         let Some(highest) = self.highest else {
@@ -201,6 +239,47 @@ mod tests {
     }
 
     #[test]
+    fn a_restored_window_is_the_window_that_was_saved() {
+        let mut window = ReplayWindow::new();
+        for seq in [10, 12, 200, 198, 150] {
+            window.commit(seq).unwrap();
+        }
+        let (highest, seen) = window.state().unwrap();
+        let restored = ReplayWindow::restore(highest, seen);
+        assert_eq!(restored, window);
+        // Never used inside the window: still accepted after a restore.
+        assert_eq!(restored.check(199), Ok(()));
+        assert_eq!(
+            restored.check(198),
+            Err(ReplayError::Duplicate { seq: 198 })
+        );
+        assert_eq!(ReplayWindow::new().state(), None);
+    }
+
+    #[test]
+    fn merging_gives_the_window_of_the_union() {
+        let mut a = ReplayWindow::new();
+        let mut b = ReplayWindow::new();
+        let mut both = ReplayWindow::new();
+        for seq in [10, 12, 300] {
+            a.commit(seq).unwrap();
+        }
+        for seq in [11, 299, 250] {
+            b.commit(seq).unwrap();
+        }
+        for seq in [10, 11, 12, 250, 299, 300] {
+            let _ = both.commit(seq);
+        }
+        let mut ab = a.clone();
+        ab.merge(&b);
+        let mut ba = b.clone();
+        ba.merge(&a);
+        assert_eq!(ab, both);
+        assert_eq!(ba, both);
+        assert_eq!(ab.check(298), Ok(()));
+    }
+
+    #[test]
     fn extreme_sequences_do_not_overflow() {
         let mut window = ReplayWindow::new();
         window.commit(0).unwrap();
@@ -213,6 +292,25 @@ mod tests {
     }
 
     proptest! {
+        /// Committing the log's accepted sequences in any split and merging the parts
+        /// gives the window the whole log gives: the start-up rebuild relies on it.
+        #[test]
+        fn merge_of_a_split_equals_the_whole(seqs in proptest::collection::vec(0u64..400, 1..200), cut in 0usize..200) {
+            let mut whole = ReplayWindow::new();
+            let accepted: Vec<u64> = seqs.into_iter().filter(|s| whole.commit(*s).is_ok()).collect();
+            let cut = cut.min(accepted.len());
+            let mut first = ReplayWindow::new();
+            let mut second = ReplayWindow::new();
+            for seq in &accepted[..cut] {
+                let _ = first.commit(*seq);
+            }
+            for seq in &accepted[cut..] {
+                let _ = second.commit(*seq);
+            }
+            first.merge(&second);
+            prop_assert_eq!(first, whole);
+        }
+
         /// Against a model that remembers every accepted sequence: the window accepts a
         /// sequence exactly when the model has not seen it and it is not below the window.
         #[test]

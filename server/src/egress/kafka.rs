@@ -471,6 +471,7 @@ fn send(
     let topic = match delivery.kind {
         RecordKind::Reading => config.telemetry_topic.as_str(),
         RecordKind::DeadLetter => config.dead_letter_topic.as_str(),
+        RecordKind::Credential => return SendResult::Skip,
     };
     // The metadata every sink shares; benchmark mode's unverified payloads and records
     // this version cannot read are `Other` and stay in the log.

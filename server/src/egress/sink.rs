@@ -112,6 +112,7 @@ impl Delivery {
                     .map_or(Decoded::Other, Decoded::Reading),
                 RecordKind::DeadLetter => serde_json::from_slice::<DeadLetterMeta>(meta)
                     .map_or(Decoded::Other, Decoded::DeadLetter),
+                RecordKind::Credential => Decoded::Other,
             }
         })
     }

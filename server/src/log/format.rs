@@ -38,6 +38,9 @@ pub enum RecordKind {
     Reading = 1,
     /// A rejected message with its reason and raw payload.
     DeadLetter = 2,
+    /// An accepted CONNECT credential's nonce (`crate::record::CredentialMeta`): the server's
+    /// own state, so a password seen once stays refused after a restart. Sinks skip it.
+    Credential = 3,
 }
 
 impl RecordKind {
@@ -47,6 +50,7 @@ impl RecordKind {
         match byte {
             1 => Some(Self::Reading),
             2 => Some(Self::DeadLetter),
+            3 => Some(Self::Credential),
             _ => None,
         }
     }
@@ -57,6 +61,7 @@ impl RecordKind {
         match self {
             Self::Reading => "reading",
             Self::DeadLetter => "dead_letter",
+            Self::Credential => "credential",
         }
     }
 }

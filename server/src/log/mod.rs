@@ -8,9 +8,16 @@
 //! - [`format`]: the bytes on disk (pure).
 //! - [`writer`]: [`ShardLog`], the group-committing writer on a shard's io_uring executor.
 //! - [`reader`]: reads a shard's log from an offset on an ordinary thread (CLI, tests).
+//! - [`checkpoint`]: the replay windows and credential nonces the log implies up to an
+//!   offset, so start-up scans only the log after it.
+//! - [`rebuild`]: start-up's replay windows and nonces from the checkpoints and the log.
+//! - [`space`]: telling a full disk from a failing one, and how much room is left.
 
+pub mod checkpoint;
 pub mod format;
 pub mod reader;
+pub mod rebuild;
+pub mod space;
 pub mod writer;
 
 pub use format::RecordKind;

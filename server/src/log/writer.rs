@@ -17,6 +17,10 @@
 //! - a failed write (disk full, say) leaves nothing durable that was not before; the
 //!   records go back to the pending buffer and a later commit retries them at the same
 //!   file position;
+//! - a segment that cannot be created after a commit filled the active one does not fail
+//!   that commit (its records are durable): the next commit creates it first, and until it
+//!   can, writes nothing. No space (ENOSPC, EDQUOT) is [`LogError::NoSpace`], which the
+//!   shard waits out (see `log::space`); other errors stop the server;
 //! - a failed `fdatasync` poisons the log: the kernel may already have dropped the dirty
 //!   pages, so no later sync could prove them written. Every later commit fails and the
 //!   shard must stop acknowledging.
@@ -57,13 +61,40 @@ pub enum LogError {
     Sync { path: PathBuf, message: String },
     #[error("the log failed an earlier fdatasync and accepts no further commits")]
     Poisoned,
+    #[error("no space left for {path}: {message}")]
+    NoSpace { path: PathBuf, message: String },
 }
 
 impl LogError {
     /// A write error may succeed when retried (space freed); the others will not.
     #[must_use]
     pub fn is_retriable(&self) -> bool {
-        matches!(self, LogError::Write { .. })
+        matches!(self, LogError::Write { .. } | LogError::NoSpace { .. })
+    }
+
+    /// The disk (or the quota) is full: an operating condition the shard waits out.
+    #[must_use]
+    pub fn is_no_space(&self) -> bool {
+        matches!(self, LogError::NoSpace { .. })
+    }
+
+    /// A segment or directory error that means "no space" becomes [`LogError::NoSpace`].
+    fn classify(self) -> Self {
+        match self {
+            LogError::Segment { path, source } if super::space::is_no_space(&source) => {
+                LogError::NoSpace {
+                    path,
+                    message: source.to_string(),
+                }
+            }
+            LogError::Dir { dir, source } if super::space::is_no_space(&source) => {
+                LogError::NoSpace {
+                    path: dir,
+                    message: source.to_string(),
+                }
+            }
+            other => other,
+        }
     }
 }
 
@@ -94,6 +125,9 @@ enum Spare {
     None,
     Preparing,
     Ready(PathBuf),
+    /// Preparing it failed (a full disk): the roll creates the segment itself, and no
+    /// spare is attempted again before it.
+    Failed,
 }
 
 /// File name of the spare segment; `list_segments` ignores it.
@@ -113,6 +147,9 @@ struct State {
     /// A commit is in flight; commits must not overlap (one committer per shard).
     committing: bool,
     poisoned: bool,
+    /// The active segment is full and the next one could not be created yet: the next
+    /// commit creates it before writing.
+    roll_due: bool,
 }
 
 impl ShardLog {
@@ -183,6 +220,7 @@ impl ShardLog {
                 durable_end: base,
                 committing: false,
                 poisoned: false,
+                roll_due: active_len >= segment_bytes_max,
             }),
         };
         Ok((log, recovery))
@@ -223,12 +261,31 @@ impl ShardLog {
         self.state.borrow().next_offset
     }
 
+    /// The log's directory (for the disk's free space).
+    #[must_use]
+    pub fn dir(&self) -> &Path {
+        &self.dir
+    }
+
+    /// Bytes the next commit needs on the disk: what is pending, and a whole new segment
+    /// if one is due.
+    #[must_use]
+    pub fn space_needed_bytes(&self) -> u64 {
+        let state = self.state.borrow();
+        let segment = if state.roll_due {
+            self.segment_bytes_max
+        } else {
+            0
+        };
+        state.pending.len() as u64 + segment
+    }
+
     /// Writes and fsyncs everything appended so far; returns the new durable end.
     ///
     /// One committer per shard: overlapping commits are a bug.
     pub async fn commit(&self) -> Result<u64, LogError> {
-        let (file, path, buf, position, end) = {
-            let mut state = self.state.borrow_mut();
+        {
+            let state = self.state.borrow();
             assert!(!state.committing, "ShardLog::commit called concurrently");
             if state.poisoned {
                 return Err(LogError::Poisoned);
@@ -236,6 +293,23 @@ impl ShardLog {
             if state.pending.is_empty() {
                 return Ok(state.durable_end);
             }
+        }
+        if self.state.borrow().roll_due {
+            // The segment the previous commit could not create: nothing is written
+            // before it exists.
+            let base = {
+                let mut state = self.state.borrow_mut();
+                state.committing = true;
+                state.durable_end
+            };
+            let rolled = self.roll(base).await;
+            let mut state = self.state.borrow_mut();
+            state.committing = false;
+            rolled.map_err(LogError::classify)?;
+            state.roll_due = false;
+        }
+        let (file, path, buf, position, end) = {
+            let mut state = self.state.borrow_mut();
             state.committing = true;
             let buf = std::mem::take(&mut state.pending);
             let position = state.active_len;
@@ -258,6 +332,12 @@ impl ShardLog {
             restored.extend_from_slice(&state.pending);
             state.pending = restored;
             state.active_len = position;
+            if super::space::is_no_space(&error) {
+                return Err(LogError::NoSpace {
+                    path,
+                    message: error.to_string(),
+                });
+            }
             return Err(LogError::Write {
                 path,
                 position,
@@ -279,9 +359,16 @@ impl ShardLog {
             state.durable_end = end;
             state.active_len >= self.segment_bytes_max
         };
-        let result = if roll { self.roll(end).await } else { Ok(()) };
-        self.state.borrow_mut().committing = false;
-        result.map(|()| end)
+        let rolled = if roll { self.roll(end).await } else { Ok(()) };
+        let mut state = self.state.borrow_mut();
+        state.committing = false;
+        if let Err(error) = rolled {
+            // This commit's records are durable: it succeeded. The next one must create
+            // the segment first, and reports why it cannot.
+            tracing::warn!(%error, "creating the next log segment failed; the next commit retries it");
+            state.roll_due = true;
+        }
+        Ok(end)
     }
 
     /// Whether the next segment should be prepared now: the active one is half full and
@@ -310,7 +397,7 @@ impl ShardLog {
             Ok(()) => Spare::Ready(path),
             Err(error) => {
                 tracing::warn!(%error, "preparing the next log segment failed; the roll will create it");
-                Spare::None
+                Spare::Failed
             }
         };
         *self.spare.borrow_mut() = next;
@@ -334,7 +421,9 @@ impl ShardLog {
                 *self.spare.borrow_mut() = Spare::Preparing;
                 create_segment(&self.dir, &path, self.segment_bytes_max).await?;
             }
-            Spare::None => create_segment(&self.dir, &path, self.segment_bytes_max).await?,
+            Spare::None | Spare::Failed => {
+                create_segment(&self.dir, &path, self.segment_bytes_max).await?;
+            }
         }
         let file = open_segment(&path).await?;
         let mut state = self.state.borrow_mut();
@@ -367,7 +456,7 @@ async fn write_all_at(file: &BufferedFile, bytes: &[u8], position: u64) -> std::
         let written = file
             .write_at(rest, position + written_total as u64)
             .await
-            .map_err(|e| std::io::Error::other(e.to_string()))?;
+            .map_err(std::io::Error::from)?;
         if written == 0 {
             return Err(std::io::Error::new(
                 std::io::ErrorKind::WriteZero,
@@ -393,9 +482,20 @@ async fn create_segment_paced(
     size_bytes: u64,
     pause: Duration,
 ) -> Result<(), LogError> {
+    let created = fill_segment(path, size_bytes, pause).await;
+    if created.is_err() {
+        // A partial segment (a full disk, say) only takes space; and the retry creates it
+        // anew.
+        let _ = std::fs::remove_file(path);
+    }
+    created?;
+    sync_dir(dir).await
+}
+
+async fn fill_segment(path: &Path, size_bytes: u64, pause: Duration) -> Result<(), LogError> {
     let segment_error = |e: glommio::GlommioError<()>| LogError::Segment {
         path: path.to_path_buf(),
-        source: std::io::Error::other(e.to_string()),
+        source: e.into(),
     };
     let io_error = |source| LogError::Segment {
         path: path.to_path_buf(),
@@ -425,13 +525,13 @@ async fn create_segment_paced(
     }
     file.fdatasync().await.map_err(segment_error)?;
     file.close().await.map_err(segment_error)?;
-    sync_dir(dir).await
+    Ok(())
 }
 
 async fn sync_dir(dir: &Path) -> Result<(), LogError> {
     let dir_error = |e: glommio::GlommioError<()>| LogError::Dir {
         dir: dir.to_path_buf(),
-        source: std::io::Error::other(e.to_string()),
+        source: e.into(),
     };
     let directory = Directory::open(dir).await.map_err(dir_error)?;
     directory.sync().await.map_err(dir_error)?;

@@ -213,7 +213,16 @@ pub async fn serve(
             registry: &lookup,
         });
     }
-    let outcome = io.outcome.borrow_mut().take();
+    // A CONNECT with a credential is answered once the credential's record is durable.
+    let outcome = loop {
+        if let Some(outcome) = io.outcome.borrow_mut().take() {
+            break Some(outcome);
+        }
+        if io.finished.get() {
+            break None;
+        }
+        io.resume.notified().await;
+    };
     match outcome {
         Some(Action::Accept {
             read_timeout_ms, ..
@@ -236,7 +245,9 @@ pub async fn serve(
             refuse(&shard, &io, &mut stream, &info, peer, why, delay_ms).await;
             shard.close_conn(io.id);
         }
-        _ => {
+        // Aborted while held: the log failed.
+        None => shard.close_conn(io.id),
+        Some(_) => {
             debug_assert!(false, "the core did not answer a CONNECT");
             shard.close_conn(io.id);
         }

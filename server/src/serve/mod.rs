@@ -8,18 +8,17 @@
 //! the threads, tasks and queues.
 
 mod conn;
+mod durable;
 pub mod handoff;
 mod notify;
 mod shard;
 pub mod tls;
 
 use crate::config::Config;
-use crate::log::{self, LogReader, RecordKind, ShardLog};
+use crate::log::{self, ShardLog};
 use crate::metrics;
-use crate::record::{self, ReadingMeta};
 use crate::registry::Registry;
 use glommio::{LocalExecutorBuilder, Placement};
-use std::collections::HashMap;
 use std::rc::Rc;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{mpsc, Arc};
@@ -164,15 +163,19 @@ pub fn run_with_stop(
         })?;
     }
 
-    // Replay protection survives restarts, and changes of the shard count: every device's
-    // window resumes above the highest sequence any shard's log holds for it.
-    let mut highest: Vec<HashMap<String, u64>> = vec![HashMap::new(); shards];
-    for (device, seq) in highest_sequences(&config.data_dir).map_err(|e| ServeError::Shard {
+    // Replay protection and remembered credentials survive restarts, and changes of the
+    // shard count: each device's exact window and the nonces still inside their window,
+    // from the checkpoints and the log after them (`log::rebuild`).
+    let mut starts = log::rebuild::rebuild(
+        &config.data_dir,
+        shards,
+        now_ms(),
+        config.auth.credential_window_ms,
+    )
+    .map_err(|e| ServeError::Shard {
         shard: 0,
         message: format!("reading the durable log: {e}"),
-    })? {
-        highest[ingestd_shards::home_shard(&device, shards)].insert(device, seq);
-    }
+    })?;
 
     let mut rings = handoff::Rings::new(shards, 1024);
     let cpus = allowed_cpus();
@@ -187,7 +190,7 @@ pub fn run_with_stop(
         let config = Arc::clone(&config);
         let shared = Arc::clone(&shared);
         let ready = ready_tx.clone();
-        let highest = std::mem::take(&mut highest[id]);
+        let start = std::mem::take(&mut starts[id]);
         let link = links[id].take();
         let spawned = LocalExecutorBuilder::new(Placement::Fixed(shard_cpu(&cpus, id)))
             .name(&format!("ingestd-shard-{id}"))
@@ -202,7 +205,7 @@ pub fn run_with_stop(
                         consumers,
                         link,
                     },
-                    highest,
+                    start,
                     ready,
                 )
             });
@@ -337,7 +340,7 @@ async fn shard_main(
     config: Arc<Config>,
     shared: Arc<Shared>,
     wiring: Wiring,
-    highest: HashMap<String, u64>,
+    start: log::rebuild::ShardStart,
     ready: mpsc::Sender<Result<usize, String>>,
 ) {
     let Wiring {
@@ -390,15 +393,7 @@ async fn shard_main(
         }
     }
     let shard = Rc::new(shard::Shard::new(id, config, shared, log, producers, link));
-    {
-        let registry = shard.shared.registry();
-        let mut core = shard.core.borrow_mut();
-        for (device_id, seq) in highest {
-            if let Some(device) = registry.get(&device_id) {
-                core.restore_replay(&device_id, shard::device_entry(device), seq);
-            }
-        }
-    }
+    durable::restore(&shard, start, now_ms());
     let _ = ready.send(Ok(id));
     let mut tasks = vec![
         glommio::spawn_local(shard::ticker(Rc::clone(&shard), consumers)),
@@ -428,41 +423,24 @@ async fn shard_main(
             "drain timeout: closing the remaining connections"
         );
     };
-    futures_lite::future::or(finished, deadline).await;
-}
-
-/// The highest sequence number of each device's readings, over every shard's log in the
-/// data directory (whatever the shard count was when they were written).
-fn highest_sequences(data_dir: &std::path::Path) -> Result<HashMap<String, u64>, log::ReadError> {
-    let mut highest: HashMap<String, u64> = HashMap::new();
-    let root = data_dir.join("log");
-    let Ok(entries) = std::fs::read_dir(&root) else {
-        return Ok(highest);
-    };
-    for entry in entries.flatten() {
-        let path = entry.path();
-        let is_shard = path
-            .file_name()
-            .and_then(|n| n.to_str())
-            .is_some_and(|n| n.starts_with("shard-"));
-        if !is_shard {
-            continue;
-        }
-        for entry in LogReader::open(&path, 0)? {
-            let entry = entry?;
-            if entry.kind != RecordKind::Reading {
-                continue;
-            }
-            let Some((meta, _)) = record::split(&entry.payload) else {
-                continue;
-            };
-            if let Ok(meta) = serde_json::from_slice::<ReadingMeta>(meta) {
-                let seq = highest.entry(meta.device).or_insert(meta.seq);
-                *seq = (*seq).max(meta.seq);
-            }
-        }
+    let drained = futures_lite::future::or(
+        async {
+            finished.await;
+            true
+        },
+        async {
+            deadline.await;
+            false
+        },
+    )
+    .await;
+    // A clean stop with everything committed: the next start scans no log.
+    if drained
+        && shard.log.pending_records() == 0
+        && !shard.shared.metrics.health.failed.load(Ordering::Relaxed)
+    {
+        durable::write_checkpoint(&shard).await;
     }
-    Ok(highest)
 }
 
 #[cfg(test)]

@@ -88,3 +88,54 @@ impl Future for LatchWait<'_> {
         Poll::Pending
     }
 }
+
+/// Wakes every waiting task at each [`notify_all`](Self::notify_all), any number of times:
+/// "a commit finished", awaited by each CONNECT whose credential record must be durable
+/// before its CONNACK and by the checkpoint writer.
+#[derive(Debug, Default)]
+pub struct Broadcast {
+    generation: Cell<u64>,
+    wakers: RefCell<Vec<Waker>>,
+}
+
+impl Broadcast {
+    pub fn notify_all(&self) {
+        self.generation.set(self.generation.get().wrapping_add(1));
+        for waker in self.wakers.borrow_mut().drain(..) {
+            waker.wake();
+        }
+    }
+
+    /// The current generation: pass it to [`changed`](Self::changed) to wait for the next
+    /// notification without missing one that happens in between.
+    pub fn generation(&self) -> u64 {
+        self.generation.get()
+    }
+
+    /// Resolves once a notification happened after `since` was read.
+    pub fn changed(&self, since: u64) -> Changed<'_> {
+        Changed {
+            broadcast: self,
+            since,
+        }
+    }
+}
+
+pub struct Changed<'a> {
+    broadcast: &'a Broadcast,
+    since: u64,
+}
+
+impl Future for Changed<'_> {
+    type Output = ();
+    fn poll(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<()> {
+        if self.broadcast.generation.get() != self.since {
+            return Poll::Ready(());
+        }
+        let mut wakers = self.broadcast.wakers.borrow_mut();
+        if !wakers.iter().any(|w| w.will_wake(cx.waker())) {
+            wakers.push(cx.waker().clone());
+        }
+        Poll::Pending
+    }
+}

@@ -122,6 +122,8 @@ pub struct Shard {
     started: Instant,
     /// Present when sinks are configured.
     egress: Option<EgressSide>,
+    /// Checkpoints and a full disk (`durable`).
+    pub durable: super::durable::Durable,
 }
 
 /// The shard's side of the egress (docs/DELIVERY.md).
@@ -173,6 +175,7 @@ impl Shard {
             connections_per_shard_max: config.mqtt.connections_per_shard_max,
             require_credential: config.auth.require_credential,
             credential_window_ms: config.auth.credential_window_ms,
+            credential_nonces_max: config.auth.credential_nonces_max,
             failures_before_delay: config.auth.failures_before_delay,
             failure_delay_ms: config.auth.failure_delay_ms,
             failure_delay_ms_max: config.auth.failure_delay_ms_max,
@@ -193,6 +196,7 @@ impl Shard {
             log.durable_end(),
         );
         Self {
+            durable: super::durable::Durable::new(&config),
             egress,
             id,
             shards,
@@ -253,6 +257,8 @@ impl Shard {
                 };
                 if let Some(io) = self.conns.borrow().get(&conn) {
                     *io.outcome.borrow_mut() = Some(action);
+                    // A CONNECT held for its credential's record waits for this.
+                    io.resume.notify();
                 }
             }
             Action::Close { conn, .. } => {
@@ -279,6 +285,7 @@ impl Shard {
                 let kind = match kind {
                     ingestd_shards::core::RecordKind::Reading => RecordKind::Reading,
                     ingestd_shards::core::RecordKind::DeadLetter => RecordKind::DeadLetter,
+                    ingestd_shards::core::RecordKind::Credential => RecordKind::Credential,
                 };
                 let payload = core.record(record);
                 let appended = self.log.append(kind, payload);
@@ -645,7 +652,7 @@ pub async fn committer(shard: Rc<Shard>) {
         }
         let bytes = shard.log.pending_bytes() as u64;
         let started = Instant::now();
-        match shard.log.commit().await {
+        match super::durable::commit(&shard).await {
             Ok(end) => {
                 shard
                     .metrics

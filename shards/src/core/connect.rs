@@ -1,9 +1,15 @@
 //! CONNECT: which device it is, whether this shard is its home, authentication in a fixed
 //! order (cheap and non-revealing checks first), session takeover and persistence, and
 //! the keep-alive the connection gets.
+//!
+//! Authentication answers nothing about a device before it proved its key: an unknown
+//! device and a wrong credential get the same 0x86; only a device with a valid credential
+//! (or a verified client certificate) learns that it is revoked (0x8A). An accepted
+//! credential is appended to the log (`RecordKind::Credential`) and its CONNACK is held
+//! until the log is durable past it, so a restart never forgets a nonce it accepted.
 
-use super::{Action, ConnId, ConnState, Core, Lookup, Metrics};
-use crate::policy::NonceError;
+use super::record::{self, CredentialMeta};
+use super::{Action, ConnId, ConnState, Core, DeviceIdx, Lookup, Metrics, RecordKind};
 use ingestd_codec::credential::{check_client_id, Credential};
 use ingestd_codec::mqtt::{self, ConnAck, DecodeError, Packet, Properties, Protocol, ReasonCode};
 use std::net::SocketAddr;
@@ -81,6 +87,17 @@ fn client_id_rules(info: &ConnectInfo) -> Result<(), Refusal> {
     Ok(())
 }
 
+/// An authenticated CONNECT whose CONNACK waits for its credential's record (at `end - 1`)
+/// to be durable.
+#[derive(Debug)]
+pub(super) struct Held {
+    conn: ConnId,
+    info: ConnectInfo,
+    peer: SocketAddr,
+    idx: DeviceIdx,
+    end: u64,
+}
+
 impl<M: Metrics> Core<M> {
     fn new_conn(
         &mut self,
@@ -96,6 +113,7 @@ impl<M: Metrics> Core<M> {
                 protocol,
                 peer,
                 device: None,
+                held: false,
                 out: Vec::with_capacity(64),
                 flush_queued: false,
                 inflight: 0,
@@ -166,9 +184,86 @@ impl<M: Metrics> Core<M> {
             return;
         }
         match self.authenticate(info, device_id, cert_device.is_some(), registry) {
-            Ok(idx) => self.accept(conn, info, peer, idx),
+            Ok((idx, None)) => self.accept(conn, info, peer, idx),
+            Ok((idx, Some(credential))) => self.hold(conn, info, peer, idx, &credential),
             Err(refusal) => self.refuse(conn, info, peer, refusal),
         }
+    }
+
+    /// Logs an accepted credential and holds the CONNACK until the record is durable.
+    fn hold(
+        &mut self,
+        conn: ConnId,
+        info: &ConnectInfo,
+        peer: SocketAddr,
+        idx: DeviceIdx,
+        credential: &Credential,
+    ) {
+        let mut nonce = Vec::with_capacity(32);
+        ingestd_codec::envelope::hex::encode_into(&credential.nonce, &mut nonce);
+        let meta = CredentialMeta {
+            device: self.devices[idx.0 as usize].id.clone(),
+            nonce: String::from_utf8_lossy(&nonce).into_owned(),
+            ts_ms: credential.ts_ms,
+        };
+        let start = self.records.len();
+        record::encode(&meta, &[], &mut self.records);
+        let offset = self.append(RecordKind::Credential, start, None);
+        if self.oldest_pending_us.is_none() {
+            self.oldest_pending_us = Some(self.now.mono_us);
+        }
+        if let Some(state) = self.conns.get_mut(&conn) {
+            state.held = true;
+        }
+        self.held.push_back(Held {
+            conn,
+            info: info.clone(),
+            peer,
+            idx,
+            end: offset + 1,
+        });
+    }
+
+    /// After a commit: accepts the held CONNECTs whose credential is now durable.
+    pub(super) fn release_held(&mut self) {
+        while self.held.front().is_some_and(|h| h.end <= self.durable_end) {
+            let Some(held) = self.held.pop_front() else {
+                break;
+            };
+            let Some(state) = self.conns.get_mut(&held.conn) else {
+                continue;
+            };
+            state.held = false;
+            if self.stopping {
+                let protocol = state.protocol;
+                self.refuse_with(
+                    held.conn,
+                    protocol,
+                    held.peer,
+                    (ReasonCode::ServerUnavailable, "shutting_down"),
+                );
+            } else {
+                self.accept(held.conn, &held.info, held.peer, held.idx);
+                self.resume(held.conn);
+            }
+        }
+    }
+
+    /// Refuses every held CONNECT (the log failed: their records never become durable);
+    /// returns their connections.
+    pub(super) fn refuse_held(&mut self, reason: ReasonCode, why: &'static str) -> Vec<ConnId> {
+        let held = std::mem::take(&mut self.held);
+        let mut refused = Vec::with_capacity(held.len());
+        for held in held {
+            let Some(state) = self.conns.get_mut(&held.conn) else {
+                continue;
+            };
+            state.held = false;
+            let protocol = state.protocol;
+            self.refuse_with(held.conn, protocol, held.peer, (reason, why));
+            refused.push(held.conn);
+        }
+        refused
     }
 
     /// The first packet was not a CONNECT (`error` is `None`), or did not decode.
@@ -209,14 +304,18 @@ impl<M: Metrics> Core<M> {
         );
     }
 
-    /// Checks the device and its credential; returns its state on this (its home) shard.
+    /// Checks the device and its credential; returns its state on this (its home) shard
+    /// and the credential whose record must be durable before the CONNACK, if any.
+    ///
+    /// Order: the credential before the device's status, so that only a device that proved
+    /// its key can learn it is revoked.
     fn authenticate(
         &mut self,
         info: &ConnectInfo,
         device_id: &str,
         certificate_verified: bool,
         registry: Lookup<'_>,
-    ) -> Result<super::DeviceIdx, Refusal> {
+    ) -> Result<(DeviceIdx, Option<Credential>), Refusal> {
         if self.stopping {
             return Err((ReasonCode::ServerUnavailable, "shutting_down"));
         }
@@ -229,13 +328,13 @@ impl<M: Metrics> Core<M> {
         let Some(entry) = registry(device_id) else {
             return Err((ReasonCode::BadUserNameOrPassword, "unknown_device"));
         };
-        if !entry.active {
-            return Err((ReasonCode::Banned, "revoked_device"));
-        }
         if certificate_verified || !self.config.require_credential {
             // The device CA vouched for the device id (or credentials are off for a
             // benchmark); the registry for its status.
-            return Ok(self.device_state(device_id, entry));
+            if !entry.active {
+                return Err((ReasonCode::Banned, "revoked_device"));
+            }
+            return Ok((self.device_state(device_id, entry), None));
         }
         let password = info.password.as_deref().unwrap_or_default();
         let credential = Credential::parse(password)
@@ -245,12 +344,14 @@ impl<M: Metrics> Core<M> {
         credential
             .verify(device_id, &info.client_id, &entry.key, now, window)
             .map_err(|_| (ReasonCode::BadUserNameOrPassword, "bad_credential"))?;
-        let idx = self.device_state(device_id, entry);
-        self.devices[idx.0 as usize]
-            .nonces
-            .accept(credential.nonce, credential.ts_ms, now, window)
-            .map_err(|_: NonceError| (ReasonCode::BadUserNameOrPassword, "replayed_credential"))?;
-        Ok(idx)
+        self.nonces
+            .accept(device_id, credential.nonce, credential.ts_ms, now, window)
+            .map_err(|e| (ReasonCode::BadUserNameOrPassword, e.reason()))?;
+        // The device proved its key: only now may the answer say it is revoked.
+        if !entry.active {
+            return Err((ReasonCode::Banned, "revoked_device"));
+        }
+        Ok((self.device_state(device_id, entry), Some(credential)))
     }
 
     fn refuse(&mut self, conn: ConnId, info: &ConnectInfo, peer: SocketAddr, refusal: Refusal) {
@@ -372,6 +473,9 @@ impl<M: Metrics> Core<M> {
             return;
         };
         self.paused.retain(|c| *c != conn);
+        if state.held {
+            self.held.retain(|h| h.conn != conn);
+        }
         let Some(idx) = state.device else {
             return;
         };

@@ -4,7 +4,8 @@
 //! ([`Core::poll_action`]), takes each connection's output bytes when told
 //! ([`Core::take_output`]), and wakes it at [`Core::poll_timeout`].
 //!
-//! - [`connect`]: CONNECT authentication order, takeover, session persistence, keep-alive.
+//! - [`connect`]: CONNECT authentication order, credentials made durable before the
+//!   CONNACK, takeover, session persistence, keep-alive.
 //! - [`publish`]: the QoS flows, the checks, verification batching, building the records.
 //! - [`expiry`]: MQTT 5 session expiry, and the DISCONNECT that may change it.
 //! - [`acks`]: acknowledgements held until the log (and Kafka, when gated) covers them.
@@ -26,7 +27,7 @@ pub mod record;
 #[cfg(test)]
 mod tests;
 
-use crate::policy::{AuthThrottle, CommitDecision, CommitPolicy, NonceCache};
+use crate::policy::{AuthThrottle, CommitDecision, CommitPolicy, CredentialNonces};
 use crate::replay::ReplayWindow;
 use crate::session::Session;
 use crate::validate::Limits;
@@ -74,6 +75,9 @@ pub type Lookup<'a> = &'a dyn Fn(&str) -> Option<DeviceEntry>;
 pub enum RecordKind {
     Reading,
     DeadLetter,
+    /// An accepted CONNECT credential ([`record::CredentialMeta`]): its nonce survives a
+    /// restart.
+    Credential,
 }
 
 /// The shard's limits and switches, from the validated config.
@@ -93,6 +97,9 @@ pub struct CoreConfig {
     pub connections_per_shard_max: usize,
     pub require_credential: bool,
     pub credential_window_ms: u64,
+    /// Credential nonces remembered per shard (`CredentialNonces`: the oldest is evicted
+    /// and becomes a timestamp floor).
+    pub credential_nonces_max: usize,
     pub failures_before_delay: u32,
     pub failure_delay_ms: u64,
     pub failure_delay_ms_max: u64,
@@ -147,6 +154,9 @@ pub enum Event<'a> {
     CommitFailed,
     /// This shard's log failed for good: nothing more is acknowledged.
     LogFailed,
+    /// The log's disk is full (`true`) or has room again (`false`). While full, commits
+    /// wait in the driver and the shard reads nothing (back-pressure).
+    DiskFull { full: bool },
     /// Another shard's log failed: the node stops; read nothing more meanwhile.
     NodeFailed,
     /// Kafka confirmed this shard's records up to `end` (with the gate on).
@@ -245,7 +255,6 @@ pub struct DeviceState {
     pub id: String,
     pub entry: DeviceEntry,
     pub replay: ReplayWindow,
-    pub nonces: NonceCache,
     pub session: Session,
     /// The session outlives the connection (3.1.1 clean session 0, v5 expiry > 0).
     pub session_persistent: bool,
@@ -270,6 +279,8 @@ pub struct ConnState {
     pub peer: SocketAddr,
     /// Set once accepted.
     pub device: Option<DeviceIdx>,
+    /// Authenticated, the CONNACK waiting for the credential's record to be durable.
+    pub(crate) held: bool,
     out: Vec<u8>,
     flush_queued: bool,
     /// QoS 1/2 messages received and not yet acknowledged.
@@ -300,6 +311,13 @@ pub struct Core<M: Metrics> {
     /// Accepted connections (the `connections_per_shard_max` bound).
     accepted: usize,
     throttle: AuthThrottle,
+    /// Every CONNECT credential accepted on this shard still inside its window.
+    nonces: CredentialNonces,
+    /// CONNECTs whose credential record is not durable yet, in log order.
+    held: VecDeque<connect::Held>,
+    /// Windows restored at start for devices not seen since: each moves into the device's
+    /// state at its first CONNECT, and is in every snapshot until then.
+    restored: HashMap<String, ReplayWindow>,
     actions: VecDeque<Action>,
     /// Bytes of the records named by queued `Append` actions; cleared when the action
     /// queue is empty at the start of an event.
@@ -325,7 +343,20 @@ pub struct Core<M: Metrics> {
     stopping: bool,
     failed: bool,
     node_failed: bool,
+    /// The log's disk is full: back-pressure until it has room.
+    disk_full: bool,
     now: Time,
+}
+
+/// What a checkpoint keeps of a core: exactly the state the records below `offset` give.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct Snapshot {
+    /// The log offset the state reflects every record below.
+    pub offset: u64,
+    /// (device, highest accepted sequence, bitmap below it: [`ReplayWindow::state`]).
+    pub windows: Vec<(String, u64, u128)>,
+    /// (device, nonce, credential timestamp) of credentials still inside their window.
+    pub nonces: Vec<(String, [u8; 16], u64)>,
 }
 
 impl<M: Metrics> Core<M> {
@@ -344,6 +375,9 @@ impl<M: Metrics> Core<M> {
                 65_536,
             ),
             verifier: BatchVerifier::new(config.verify_batch_max),
+            nonces: CredentialNonces::new(config.credential_nonces_max.max(1)),
+            held: VecDeque::new(),
+            restored: HashMap::new(),
             gate: KafkaGate::new(config.kafka_gate, config.unreachable_after_ms * 1000),
             config,
             metrics,
@@ -367,6 +401,7 @@ impl<M: Metrics> Core<M> {
             stopping: false,
             failed: false,
             node_failed: false,
+            disk_full: false,
             now: Time {
                 mono_us: 0,
                 wall_ms: 0,
@@ -415,6 +450,12 @@ impl<M: Metrics> Core<M> {
                 self.commit_retry_at_us = Some(now.mono_us + 100_000);
             }
             Event::LogFailed => self.on_log_failed(),
+            Event::DiskFull { full } => {
+                self.disk_full = full;
+                if !full {
+                    self.resume_paused();
+                }
+            }
             Event::NodeFailed => self.node_failed = true,
             Event::SinkConfirmed { end } => self.on_sink_confirmed(end),
             Event::SinkRefused {
@@ -485,6 +526,11 @@ impl<M: Metrics> Core<M> {
         if state.closing {
             return ReadGate::Stop;
         }
+        if state.held {
+            // Nothing is read before the CONNACK (held for the credential's record).
+            state.waiting = true;
+            return ReadGate::Wait;
+        }
         if overloaded && !state.paused {
             state.paused = true;
             self.paused.push(conn);
@@ -551,17 +597,72 @@ impl<M: Metrics> Core<M> {
             .map(|idx| &self.devices[idx.0 as usize])
     }
 
-    /// At start-up: the device accepted sequences up to `highest` before the restart.
-    pub fn restore_replay(&mut self, device_id: &str, entry: DeviceEntry, highest: u64) {
-        let idx = self.device_state(device_id, entry);
-        self.devices[idx.0 as usize].replay = ReplayWindow::resume_after(highest);
+    /// At start-up: the device's replay window as the durable log left it (exactly: a
+    /// sequence never used inside it is still accepted). Merged with what is already
+    /// known, so restoring from several sources (a checkpoint and the log after it) gives
+    /// the window of their union.
+    pub fn restore_replay(&mut self, device_id: &str, window: ReplayWindow) {
+        if let Some(idx) = self.device_index.get(device_id) {
+            self.devices[idx.0 as usize].replay.merge(&window);
+            return;
+        }
+        self.restored
+            .entry(device_id.to_string())
+            .or_default()
+            .merge(&window);
     }
 
-    /// Back-pressure: too much waits for the disk, or the log failed.
+    /// At start-up: a credential accepted before the restart (a `Credential` record or a
+    /// checkpoint); refused again until it leaves its window. `now_ms` is the wall clock.
+    pub fn restore_credential(
+        &mut self,
+        device_id: &str,
+        nonce: [u8; 16],
+        ts_ms: u64,
+        now_ms: u64,
+    ) {
+        // Already remembered (in a checkpoint and the log after it) is the same state.
+        let _ = self.nonces.accept(
+            device_id,
+            nonce,
+            ts_ms,
+            now_ms,
+            self.config.credential_window_ms,
+        );
+    }
+
+    /// What a checkpoint keeps: every device's replay window and the credentials still
+    /// inside their window, as of every record queued so far (`offset`, the next one).
+    /// The driver writes it once the log is durable up to `offset`.
+    pub fn snapshot(&mut self, now_ms: u64) -> Snapshot {
+        self.nonces.expire(now_ms, self.config.credential_window_ms);
+        let devices = self
+            .devices
+            .iter()
+            .filter_map(|d| d.replay.state().map(|(h, seen)| (d.id.clone(), h, seen)));
+        let restored = self
+            .restored
+            .iter()
+            .filter_map(|(id, w)| w.state().map(|(h, seen)| (id.clone(), h, seen)));
+        let mut windows: Vec<_> = devices.chain(restored).collect();
+        windows.sort_unstable();
+        Snapshot {
+            offset: self.next_offset,
+            windows,
+            nonces: self
+                .nonces
+                .entries()
+                .map(|(device, nonce, ts)| (device.to_string(), *nonce, ts))
+                .collect(),
+        }
+    }
+
+    /// Back-pressure: too much waits for the disk, the disk is full, or the log failed.
     fn overloaded(&self) -> bool {
         self.pending_bytes + self.work.len() * 256 > self.config.pending_bytes_max
             || self.failed
             || self.node_failed
+            || self.disk_full
     }
 
     /// The device's state on this shard, created on first use; registry changes (a
@@ -579,11 +680,11 @@ impl<M: Metrics> Core<M> {
         }
         let idx = DeviceIdx(u32::try_from(self.devices.len()).unwrap_or(u32::MAX));
         assert!(idx.0 < u32::MAX, "too many devices on one shard");
+        let replay = self.restored.remove(device_id).unwrap_or_default();
         self.devices.push(DeviceState {
             id: device_id.to_string(),
             entry,
-            replay: ReplayWindow::new(),
-            nonces: NonceCache::default(),
+            replay,
             session: Session::new(),
             session_persistent: false,
             session_exists: false,
@@ -713,6 +814,7 @@ impl<M: Metrics> Core<M> {
             self.oldest_pending_us = Some(self.now.mono_us);
         }
         self.gate.committed(end, self.now.mono_us);
+        self.release_held();
         self.release_acks();
         self.resume_paused();
     }
@@ -738,9 +840,12 @@ impl<M: Metrics> Core<M> {
         }
         self.failed = true;
         self.acks.clear();
+        // CONNECTs waiting for their credential's record: it never becomes durable; they
+        // get their CONNACK (0x88) rather than a dropped socket.
+        let refused = self.refuse_held(ReasonCode::ServerUnavailable, "log_failed");
         self.on_stop();
         let conns: Vec<ConnId> = self.conns.keys().copied().collect();
-        for conn in conns {
+        for conn in conns.into_iter().filter(|c| !refused.contains(c)) {
             if let Some(state) = self.conns.get_mut(&conn) {
                 state.finished = true;
                 state.closing = true;

@@ -1,5 +1,5 @@
-//! What the durable log's records hold: an enriched reading or a dead letter. Built by
-//! the shard core; read by the log tools and the sinks.
+//! What the durable log's records hold: an enriched reading, a dead letter or an accepted
+//! credential. Built by the shard core; read by the log tools and the sinks.
 //!
 //! ```text
 //! u8  version = 1
@@ -71,6 +71,17 @@ pub struct DeadLetterMeta {
     /// Sequence number, when the envelope decoded far enough to have one.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub seq: Option<u64>,
+}
+
+/// An accepted CONNECT credential (`RecordKind::Credential`, no raw bytes): its nonce stays
+/// refused until its timestamp leaves the freshness window, across restarts.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct CredentialMeta {
+    pub device: String,
+    /// The credential's 16-byte nonce, hex.
+    pub nonce: String,
+    /// The credential's own timestamp, ms since the Unix epoch.
+    pub ts_ms: u64,
 }
 
 pub const RECORD_VERSION: u8 = 1;

@@ -71,6 +71,7 @@ fn config() -> CoreConfig {
         connections_per_shard_max: 10,
         require_credential: true,
         credential_window_ms: 300_000,
+        credential_nonces_max: 1024,
         failures_before_delay: 100,
         failure_delay_ms: 10,
         failure_delay_ms_max: 100,
@@ -175,9 +176,34 @@ impl Harness {
         })
     }
 
+    /// [`Self::connect_with`], then commits the log when the core holds the CONNACK for
+    /// the credential's record: the CONNECT as a device sees it over a working log.
+    fn connect_durable(
+        &mut self,
+        conn: u64,
+        info: &ConnectInfo,
+        cert: Option<&str>,
+    ) -> Vec<Action> {
+        let mut actions = self.connect_with(conn, info, cert);
+        if actions.iter().any(|a| {
+            matches!(
+                a,
+                Action::Append {
+                    kind: RecordKind::Credential,
+                    ..
+                }
+            )
+        }) {
+            actions.extend(self.commit_all());
+        }
+        actions
+    }
+
+    /// Connects with a verified client certificate: accepted at once (a password CONNECT
+    /// waits for its credential's record, see the credential tests).
     fn connect(&mut self, conn: u64, device: &str, protocol: Protocol, clean: bool) -> Vec<Action> {
         let info = self.info(device, protocol, clean);
-        self.connect_with(conn, &info, None)
+        self.connect_with(conn, &info, Some(device))
     }
 
     fn output(&mut self, conn: u64) -> Vec<u8> {
@@ -424,7 +450,7 @@ fn keep_alive_is_granted_with_its_margin_and_enforced() {
     let mut h = Harness::new(config());
     let mut info = h.info("co2-1", Protocol::V5, true);
     info.keep_alive_s = 10;
-    let actions = h.connect_with(1, &info, None);
+    let actions = h.connect_with(1, &info, Some("co2-1"));
     assert!(actions.contains(&Action::Accept {
         conn: ConnId(1),
         read_timeout_ms: 15_000
@@ -432,7 +458,7 @@ fn keep_alive_is_granted_with_its_margin_and_enforced() {
     // 0 (no keep-alive) gets the maximum, announced as Server Keep Alive.
     let mut info = h.info("co2-2", Protocol::V5, true);
     info.keep_alive_s = 0;
-    let actions = h.connect_with(2, &info, None);
+    let actions = h.connect_with(2, &info, Some("co2-2"));
     assert!(actions.contains(&Action::Accept {
         conn: ConnId(2),
         read_timeout_ms: 450_000
@@ -874,7 +900,7 @@ fn a_connack_larger_than_the_clients_maximum_is_not_sent() {
     // The minimal CONNACK is 5 bytes: a client that accepts 2 (or 4) gets nothing.
     for (conn, max) in [(1, 2), (2, 4)] {
         let info = with_max(&mut h, "co2-1", max);
-        let actions = h.connect_with(conn, &info, None);
+        let actions = h.connect_durable(conn, &info, None);
         assert_eq!(refusal(&actions), Some("connack_too_large"));
         assert!(h.output(conn).is_empty());
         assert_eq!(h.core.device("co2-1").unwrap().conn, None);
@@ -882,7 +908,7 @@ fn a_connack_larger_than_the_clients_maximum_is_not_sent() {
     assert_eq!(h.core.metrics().open.get(), 0);
     // 5 bytes: the CONNACK without its defaulted capabilities.
     let info = with_max(&mut h, "co2-1", 5);
-    let actions = h.connect_with(3, &info, None);
+    let actions = h.connect_durable(3, &info, None);
     assert!(actions.iter().any(|a| matches!(a, Action::Accept { .. })));
     let out = h.output(3);
     assert_eq!(out.len(), 5);
@@ -904,7 +930,7 @@ fn a_connack_larger_than_the_clients_maximum_is_not_sent() {
 fn packets_larger_than_the_clients_maximum_are_not_sent_and_the_connection_closes() {
     let mut h = Harness::new(config());
     let info = with_max(&mut h, "co2-1", 5);
-    h.connect_with(1, &info, None);
+    h.connect_durable(1, &info, None);
     h.output(1);
     // A 2-byte PINGRESP and a 4-byte PUBACK fit.
     h.event(Event::Packet {
@@ -951,7 +977,7 @@ fn the_closing_disconnect_obeys_the_clients_maximum() {
     // The DISCONNECT with a reason is 3 bytes: it fits every client that got a CONNACK
     // (5 bytes at least).
     let info = with_max(&mut h, "co2-1", 5);
-    h.connect_with(1, &info, None);
+    h.connect_durable(1, &info, None);
     h.output(1);
     h.event(Event::ReadTimedOut { conn: ConnId(1) });
     h.event(Event::Finish { conn: ConnId(1) });
@@ -978,7 +1004,7 @@ fn disconnect(h: &mut Harness, conn: u64, expiry_s: Option<u32>) -> Vec<Action> 
 fn reconnect(h: &mut Harness, conn: u64, expiry_s: u32) -> bool {
     let mut info = h.info("co2-1", Protocol::V5, false);
     info.session_expiry_s = expiry_s;
-    h.connect_with(conn, &info, None);
+    h.connect_durable(conn, &info, None);
     let packets = h.packets(conn, Protocol::V5);
     assert_eq!(packets.len(), 1, "{packets:?}");
     packets[0].ends_with("present=true")
@@ -1112,7 +1138,7 @@ fn an_empty_client_id_is_assigned_the_device_id() {
     // v5: accepted; the CONNACK assigns the device id [MQTT-3.2.2-16]. The credential
     // signed the client id as sent, the empty one.
     let info = info_with_client(&mut h, "co2-1", Protocol::V5, false, "");
-    let actions = h.connect_with(1, &info, None);
+    let actions = h.connect_durable(1, &info, None);
     assert!(actions.iter().any(|a| matches!(a, Action::Accept { .. })));
     assert_eq!(
         connack_of(&mut h, 1, Protocol::V5),
@@ -1128,18 +1154,18 @@ fn an_empty_client_id_is_assigned_the_device_id() {
     let mut info = h.info("co2-2", Protocol::V5, true);
     info.client_id = String::new();
     assert_eq!(
-        refusal(&h.connect_with(3, &info, None)),
+        refusal(&h.connect_durable(3, &info, None)),
         Some("bad_credential")
     );
     // 3.1.1: accepted with Clean Session 1 ...
     let info = info_with_client(&mut h, "co2-2", Protocol::V311, true, "");
-    let actions = h.connect_with(4, &info, None);
+    let actions = h.connect_durable(4, &info, None);
     assert!(actions.iter().any(|a| matches!(a, Action::Accept { .. })));
     assert_eq!(connack_of(&mut h, 4, Protocol::V311).0, ReasonCode::Success);
     // ... and refused with return code 2 with Clean Session 0 [MQTT-3.1.3-8].
     let info = info_with_client(&mut h, "co2-2", Protocol::V311, false, "");
     assert_eq!(
-        refusal(&h.connect_with(5, &info, None)),
+        refusal(&h.connect_durable(5, &info, None)),
         Some("empty_client_id")
     );
     assert_eq!(
@@ -1170,7 +1196,7 @@ fn the_client_id_limit_is_400_bytes_whatever_the_device_id() {
                 assert_eq!(client_id.len(), len);
                 conn += 1;
                 let info = info_with_client(&mut h, device, protocol, true, &client_id);
-                let actions = h.connect_with(conn, &info, None);
+                let actions = h.connect_durable(conn, &info, None);
                 let (reason, _) = connack_of(&mut h, conn, protocol);
                 if accepted {
                     assert_eq!(reason, ReasonCode::Success, "{device} {len}");
@@ -1321,12 +1347,236 @@ fn a_dup_redelivery_too_old_to_compare_is_dead_lettered() {
     assert_eq!(h.packets(1, Protocol::V311), ["PUBACK 7 Success"]);
     // After a restart nothing can be compared either.
     let mut h = Harness::new(config());
-    let entry = h.registry["co2-1"].clone();
-    h.core.restore_replay("co2-1", entry, 5);
+    let mut window = crate::replay::ReplayWindow::new();
+    window.commit(5).unwrap();
+    h.core.restore_replay("co2-1", window);
     h.connect(1, "co2-1", Protocol::V5, true);
     h.output(1);
     let payload = h.payload("co2-1", 5);
     publish_dup(&mut h, 1, 1, &payload);
     let actions = h.flush_batch();
     assert_eq!(dead_letters(&h, &actions).len(), 1);
+}
+
+// ---- credentials, restored state, a full disk ----
+
+fn accepted(actions: &[Action], conn: u64) -> bool {
+    actions
+        .iter()
+        .any(|a| matches!(a, Action::Accept { conn: c, .. } if *c == ConnId(conn)))
+}
+
+#[test]
+fn a_password_connect_is_answered_once_its_credential_record_is_durable() {
+    let mut h = Harness::new(config());
+    let info = h.info("co2-1", Protocol::V5, true);
+    let actions = h.connect_with(1, &info, None);
+    // The credential is logged; no CONNACK, no Accept, nothing read meanwhile.
+    assert_eq!(appends(&actions), [(RecordKind::Credential, 0)]);
+    let record = actions
+        .iter()
+        .find_map(|a| match a {
+            Action::Append { record, .. } => Some(h.core.record(record.clone()).to_vec()),
+            _ => None,
+        })
+        .unwrap();
+    let (meta, raw) = record::split(&record).unwrap();
+    let meta: record::CredentialMeta = serde_json::from_slice(meta).unwrap();
+    assert_eq!((meta.device.as_str(), meta.ts_ms), ("co2-1", WALL_MS));
+    assert_eq!(meta.nonce, "01".repeat(16));
+    assert!(raw.is_empty());
+    assert!(!accepted(&actions, 1));
+    assert!(h.output(1).is_empty());
+    assert_eq!(h.core.read_gate(ConnId(1)), ReadGate::Wait);
+    // Its replay is refused while it waits.
+    assert_eq!(
+        refusal(&h.connect_with(2, &info, None)),
+        Some("replayed_credential")
+    );
+    let actions = h.commit_all();
+    assert!(accepted(&actions, 1));
+    assert!(actions.contains(&Action::Resume(ConnId(1))));
+    assert_eq!(
+        h.packets(1, Protocol::V5),
+        ["CONNACK Success present=false"]
+    );
+    assert_eq!(h.core.read_gate(ConnId(1)), ReadGate::Read);
+}
+
+#[test]
+fn a_held_connect_is_refused_with_server_unavailable_when_the_log_fails() {
+    let mut h = Harness::new(config());
+    let info = h.info("co2-1", Protocol::V311, true);
+    h.connect_with(1, &info, None);
+    let actions = h.event(Event::LogFailed);
+    assert_eq!(refusal(&actions), Some("log_failed"));
+    assert!(!actions.contains(&Action::Abort(ConnId(1))));
+    assert_eq!(
+        h.packets(1, Protocol::V311),
+        ["CONNACK ServerUnavailable present=false"]
+    );
+    // A commit that comes anyway accepts nothing.
+    assert!(!accepted(
+        &h.event(Event::Committed {
+            end: 1,
+            pending_bytes: 0
+        }),
+        1
+    ));
+}
+
+#[test]
+fn a_connect_held_when_the_shard_stops_is_refused() {
+    let mut h = Harness::new(config());
+    let info = h.info("co2-1", Protocol::V5, true);
+    h.connect_with(1, &info, None);
+    h.event(Event::Stop);
+    let actions = h.commit_all();
+    assert_eq!(refusal(&actions), Some("shutting_down"));
+    assert!(!accepted(&actions, 1));
+}
+
+#[test]
+fn only_a_device_that_proved_its_key_learns_it_is_revoked() {
+    // The defect: a revoked device was answered Banned before its credential was looked
+    // at, so anyone could learn which device ids exist and are revoked.
+    for protocol in [Protocol::V5, Protocol::V311] {
+        let mut h = Harness::new(config());
+        let mut garbage = h.info("revoked-1", protocol, true);
+        garbage.password = Some(b"v1.garbage".to_vec());
+        assert_eq!(
+            refusal(&h.connect_with(1, &garbage, None)),
+            Some("bad_credential")
+        );
+        // Signed with another key: a wrong credential too.
+        let mut forged = h.info("revoked-1", protocol, true);
+        forged.password = Some(
+            sign_credential("revoked-1", "client", &key("co2-1"), WALL_MS, [99; 16]).into_bytes(),
+        );
+        assert_eq!(
+            refusal(&h.connect_with(2, &forged, None)),
+            Some("bad_credential")
+        );
+        let unknown = h.info("nobody", protocol, true);
+        assert_eq!(
+            refusal(&h.connect_with(3, &unknown, None)),
+            Some("unknown_device")
+        );
+        // The same answer for all three.
+        let expected = "CONNACK BadUserNameOrPassword present=false";
+        for conn in 1..=3 {
+            assert_eq!(h.packets(conn, protocol), [expected]);
+        }
+        // With a valid credential (or a verified certificate), the device hears why.
+        let valid = h.info("revoked-1", protocol, true);
+        assert_eq!(
+            refusal(&h.connect_with(4, &valid, None)),
+            Some("revoked_device")
+        );
+        let banned = match protocol {
+            Protocol::V5 => "CONNACK Banned present=false",
+            Protocol::V311 => "CONNACK NotAuthorized present=false",
+        };
+        assert_eq!(h.packets(4, protocol), [banned]);
+        assert_eq!(
+            refusal(&h.connect(5, "revoked-1", protocol, true)),
+            Some("revoked_device")
+        );
+        // Nothing was logged for any of them.
+        assert_eq!(h.appended, 0);
+    }
+}
+
+#[test]
+fn windows_and_credentials_restored_after_a_restart_are_exact() {
+    let mut h = Harness::new(config());
+    let info = h.info("co2-1", Protocol::V5, true);
+    h.connect_with(1, &info, None);
+    h.commit_all();
+    h.output(1);
+    for (seq, pkid) in [(100, 1), (102, 2)] {
+        h.publish(1, "co2-1", seq, QoS::AtLeastOnce, pkid, false);
+    }
+    h.flush_batch();
+    h.commit_all();
+    let snapshot = h.core.snapshot(h.now.wall_ms);
+    assert_eq!(snapshot.offset, 3);
+    assert_eq!(snapshot.windows, [("co2-1".to_string(), 102, 0b101u128)]);
+    assert_eq!(snapshot.nonces, [("co2-1".to_string(), [1u8; 16], WALL_MS)]);
+
+    // The restart: a new core with what the checkpoint (or the log) gives.
+    let mut h2 = Harness::new(config());
+    h2.now = h.now;
+    h2.nonce = h.nonce;
+    h2.core = Core::new(config(), Counts::default(), 3, 3);
+    let (device, highest, seen) = snapshot.windows[0].clone();
+    h2.core
+        .restore_replay(&device, crate::replay::ReplayWindow::restore(highest, seen));
+    for (device, nonce, ts_ms) in &snapshot.nonces {
+        h2.core
+            .restore_credential(device, *nonce, *ts_ms, h2.now.wall_ms);
+    }
+    // The snapshot of a restored core is the one it was restored from.
+    let again = h2.core.snapshot(h2.now.wall_ms);
+    assert_eq!(
+        (again.windows, again.nonces),
+        (snapshot.windows, snapshot.nonces)
+    );
+    // The credential accepted before the restart is refused after it.
+    assert_eq!(
+        refusal(&h2.connect_with(1, &info, None)),
+        Some("replayed_credential")
+    );
+    let fresh = h2.info("co2-1", Protocol::V5, true);
+    h2.connect_with(2, &fresh, None);
+    h2.commit_all();
+    h2.output(2);
+    // 101 was never used inside the window: accepted. 102 was: a replay.
+    h2.publish(2, "co2-1", 101, QoS::AtLeastOnce, 1, false);
+    h2.publish(2, "co2-1", 102, QoS::AtLeastOnce, 2, false);
+    let actions = h2.flush_batch();
+    assert_eq!(
+        appends(&actions),
+        [(RecordKind::Reading, 4), (RecordKind::DeadLetter, 5)]
+    );
+}
+
+#[test]
+fn a_full_nonce_memory_refuses_credentials_at_or_below_the_evicted_one() {
+    let mut h = Harness::new(CoreConfig {
+        credential_nonces_max: 1,
+        ..config()
+    });
+    let first = h.info("co2-1", Protocol::V5, true);
+    h.connect_with(1, &first, None);
+    // Full: the first nonce is evicted and its timestamp becomes the floor.
+    let second = h.info("co2-2", Protocol::V5, true);
+    assert_eq!(refusal(&h.connect_with(2, &second, None)), None);
+    // So a credential dated that millisecond is refused: it could be the evicted one.
+    let third = h.info("co2-1", Protocol::V5, true);
+    assert_eq!(
+        refusal(&h.connect_with(4, &third, None)),
+        Some("credential_below_floor")
+    );
+    assert_eq!(
+        h.packets(4, Protocol::V5),
+        ["CONNACK BadUserNameOrPassword present=false"]
+    );
+    // A credential made later passes.
+    h.advance_us(1_000);
+    let later = h.info("co2-1", Protocol::V5, true);
+    h.connect_with(3, &later, None);
+    assert!(accepted(&h.commit_all(), 3));
+}
+
+#[test]
+fn a_full_disk_pauses_reading_until_it_has_room() {
+    let mut h = Harness::new(config());
+    h.connect(1, "co2-1", Protocol::V5, true);
+    assert_eq!(h.core.read_gate(ConnId(1)), ReadGate::Read);
+    h.event(Event::DiskFull { full: true });
+    assert_eq!(h.core.read_gate(ConnId(1)), ReadGate::Wait);
+    let actions = h.event(Event::DiskFull { full: false });
+    assert_eq!(actions, [Action::Resume(ConnId(1))]);
+    assert_eq!(h.core.read_gate(ConnId(1)), ReadGate::Read);
 }

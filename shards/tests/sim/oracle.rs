@@ -12,12 +12,12 @@
 //! 5. Everything acknowledged stays in the durable prefix through every restart.
 //! 6. A forged signature never becomes a reading: every durable reading verifies.
 //! 7. No false replay: a `replayed` dead letter names a sequence already stored as a
-//!    reading (or restored as seen at a restart).
+//!    reading (restarts restore the replay windows exactly, so nothing else counts).
 
 use ed25519_dalek::VerifyingKey;
 use ingestd_codec::envelope;
 use ingestd_codec::mqtt::{Protocol, QoS, ReasonCode};
-use ingestd_shards::core::record::{self, DeadLetterMeta, ReadingMeta};
+use ingestd_shards::core::record::{self, CredentialMeta, DeadLetterMeta, ReadingMeta};
 use ingestd_shards::core::RecordKind;
 use std::collections::BTreeMap;
 
@@ -60,6 +60,12 @@ pub enum Parsed {
         reason: String,
         seq: Option<u64>,
     },
+    /// An accepted CONNECT credential.
+    Credential {
+        device: String,
+        nonce: [u8; 16],
+        ts_ms: u64,
+    },
 }
 
 pub fn parse(kind: RecordKind, bytes: &[u8]) -> Result<(Parsed, Vec<u8>), String> {
@@ -78,6 +84,16 @@ pub fn parse(kind: RecordKind, bytes: &[u8]) -> Result<(Parsed, Vec<u8>), String
                 device: meta.device,
                 reason: meta.reason,
                 seq: meta.seq,
+            }
+        }
+        RecordKind::Credential => {
+            let meta: CredentialMeta = serde_json::from_slice(meta).map_err(|e| e.to_string())?;
+            let nonce = envelope::hex::decode_array(meta.nonce.as_bytes(), false)
+                .ok_or("credential record: bad nonce")?;
+            Parsed::Credential {
+                device: meta.device,
+                nonce,
+                ts_ms: meta.ts_ms,
             }
         }
     };
@@ -102,8 +118,6 @@ pub struct Oracle {
     dead: BTreeMap<(usize, Vec<u8>), Vec<DeadLetter>>,
     /// Readings appended in this life of the core (durable or not): promise 7.
     appended_readings: BTreeMap<(usize, u64), u64>,
-    /// Highest sequence per device restored at the last restart.
-    restored: BTreeMap<usize, u64>,
     /// One past the highest offset an acknowledgement relied on: promise 5.
     acked_end: u64,
     pub durable_readings: u64,
@@ -147,8 +161,7 @@ impl Oracle {
                 let d = self.device(&device)?;
                 let stored = self.appended_readings.contains_key(&(d, seq))
                     || self.readings.contains_key(&(d, seq));
-                let restored = self.restored.get(&d).is_some_and(|h| seq <= *h);
-                if !stored && !restored {
+                if !stored {
                     return Err(format!(
                         "promise 7: offset {offset}: {device} seq {seq} dead-lettered as \
                          replayed but never stored"
@@ -156,6 +169,9 @@ impl Oracle {
                 }
             }
             Parsed::Dead { .. } => {}
+            Parsed::Credential { device, .. } => {
+                self.device(&device)?;
+            }
         }
         Ok(())
     }
@@ -199,6 +215,9 @@ impl Oracle {
                     .push((offset, reason));
                 self.durable_dead += 1;
             }
+            Parsed::Credential { device, .. } => {
+                self.device(&device)?;
+            }
         }
         Ok(())
     }
@@ -207,22 +226,8 @@ impl Oracle {
         self.readings.contains_key(&(device, seq))
     }
 
-    /// The highest durable sequence of each device: what a restart restores.
-    pub fn highest(&self) -> BTreeMap<usize, u64> {
-        let mut out = BTreeMap::new();
-        for (d, seq) in self.readings.keys() {
-            let h = out.entry(*d).or_insert(*seq);
-            *h = (*h).max(*seq);
-        }
-        out
-    }
-
     /// The core restarted from the `durable` records.
-    pub fn on_restart(
-        &mut self,
-        durable: u64,
-        restored: BTreeMap<usize, u64>,
-    ) -> Result<(), String> {
+    pub fn on_restart(&mut self, durable: u64) -> Result<(), String> {
         if self.acked_end > durable {
             return Err(format!(
                 "promise 5: an acknowledgement relied on offset {} but only {durable} records \
@@ -231,7 +236,6 @@ impl Oracle {
             ));
         }
         self.appended_readings.clear();
-        self.restored = restored;
         Ok(())
     }
 

@@ -1,8 +1,9 @@
 //! The simulated world around one real [`Core`]: a driver (sockets as byte queues, read
 //! gates, keep-alive timers, closing), devices with real ed25519 keys speaking MQTT 3.1.1
 //! and 5 through the codec, attackers, a durable log whose commits are delayed or fail, a
-//! Kafka sink that lags or goes away, and restarts that keep only the committed records.
-//! Everything is driven by one seeded [`Rng`] and a fake clock.
+//! Kafka sink that lags or goes away, a disk that fills up for a while, and restarts that
+//! keep only the committed records (the core restarts with the replay windows and the
+//! credential nonces those records give, as the server's start-up rebuild does). Everything is driven by one seeded [`Rng`] and a fake clock.
 
 use crate::oracle::{parse, Oracle, Parsed, Sender, SentMsg};
 use crate::rng::Rng;
@@ -18,6 +19,7 @@ use ingestd_shards::core::{
     Action, ConnId, Core, CoreConfig, DeviceEntry, Event, Metrics, ReadGate, RecordKind, Time,
 };
 use ingestd_shards::policy::CommitPolicy;
+use ingestd_shards::replay::ReplayWindow;
 use ingestd_shards::validate::Limits;
 use std::collections::{BTreeMap, VecDeque};
 
@@ -55,6 +57,8 @@ pub struct Summary {
     pub takeovers: u64,
     pub keepalive_timeouts: u64,
     pub gate_bypasses: u64,
+    /// Times the disk filled up (commits waited until it had room).
+    pub disk_full: u64,
 }
 
 struct Outgoing {
@@ -146,7 +150,6 @@ pub struct World {
     rng: Rng,
     step: u64,
     now: Time,
-    strict: bool,
     config: CoreConfig,
     core: Core<NoMetrics>,
     life: u32,
@@ -158,6 +161,10 @@ pub struct World {
     commit_fail_per_mille: u64,
     commit_delay_us_max: u64,
     sink: Sink,
+    /// The disk is full until then: a commit waits (the driver retries it) and the core
+    /// has been told.
+    disk_full_until_us: Option<u64>,
+    disk_full_told: bool,
     gate_bypass: bool,
     told_confirmed: u64,
     devices: Vec<Device>,
@@ -204,7 +211,7 @@ fn describe(packet: &Packet<'_>) -> String {
 }
 
 impl World {
-    pub fn new(seed: u64, strict: bool) -> Self {
+    pub fn new(seed: u64) -> Self {
         let mut rng = Rng::new(seed);
         let device_count = rng.range(3, 8) as usize;
         let kafka_gate = rng.chance(500);
@@ -231,6 +238,12 @@ impl World {
             },
             require_credential: true,
             credential_window_ms: 300_000,
+            // Sometimes small, so that evicting nonces (and the floor it leaves) happens.
+            credential_nonces_max: if rng.chance(100) {
+                rng.range(2, 6) as usize
+            } else {
+                1 << 16
+            },
             failures_before_delay: 3,
             failure_delay_ms: 10,
             failure_delay_ms_max: 200,
@@ -292,7 +305,6 @@ impl World {
                 mono_us: 0,
                 wall_ms: WALL_START_MS,
             },
-            strict,
             config,
             core,
             life: 0,
@@ -309,6 +321,8 @@ impl World {
                 outage_until_us: 0,
                 silent: false,
             },
+            disk_full_until_us: None,
+            disk_full_told: false,
             gate_bypass: false,
             told_confirmed: 0,
             devices,
@@ -354,9 +368,8 @@ impl World {
         } else {
             ""
         };
-        let strict = if self.strict { "SIM_STRICT=1 " } else { "" };
         panic!(
-            "simulation failed: seed {} step {}: {message}\nreplay: {strict}SIM_SEED={} cargo \
+            "simulation failed: seed {} step {}: {message}\nreplay: SIM_SEED={} cargo \
              test -p ingestd-shards{features} --test sim\nlast events:\n  {}",
             self.seed,
             self.step,
@@ -435,6 +448,27 @@ impl World {
         let Some(commit) = self.commit.take() else {
             return;
         };
+        // A full disk: the driver retries the commit until there is room, and tells the
+        // core, which pauses its readers meanwhile.
+        if let Some(until) = self.disk_full_until_us {
+            if self.now.mono_us < until {
+                if !self.disk_full_told {
+                    self.disk_full_told = true;
+                    self.trace("disk full: the commit waits".into());
+                    self.event(Event::DiskFull { full: true });
+                }
+                self.commit = Some(PendingCommit {
+                    at_us: until,
+                    ..commit
+                });
+                return;
+            }
+            self.disk_full_until_us = None;
+            if std::mem::take(&mut self.disk_full_told) {
+                self.trace("disk has room again".into());
+                self.event(Event::DiskFull { full: false });
+            }
+        }
         if commit.fail {
             self.summary.commits_failed += 1;
             self.trace("commit failed".into());
@@ -592,6 +626,9 @@ impl World {
                         )) => {
                             format!("dead letter {device} {seq:?} {reason}")
                         }
+                        Ok((Parsed::Credential { device, ts_ms, .. }, _)) => {
+                            format!("credential {device} {ts_ms}")
+                        }
                         Err(e) => self.fail(&format!("record at {offset} does not parse: {e}")),
                     };
                     self.trace(format!("append {offset}: {what}"));
@@ -706,11 +743,9 @@ impl World {
                     ));
                 }
                 self.summary.credential_replays_after_restart += 1;
-                if self.strict {
-                    self.fail(&format!(
-                        "conn {id}: a credential accepted before a restart opened a session after it"
-                    ));
-                }
+                self.fail(&format!(
+                    "conn {id}: a credential accepted before a restart opened a session after it"
+                ));
             }
             None => {
                 if let Some(c) = credential {
@@ -1041,6 +1076,12 @@ impl World {
                 self.restart("log failed");
             }
             608 if self.rng.chance(300) => self.graceful_restart(),
+            620..=622 if self.disk_full_until_us.is_none() => {
+                let length_us = self.rng.range(10_000, 2_000_000);
+                self.summary.disk_full += 1;
+                self.trace(format!("the disk fills up for {} ms", length_us / 1000));
+                self.disk_full_until_us = Some(self.now.mono_us + length_us);
+            }
             609..=619 => {
                 // An unknown PUBREL (v5 answers "packet identifier not found").
                 if let Some(&i) = self.rng.pick(&connected) {
@@ -1347,17 +1388,39 @@ impl World {
         }
         let durable = self.durable as u64;
         self.core = Core::new(self.config.clone(), NoMetrics, durable, durable);
-        let highest = self.oracle.highest();
-        for (&d, &seq) in &highest {
-            let id = &self.devices[d].id;
-            let Some(entry) = self.registry.get(id) else {
-                self.fail(&format!("device {id} left the registry"));
-            };
-            self.core.restore_replay(id, entry.clone(), seq);
+        // What the server's start-up rebuild gives: each device's exact window from the
+        // durable readings in log order, and the nonces of the durable credentials.
+        let mut windows: BTreeMap<String, ReplayWindow> = BTreeMap::new();
+        let mut nonces = Vec::new();
+        for (offset, record) in self.log.iter().enumerate() {
+            match parse(record.kind, &record.bytes) {
+                Ok((Parsed::Reading { device, seq }, _)) => {
+                    // Readings were appended only when their window accepted them.
+                    let _ = windows.entry(device).or_default().commit(seq);
+                }
+                Ok((
+                    Parsed::Credential {
+                        device,
+                        nonce,
+                        ts_ms,
+                    },
+                    _,
+                )) => nonces.push((device, nonce, ts_ms)),
+                Ok((Parsed::Dead { .. }, _)) => {}
+                Err(e) => self.fail(&format!("record at {offset} does not parse: {e}")),
+            }
         }
-        if let Err(e) = self.oracle.on_restart(durable, highest) {
+        for (device, window) in windows {
+            self.core.restore_replay(&device, window);
+        }
+        let now_ms = self.now.wall_ms;
+        for (device, nonce, ts_ms) in nonces {
+            self.core.restore_credential(&device, nonce, ts_ms, now_ms);
+        }
+        if let Err(e) = self.oracle.on_restart(durable) {
             self.fail(&e);
         }
+        self.disk_full_told = false;
         self.gate_bypass = false;
         self.told_confirmed = 0;
         self.sink.confirmed = self.sink.confirmed.min(durable);
