@@ -106,8 +106,8 @@ fn envelope_benches(c: &mut Criterion) {
     let window = ReplayWindow::new();
     let limits = Limits {
         topic_prefix: "devices".to_string(),
-        envelope_max_bytes: 1024,
-        clock_skew_max_ms: 300_000,
+        envelope_bytes_max: 1024,
+        clock_skew_ms_max: 300_000,
     };
     group.bench_function("shard_precheck", |b| {
         b.iter(|| {

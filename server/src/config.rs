@@ -61,13 +61,22 @@ pub struct MqttConfig {
     /// Plain MQTT listener; empty string disables it.
     pub listen: String,
     /// Largest MQTT packet accepted, checked before the body is buffered.
-    pub max_packet_bytes: usize,
+    #[serde(alias = "max_packet_bytes")]
+    pub packet_bytes_max: usize,
     /// Unacknowledged QoS 1/2 PUBLISHes a device may have in flight (MQTT 5 Receive Maximum).
-    pub max_inflight: u16,
+    #[serde(alias = "max_inflight")]
+    pub inflight_max: u16,
     /// Keep-alive granted when a device asks for 0 or more than this.
-    pub keep_alive_max_s: u16,
+    #[serde(alias = "keep_alive_max_s")]
+    pub keep_alive_s_max: u16,
     /// Connections accepted per shard; beyond it new connections are refused.
     pub connections_per_shard_max: usize,
+    /// Bytes queued for one connection's writer at which its reader stops reading until
+    /// the writer has sent them (a client that does not read its socket stops being read).
+    pub output_bytes_max: usize,
+    /// Connections waiting to be handed to a shard from each other shard (one ring per
+    /// pair of shards); when full, the CONNECT is refused with Server Busy.
+    pub handoff_ring_connections_max: usize,
     /// Uplink topics are `{topic_prefix}/{device_id}/telemetry`.
     pub topic_prefix: String,
     /// Time a new connection has to send CONNECT.
@@ -107,15 +116,20 @@ pub struct AuthConfig {
     /// window; about 100 bytes each). Past this, the oldest is forgotten and credentials
     /// dated at or before it are refused (docs/PROTOCOL.md, section 10).
     pub credential_nonces_max: usize,
+    /// Addresses whose authentication failures a shard remembers for the throttle; past
+    /// this the oldest are forgotten.
+    pub throttle_addresses_max: usize,
 }
 
 #[derive(Debug, Clone, Deserialize, PartialEq)]
 #[serde(deny_unknown_fields, default)]
 pub struct ValidationConfig {
     /// Largest envelope payload accepted (binary or JSON).
-    pub envelope_max_bytes: usize,
+    #[serde(alias = "envelope_max_bytes")]
+    pub envelope_bytes_max: usize,
     /// How far a reading's device timestamp may be from the server's clock.
-    pub clock_skew_max_ms: u64,
+    #[serde(alias = "clock_skew_max_ms")]
+    pub clock_skew_ms_max: u64,
     /// Verify every reading's ed25519 signature. Off only for benchmarks of the transport.
     pub verify_signatures: bool,
     /// Store payloads as received, without decoding envelopes (no replay window, no clock
@@ -123,7 +137,8 @@ pub struct ValidationConfig {
     /// a plain MQTT broker. Never in production.
     pub opaque_payloads: bool,
     /// Signatures verified together in one batch.
-    pub verify_batch_max: usize,
+    #[serde(alias = "verify_batch_max")]
+    pub verify_batch_signatures_max: usize,
     /// Longest a message waits for its verification batch to fill (bounded delay).
     pub verify_batch_delay_us: u64,
 }
@@ -353,10 +368,12 @@ impl Default for MqttConfig {
     fn default() -> Self {
         Self {
             listen: "0.0.0.0:1883".to_string(),
-            max_packet_bytes: 16 * 1024,
-            max_inflight: 64,
-            keep_alive_max_s: 600,
+            packet_bytes_max: 16 * 1024,
+            inflight_max: 64,
+            keep_alive_s_max: 600,
             connections_per_shard_max: 100_000,
+            output_bytes_max: 64 * 1024,
+            handoff_ring_connections_max: 1024,
             topic_prefix: "devices".to_string(),
             connect_timeout_ms: 10_000,
         }
@@ -384,6 +401,7 @@ impl Default for AuthConfig {
             require_credential: true,
             failure_delay_ms_max: 10_000,
             credential_nonces_max: 1 << 18,
+            throttle_addresses_max: 65_536,
         }
     }
 }
@@ -391,11 +409,11 @@ impl Default for AuthConfig {
 impl Default for ValidationConfig {
     fn default() -> Self {
         Self {
-            envelope_max_bytes: 1024,
-            clock_skew_max_ms: 300_000,
+            envelope_bytes_max: 1024,
+            clock_skew_ms_max: 300_000,
             verify_signatures: true,
             opaque_payloads: false,
-            verify_batch_max: 64,
+            verify_batch_signatures_max: 64,
             verify_batch_delay_us: 1_000,
         }
     }
@@ -555,14 +573,29 @@ impl Config {
         }
         // A refused PUBLISH is kept whole in its dead letter, and a log record holds at
         // most 1 MiB: packets stay well below that.
-        if !(64..=(512 << 10)).contains(&self.mqtt.max_packet_bytes) {
+        if !(64..=(512 << 10)).contains(&self.mqtt.packet_bytes_max) {
             return Err(invalid(
-                "mqtt.max_packet_bytes",
-                format!("{} is outside 64..=524288", self.mqtt.max_packet_bytes),
+                "mqtt.packet_bytes_max",
+                format!("{} is outside 64..=524288", self.mqtt.packet_bytes_max),
             ));
         }
-        if self.mqtt.max_inflight == 0 {
-            return Err(invalid("mqtt.max_inflight", "must be at least 1"));
+        if self.mqtt.inflight_max == 0 {
+            return Err(invalid("mqtt.inflight_max", "must be at least 1"));
+        }
+        if self.mqtt.output_bytes_max < 64 {
+            return Err(invalid(
+                "mqtt.output_bytes_max",
+                format!("{} is below 64", self.mqtt.output_bytes_max),
+            ));
+        }
+        if self.mqtt.handoff_ring_connections_max == 0 {
+            return Err(invalid(
+                "mqtt.handoff_ring_connections_max",
+                "must be at least 1",
+            ));
+        }
+        if self.auth.throttle_addresses_max == 0 {
+            return Err(invalid("auth.throttle_addresses_max", "must be at least 1"));
         }
         if self.mqtt.connections_per_shard_max == 0 {
             return Err(invalid(
@@ -620,19 +653,22 @@ impl Config {
                 ),
             ));
         }
-        if !(64..=self.mqtt.max_packet_bytes).contains(&self.validation.envelope_max_bytes) {
+        if !(64..=self.mqtt.packet_bytes_max).contains(&self.validation.envelope_bytes_max) {
             return Err(invalid(
-                "validation.envelope_max_bytes",
+                "validation.envelope_bytes_max",
                 format!(
-                    "{} is outside 64..=mqtt.max_packet_bytes ({})",
-                    self.validation.envelope_max_bytes, self.mqtt.max_packet_bytes
+                    "{} is outside 64..=mqtt.packet_bytes_max ({})",
+                    self.validation.envelope_bytes_max, self.mqtt.packet_bytes_max
                 ),
             ));
         }
-        if !(1..=4096).contains(&self.validation.verify_batch_max) {
+        if !(1..=4096).contains(&self.validation.verify_batch_signatures_max) {
             return Err(invalid(
-                "validation.verify_batch_max",
-                format!("{} is outside 1..=4096", self.validation.verify_batch_max),
+                "validation.verify_batch_signatures_max",
+                format!(
+                    "{} is outside 1..=4096",
+                    self.validation.verify_batch_signatures_max
+                ),
             ));
         }
         if self.validation.verify_batch_delay_us > 100_000 {
@@ -878,6 +914,33 @@ mod tests {
     }
 
     #[test]
+    fn limits_have_their_unit_last_and_the_old_names_still_work() {
+        let old = Config::from_toml(
+            "[mqtt]\nmax_packet_bytes = 4096\nmax_inflight = 8\nkeep_alive_max_s = 30\n\
+             [validation]\nenvelope_max_bytes = 512\nclock_skew_max_ms = 1000\n\
+             verify_batch_max = 16\n",
+        )
+        .unwrap();
+        let new = Config::from_toml(
+            "[mqtt]\npacket_bytes_max = 4096\ninflight_max = 8\nkeep_alive_s_max = 30\n\
+             [validation]\nenvelope_bytes_max = 512\nclock_skew_ms_max = 1000\n\
+             verify_batch_signatures_max = 16\n",
+        )
+        .unwrap();
+        assert_eq!(old, new);
+        assert_eq!(new.mqtt.packet_bytes_max, 4096);
+        assert_eq!(new.mqtt.inflight_max, 8);
+        assert_eq!(new.validation.verify_batch_signatures_max, 16);
+        // The capacities that were constants are keys now, checked like the others.
+        assert!(problem("[mqtt]\noutput_bytes_max = 10\n").contains("mqtt.output_bytes_max"));
+        assert!(problem("[mqtt]\nhandoff_ring_connections_max = 0\n")
+            .contains("mqtt.handoff_ring_connections_max"));
+        assert!(
+            problem("[auth]\nthrottle_addresses_max = 0\n").contains("auth.throttle_addresses_max")
+        );
+    }
+
+    #[test]
     fn empty_file_is_the_embedded_default() {
         assert_eq!(Config::from_toml("").unwrap(), Config::default());
         Config::default().validate().unwrap();
@@ -892,7 +955,7 @@ mod tests {
         assert_eq!(config.shards, 2);
         assert_eq!(config.mqtt.listen, "127.0.0.1:18830");
         assert_eq!(config.log.commit_interval_us, 500);
-        assert_eq!(config.mqtt.max_inflight, MqttConfig::default().max_inflight);
+        assert_eq!(config.mqtt.inflight_max, MqttConfig::default().inflight_max);
     }
 
     #[test]
@@ -925,25 +988,25 @@ mod tests {
 
     #[test]
     fn wrong_types_name_the_key() {
-        let message = problem("[mqtt]\nmax_inflight = \"lots\"\n");
-        assert!(message.contains("max_inflight"), "{message}");
+        let message = problem("[mqtt]\ninflight_max = \"lots\"\n");
+        assert!(message.contains("inflight_max"), "{message}");
     }
 
     #[test]
     fn bad_values_name_key_and_problem() {
         let cases = [
             ("[mqtt]\nlisten = \"localhost\"\n", "mqtt.listen"),
-            ("[mqtt]\nmax_inflight = 0\n", "mqtt.max_inflight"),
+            ("[mqtt]\nmax_inflight = 0\n", "mqtt.inflight_max"),
             ("[mqtt]\ntopic_prefix = \"a/+/b\"\n", "mqtt.topic_prefix"),
-            ("[mqtt]\nmax_packet_bytes = 10\n", "mqtt.max_packet_bytes"),
+            ("[mqtt]\nmax_packet_bytes = 10\n", "mqtt.packet_bytes_max"),
             (
                 "[mqtt]\nmax_packet_bytes = 2000000\n",
-                "mqtt.max_packet_bytes",
+                "mqtt.packet_bytes_max",
             ),
             ("[tls]\nlisten = \"127.0.0.1:8883\"\n", "tls.cert_path"),
             (
                 "[validation]\nverify_batch_max = 0\n",
-                "validation.verify_batch_max",
+                "validation.verify_batch_signatures_max",
             ),
             ("[log]\nsegment_bytes_max = 100\n", "log.segment_bytes_max"),
             ("[log]\ncommit_interval_us = 0\n", "log.commit_interval_us"),

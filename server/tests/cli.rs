@@ -44,7 +44,7 @@ fn check_config_accepts_good_and_names_the_bad_key() {
     for (text, expected) in [
         ("[log]\ncommit_interval_us = 0\n", "log.commit_interval_us"),
         ("[mqtt]\nlisten = \"nowhere\"\n", "mqtt.listen"),
-        ("[mqtt]\nmax_inflight = -1\n", "max_inflight"),
+        ("[mqtt]\ninflight_max = -1\n", "inflight_max"),
         ("[sinks]\nkafka = true\n", "sinks"),
     ] {
         let bad = dir.join("bad.toml");

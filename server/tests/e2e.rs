@@ -380,7 +380,7 @@ fn every_refusal_gets_its_answer_and_others_keep_being_served() {
         client.read(),
         Reply::SubAck(vec![ReasonCode::NotAuthorized])
     );
-    // An oversize packet (above mqtt.max_packet_bytes, 16 KiB): DISCONNECT 0x95, closed.
+    // An oversize packet (above mqtt.packet_bytes_max, 16 KiB): DISCONNECT 0x95, closed.
     let huge = vec![0u8; 20_000];
     client.publish(&own, &huge, QoS::AtLeastOnce, 60);
     assert_eq!(client.read(), Reply::Disconnect(ReasonCode::PacketTooLarge));

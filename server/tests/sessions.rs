@@ -137,7 +137,7 @@ fn persistent_session_keeps_qos2_state_across_a_reconnect() {
 fn v5_device_exceeding_receive_maximum_is_disconnected() {
     let fleet = Fleet::provision(1);
     let config = fleet.dir.path().join("small.toml");
-    std::fs::write(&config, "[mqtt]\nmax_inflight = 2\n[log]\ncommit_interval_us = 1000000\ncommit_batch_bytes_max = 1048576\n").unwrap();
+    std::fs::write(&config, "[mqtt]\ninflight_max = 2\n[log]\ncommit_interval_us = 1000000\ncommit_batch_bytes_max = 1048576\n").unwrap();
     let server = Server::start(
         &fleet,
         &fleet.dir.path().join("data"),

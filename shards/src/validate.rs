@@ -1,12 +1,12 @@
 //! The checks a reading passes on its home shard before the signature is verified, in
 //! order of cost, so that garbage and replays never reach the expensive step:
 //!
-//! 1. size: the payload is within `envelope_max_bytes` (nothing parsed yet);
+//! 1. size: the payload is within `envelope_bytes_max` (nothing parsed yet);
 //! 2. topic ACL: the topic is the connected device's own uplink topic;
 //! 3. envelope decoding (binary or JSON);
 //! 4. the envelope's device id is the connected device's;
 //! 5. replay window: the sequence number was not accepted before and is not too old;
-//! 6. clock skew: the device timestamp is within `clock_skew_max_ms` of the server clock.
+//! 6. clock skew: the device timestamp is within `clock_skew_ms_max` of the server clock.
 //!
 //! Then the caller verifies the signature (in batches) and only after that commits the
 //! sequence to the replay window (see [`crate::replay`] for why).
@@ -18,8 +18,8 @@ use ingestd_codec::envelope::{self, Envelope, EnvelopeError};
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Limits {
     pub topic_prefix: String,
-    pub envelope_max_bytes: usize,
-    pub clock_skew_max_ms: u64,
+    pub envelope_bytes_max: usize,
+    pub clock_skew_ms_max: u64,
 }
 
 /// Why a reading was refused before or at signature verification.
@@ -70,10 +70,10 @@ pub fn precheck<'a>(
     now_ms: u64,
     limits: &Limits,
 ) -> Result<Envelope<'a>, Rejection> {
-    if payload.len() > limits.envelope_max_bytes {
+    if payload.len() > limits.envelope_bytes_max {
         return Err(Rejection::Envelope(EnvelopeError::Oversize {
             len: payload.len(),
-            max: limits.envelope_max_bytes,
+            max: limits.envelope_bytes_max,
         }));
     }
     match envelope::device_id_from_topic(topic, &limits.topic_prefix) {
@@ -82,12 +82,12 @@ pub fn precheck<'a>(
         Some(_) => {}
     }
     let decoded =
-        envelope::decode(payload, limits.envelope_max_bytes).map_err(Rejection::Envelope)?;
+        envelope::decode(payload, limits.envelope_bytes_max).map_err(Rejection::Envelope)?;
     decoded
         .check_device(device_id)
         .map_err(Rejection::Envelope)?;
     replay.check(decoded.seq).map_err(Rejection::Replay)?;
-    envelope::check_clock_skew(decoded.ts_ms, now_ms, limits.clock_skew_max_ms)
+    envelope::check_clock_skew(decoded.ts_ms, now_ms, limits.clock_skew_ms_max)
         .map_err(Rejection::Envelope)?;
     Ok(decoded)
 }
@@ -103,8 +103,8 @@ mod tests {
     fn limits() -> Limits {
         Limits {
             topic_prefix: "devices".to_string(),
-            envelope_max_bytes: 1024,
-            clock_skew_max_ms: 300_000,
+            envelope_bytes_max: 1024,
+            clock_skew_ms_max: 300_000,
         }
     }
 

@@ -7,7 +7,7 @@
 //! packets from the socket and gives them to the core; and a writer, which sends what
 //! the core put in the connection's output (CONNACK, PINGRESP, PUBCOMP right away;
 //! PUBACK and PUBREC only once the record is durable). The reader stops reading when the
-//! core says so (`max_inflight` messages waiting, or the shard overloaded): TCP flow
+//! core says so (`inflight_max` messages waiting, or the shard overloaded): TCP flow
 //! control then slows the device down instead of anything being dropped.
 
 use super::handoff::{self, Handoff};
@@ -160,7 +160,7 @@ pub async fn serve(
     peer: SocketAddr,
     handed_in: bool,
 ) {
-    let max_packet = shard.config.mqtt.max_packet_bytes;
+    let max_packet = shard.config.mqtt.packet_bytes_max;
     let connect_timeout = Duration::from_millis(shard.config.mqtt.connect_timeout_ms);
     let _ = stream.tcp().set_read_timeout(Some(connect_timeout));
     let fd = stream.tcp().as_raw_fd();
@@ -323,7 +323,7 @@ async fn refuse(
 /// Writes what the core queued for a connection that has no writer task.
 async fn write_output(shard: &Shard, io: &ConnIo, stream: &mut Transport) {
     let mut out = Vec::new();
-    shard.core.borrow_mut().take_output(io.id, &mut out);
+    let _ = shard.core.borrow_mut().take_output(io.id, &mut out);
     if !out.is_empty() {
         let _ = stream.write_all(&out).await;
         let _ = stream.flush().await;
@@ -367,7 +367,7 @@ type Reader = futures_lite::io::ReadHalf<Transport>;
 type Writer = futures_lite::io::WriteHalf<Transport>;
 
 async fn read_loop(shard: &Rc<Shard>, io: &ConnIo, mut reader: Reader, mut buf: Vec<u8>) {
-    let max_packet = shard.config.mqtt.max_packet_bytes;
+    let max_packet = shard.config.mqtt.packet_bytes_max;
     let Some(protocol) = shard.core.borrow().conn(io.id).map(|c| c.protocol) else {
         return;
     };
@@ -444,7 +444,10 @@ async fn write_loop(shard: Rc<Shard>, io: Rc<ConnIo>, mut writer: Writer) -> Wri
     let mut sending = Vec::new();
     loop {
         io.out_notify.notified().await;
-        shard.core.borrow_mut().take_output(io.id, &mut sending);
+        if shard.core.borrow_mut().take_output(io.id, &mut sending) {
+            // The reader waited for this output to drain.
+            io.resume.notify();
+        }
         if !sending.is_empty() && writer.write_all(&sending).await.is_err() {
             io.finished.set(true);
             shard.run(Event::ReadEnded { conn: io.id });
@@ -453,7 +456,7 @@ async fn write_loop(shard: Rc<Shard>, io: Rc<ConnIo>, mut writer: Writer) -> Wri
         }
         if io.finished.get() {
             // Anything queued while the last write was in flight, and the DISCONNECT.
-            shard.core.borrow_mut().take_output(io.id, &mut sending);
+            let _ = shard.core.borrow_mut().take_output(io.id, &mut sending);
             if !sending.is_empty() {
                 let _ = writer.write_all(&sending).await;
             }

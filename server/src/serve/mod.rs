@@ -177,7 +177,7 @@ pub fn run_with_stop(
         message: format!("reading the durable log: {e}"),
     })?;
 
-    let mut rings = handoff::Rings::new(shards, 1024);
+    let mut rings = handoff::Rings::new(shards, config.mqtt.handoff_ring_connections_max);
     let cpus = allowed_cpus();
     let (ready_tx, ready_rx) = mpsc::channel::<Result<usize, String>>();
     let mut handles = Vec::with_capacity(shards);

@@ -401,7 +401,7 @@ impl<M: Metrics> Core<M> {
     ) {
         // Keep-alive: the device must send something every keep_alive seconds; the server
         // allows 1.5 times that [MQTT-3.1.2-24]. 0 or above the maximum gets the maximum.
-        let keep_alive_max = self.config.keep_alive_max_s;
+        let keep_alive_max = self.config.keep_alive_s_max;
         let keep_alive_s = if info.keep_alive_s == 0 || info.keep_alive_s > keep_alive_max {
             keep_alive_max
         } else {
@@ -420,8 +420,8 @@ impl<M: Metrics> Core<M> {
             ReasonCode::Success,
             session_present,
             server_keep_alive,
-            self.config.max_inflight,
-            self.config.max_packet_bytes,
+            self.config.inflight_max,
+            self.config.packet_bytes_max,
         );
         if let Packet::ConnAck(ack) = &mut connack {
             ack.properties.assigned_client_identifier = assigned.as_deref();
@@ -501,8 +501,8 @@ pub(super) fn connack(
     reason: ReasonCode,
     session_present: bool,
     server_keep_alive: Option<u16>,
-    max_inflight: u16,
-    max_packet_bytes: usize,
+    inflight_max: u16,
+    packet_bytes_max: usize,
 ) -> Packet<'static> {
     // 3.1.1 has six return codes; map the v5 reasons onto the closest one.
     let reason = match protocol {
@@ -520,8 +520,8 @@ pub(super) fn connack(
     };
     let mut properties = Properties::default();
     if protocol == Protocol::V5 && reason == ReasonCode::Success {
-        properties.receive_maximum = Some(max_inflight);
-        properties.maximum_packet_size = u32::try_from(max_packet_bytes).ok();
+        properties.receive_maximum = Some(inflight_max);
+        properties.maximum_packet_size = u32::try_from(packet_bytes_max).ok();
         properties.retain_available = Some(0);
         properties.wildcard_subscription_available = Some(0);
         properties.subscription_identifier_available = Some(0);

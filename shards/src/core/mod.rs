@@ -88,13 +88,19 @@ pub struct CoreConfig {
     pub node_id: String,
     pub limits: Limits,
     pub verify_signatures: bool,
-    pub verify_batch_max: usize,
+    pub verify_batch_signatures_max: usize,
     pub verify_batch_delay_us: u64,
     pub opaque_payloads: bool,
-    pub max_inflight: u16,
-    pub max_packet_bytes: usize,
-    pub keep_alive_max_s: u16,
+    pub inflight_max: u16,
+    pub packet_bytes_max: usize,
+    pub keep_alive_s_max: u16,
     pub connections_per_shard_max: usize,
+    /// Bytes queued for one connection's writer at which the core stops reading from that
+    /// connection until the writer has taken them (a client that sends PINGREQs or
+    /// SUBSCRIBEs without reading its socket cannot grow the buffer without bound).
+    pub output_bytes_max: usize,
+    /// Addresses the failure throttle remembers per shard (the oldest are forgotten).
+    pub throttle_addresses_max: usize,
     pub require_credential: bool,
     pub credential_window_ms: u64,
     /// Credential nonces remembered per shard (`CredentialNonces`: the oldest is evicted
@@ -227,7 +233,7 @@ pub enum Action {
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum ReadGate {
     Read,
-    /// Wait for [`Action::Resume`] (the device has `max_inflight` messages waiting, or
+    /// Wait for [`Action::Resume`] (the device has `inflight_max` messages waiting, or
     /// the shard is overloaded).
     Wait,
     /// The connection is closing: read nothing more.
@@ -363,8 +369,8 @@ impl<M: Metrics> Core<M> {
     /// A core whose log continues at `next_offset` and is durable up to `durable_end`.
     pub fn new(config: CoreConfig, metrics: M, next_offset: u64, durable_end: u64) -> Self {
         assert!(
-            config.verify_batch_max > 0,
-            "verify_batch_max must be positive"
+            config.verify_batch_signatures_max > 0,
+            "verify_batch_signatures_max must be positive"
         );
         assert!(durable_end <= next_offset);
         Self {
@@ -372,9 +378,9 @@ impl<M: Metrics> Core<M> {
                 config.failures_before_delay,
                 config.failure_delay_ms,
                 config.failure_delay_ms_max,
-                65_536,
+                config.throttle_addresses_max,
             ),
-            verifier: BatchVerifier::new(config.verify_batch_max),
+            verifier: BatchVerifier::new(config.verify_batch_signatures_max),
             nonces: CredentialNonces::new(config.credential_nonces_max.max(1)),
             held: VecDeque::new(),
             restored: HashMap::new(),
@@ -485,12 +491,23 @@ impl<M: Metrics> Core<M> {
     }
 
     /// Moves the connection's output into `into` (swapped, so buffers are reused).
-    pub fn take_output(&mut self, conn: ConnId, into: &mut Vec<u8>) {
+    ///
+    /// Returns true when the connection's reader waited (for any reason) and may ask
+    /// [`Core::read_gate`] again: a full output buffer is one reason to wait, and taking
+    /// the output ends it.
+    pub fn take_output(&mut self, conn: ConnId, into: &mut Vec<u8>) -> bool {
         into.clear();
-        if let Some(state) = self.conns.get_mut(&conn) {
-            std::mem::swap(&mut state.out, into);
-            state.flush_queued = false;
+        let Some(state) = self.conns.get_mut(&conn) else {
+            return false;
+        };
+        std::mem::swap(&mut state.out, into);
+        state.flush_queued = false;
+        let output_full = into.len() >= self.config.output_bytes_max;
+        if output_full && state.waiting {
+            state.waiting = false;
+            return true;
         }
+        false
     }
 
     /// When the core next wants an [`Event::Tick`] (monotonic µs); `None` when idle.
@@ -519,7 +536,7 @@ impl<M: Metrics> Core<M> {
     /// What the connection's reader should do before reading again.
     pub fn read_gate(&mut self, conn: ConnId) -> ReadGate {
         let overloaded = self.overloaded();
-        let max_inflight = usize::from(self.config.max_inflight);
+        let inflight_max = usize::from(self.config.inflight_max);
         let Some(state) = self.conns.get_mut(&conn) else {
             return ReadGate::Stop;
         };
@@ -536,7 +553,10 @@ impl<M: Metrics> Core<M> {
             self.paused.push(conn);
             self.metrics.backpressure_pause();
         }
-        if overloaded || state.inflight >= max_inflight {
+        if overloaded
+            || state.inflight >= inflight_max
+            || state.out.len() >= self.config.output_bytes_max
+        {
             state.waiting = true;
             ReadGate::Wait
         } else {

@@ -186,7 +186,7 @@ impl<M: Metrics> Core<M> {
         device: DeviceIdx,
         publish: &mqtt::Publish<'_>,
     ) -> Result<(), Option<ReasonCode>> {
-        let max_inflight = usize::from(self.config.max_inflight);
+        let inflight_max = usize::from(self.config.inflight_max);
         match publish.qos {
             QoS::AtMostOnce => {
                 if self.overloaded() {
@@ -200,7 +200,7 @@ impl<M: Metrics> Core<M> {
             QoS::ExactlyOnce => {
                 let action = self.devices[device.0 as usize]
                     .session
-                    .qos2_publish(publish.pkid, max_inflight);
+                    .qos2_publish(publish.pkid, inflight_max);
                 match action {
                     Qos2Action::Deliver => {}
                     Qos2Action::AwaitDurable => return Ok(()),
@@ -217,7 +217,7 @@ impl<M: Metrics> Core<M> {
             return Ok(());
         };
         if publish.qos != QoS::AtMostOnce {
-            if state.protocol == Protocol::V5 && state.inflight >= max_inflight {
+            if state.protocol == Protocol::V5 && state.inflight >= inflight_max {
                 return Err(Some(ReasonCode::ReceiveMaximumExceeded));
             }
             state.inflight += 1;
@@ -242,7 +242,7 @@ impl<M: Metrics> Core<M> {
             verdict,
         });
         // Batch at our own pace: a bigger verification batch costs less per signature.
-        if self.work.len() >= self.config.verify_batch_max || self.verifier.is_full() {
+        if self.work.len() >= self.config.verify_batch_signatures_max || self.verifier.is_full() {
             self.process_round();
         }
         Ok(())

@@ -58,20 +58,22 @@ fn config() -> CoreConfig {
         node_id: "n1".into(),
         limits: Limits {
             topic_prefix: "devices".into(),
-            envelope_max_bytes: 1024,
-            clock_skew_max_ms: 300_000,
+            envelope_bytes_max: 1024,
+            clock_skew_ms_max: 300_000,
         },
         verify_signatures: true,
-        verify_batch_max: 4,
+        verify_batch_signatures_max: 4,
         verify_batch_delay_us: DELAY_US,
         opaque_payloads: false,
-        max_inflight: 3,
-        max_packet_bytes: 16 * 1024,
-        keep_alive_max_s: 300,
+        inflight_max: 3,
+        packet_bytes_max: 16 * 1024,
+        keep_alive_s_max: 300,
         connections_per_shard_max: 10,
         require_credential: true,
         credential_window_ms: 300_000,
         credential_nonces_max: 1024,
+        output_bytes_max: 64 * 1024,
+        throttle_addresses_max: 65_536,
         failures_before_delay: 100,
         failure_delay_ms: 10,
         failure_delay_ms_max: 100,
@@ -208,7 +210,7 @@ impl Harness {
 
     fn output(&mut self, conn: u64) -> Vec<u8> {
         let mut out = Vec::new();
-        self.core.take_output(ConnId(conn), &mut out);
+        let _ = self.core.take_output(ConnId(conn), &mut out);
         out
     }
 
@@ -1356,6 +1358,40 @@ fn a_dup_redelivery_too_old_to_compare_is_dead_lettered() {
     publish_dup(&mut h, 1, 1, &payload);
     let actions = h.flush_batch();
     assert_eq!(dead_letters(&h, &actions).len(), 1);
+}
+
+#[test]
+fn a_client_that_does_not_read_its_socket_stops_being_read() {
+    let mut h = Harness::new(CoreConfig {
+        output_bytes_max: 64,
+        ..config()
+    });
+    h.connect(1, "co2-1", Protocol::V5, true);
+    h.output(1);
+    // PINGRESPs (2 bytes each) pile up while the writer takes nothing.
+    for _ in 0..31 {
+        h.event(Event::Packet {
+            conn: ConnId(1),
+            packet: Packet::PingReq,
+        });
+    }
+    assert_eq!(h.core.read_gate(ConnId(1)), ReadGate::Read);
+    h.event(Event::Packet {
+        conn: ConnId(1),
+        packet: Packet::PingReq,
+    });
+    assert_eq!(h.core.read_gate(ConnId(1)), ReadGate::Wait);
+    // The writer takes the 64 bytes: the reader may read again.
+    let mut out = Vec::new();
+    assert!(h.core.take_output(ConnId(1), &mut out));
+    assert_eq!(out.len(), 64);
+    assert_eq!(h.core.read_gate(ConnId(1)), ReadGate::Read);
+    // Taking a small output wakes nobody.
+    h.event(Event::Packet {
+        conn: ConnId(1),
+        packet: Packet::PingReq,
+    });
+    assert!(!h.core.take_output(ConnId(1), &mut out));
 }
 
 // ---- credentials, restored state, a full disk ----

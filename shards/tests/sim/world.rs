@@ -221,21 +221,23 @@ impl World {
             node_id: "sim".into(),
             limits: Limits {
                 topic_prefix: TOPIC_PREFIX.into(),
-                envelope_max_bytes: 1024,
-                clock_skew_max_ms: 300_000,
+                envelope_bytes_max: 1024,
+                clock_skew_ms_max: 300_000,
             },
             verify_signatures: true,
-            verify_batch_max: rng.range(1, 8) as usize,
+            verify_batch_signatures_max: rng.range(1, 8) as usize,
             verify_batch_delay_us: rng.range(100, 3_000),
             opaque_payloads: false,
-            max_inflight: rng.range(2, 8) as u16,
-            max_packet_bytes: PACKET_BYTES_MAX,
-            keep_alive_max_s: 60,
+            inflight_max: rng.range(2, 8) as u16,
+            packet_bytes_max: PACKET_BYTES_MAX,
+            keep_alive_s_max: 60,
             connections_per_shard_max: if rng.chance(200) {
                 device_count
             } else {
                 device_count * 3
             },
+            output_bytes_max: 64 * 1024,
+            throttle_addresses_max: 1024,
             require_credential: true,
             credential_window_ms: 300_000,
             // Sometimes small, so that evicting nonces (and the floor it leaves) happens.
@@ -342,9 +344,9 @@ impl World {
             "devices {} gate {} batch {}/{}us inflight {} commit {}B/{}us fail {}‰ delay<={}us pending_max {}",
             self.devices.len(),
             self.config.kafka_gate,
-            self.config.verify_batch_max,
+            self.config.verify_batch_signatures_max,
             self.config.verify_batch_delay_us,
-            self.config.max_inflight,
+            self.config.inflight_max,
             self.config.commit.batch_bytes_max,
             self.config.commit.interval_us,
             self.commit_fail_per_mille,
@@ -668,7 +670,7 @@ impl World {
     /// oracle read it.
     fn flush(&mut self, id: u64) {
         let mut out = Vec::new();
-        self.core.take_output(ConnId(id), &mut out);
+        let _ = self.core.take_output(ConnId(id), &mut out);
         let Some(conn) = self.conns.get(&id) else {
             if !out.is_empty() {
                 self.fail(&format!("output for unknown conn {id}"));
