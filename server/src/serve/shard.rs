@@ -628,7 +628,10 @@ pub async fn timer(shard: Rc<Shard>) {
                 .await;
             }
         }
-        shard.timer_at.set(None);
+        // Running: the loop asks the core for its next deadline right after this tick, so
+        // the tick itself must not wake the timer again (a stale wake-up would cost a
+        // second tick for nothing).
+        shard.timer_at.set(Some(0));
         shard.run(Event::Tick);
         // Let connections and the committer run between rounds.
         glommio::yield_if_needed().await;
