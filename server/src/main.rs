@@ -2,8 +2,8 @@
 
 use clap::{Parser, Subcommand};
 use ingestd::config::{Config, PostgresConfig};
-use ingestd::egress::postgres;
 use ingestd::log::{self, LogReader};
+use ingestd::pg as postgres;
 use ingestd::registry::{self, DeviceStatus, Registry};
 use std::io::Write;
 use std::path::{Path, PathBuf};
@@ -384,7 +384,7 @@ fn load_registry(config: &Config) -> Result<(Registry, String), String> {
             .build()
             .map_err(|e| format!("starting the PostgreSQL client: {e}"))?;
         let registry = runtime
-            .block_on(ingestd::egress::postgres::load_registry(&config.postgres))
+            .block_on(ingestd::pg::load_registry(&config.postgres))
             .map_err(|e| {
                 format!(
                     "loading the device registry from PostgreSQL (config key `postgres.url`): {e}"
