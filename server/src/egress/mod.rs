@@ -21,6 +21,11 @@
 //! feeder task (live records from the shards' rings, gaps from the log on disk) and the
 //! sink's own task; a dispatcher moving records off the shard rings; a router moving
 //! progress back; a checkpointer. rdkafka adds its own threads.
+//!
+//! Layout: [`driver`] is what every sink shares (the error type, backoff, contiguous
+//! progress, refusals, metrics); each sink is a folder (`config`, `encoding`, `service`,
+//! `sink`); [`SinkId`] lists them, and per-sink state is indexed by [`SinkId::index`].
+//! docs/DELIVERY.md ("Adding a sink") says how to add one.
 
 pub mod driver;
 pub mod feeder;
