@@ -496,3 +496,63 @@ fn store_checkpoints(positions: &Positions, dirs: &[PathBuf]) {
         }
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn every_sink_has_its_place_name_and_reason() {
+        for (index, sink) in SinkId::ALL.iter().enumerate() {
+            assert_eq!(sink.index(), index, "{sink:?}");
+            assert_eq!(
+                sink.refused_reason(),
+                format!("{}_refused", sink.name()),
+                "{sink:?}"
+            );
+        }
+        let mut names: Vec<&str> = SinkId::ALL.iter().map(|sink| sink.name()).collect();
+        names.sort_unstable();
+        names.dedup();
+        assert_eq!(names.len(), SinkId::ALL.len(), "names are unique");
+    }
+
+    #[test]
+    fn positions_cover_the_configured_sinks_only() {
+        let positions = Positions::new(2, |sink| sink == SinkId::Influx);
+        assert!(positions.is_configured(SinkId::Influx));
+        assert!(!positions.is_configured(SinkId::Kafka));
+        assert_eq!(positions.sinks().collect::<Vec<_>>(), [SinkId::Influx]);
+        positions.durable_end[0].store(5, Ordering::Release);
+        positions.durable_end[1].store(3, Ordering::Release);
+        assert!(!positions.drained());
+        positions.confirm(SinkId::Influx, 0, 5);
+        positions.confirm(SinkId::Influx, 1, 3);
+        assert!(
+            positions.drained(),
+            "an unconfigured sink does not hold it back"
+        );
+        positions.confirm(SinkId::Influx, 0, 2);
+        assert_eq!(
+            positions.confirmed(SinkId::Influx, 0),
+            5,
+            "never moves back"
+        );
+        positions.confirm(SinkId::Influx, 9, 1);
+        assert_eq!(positions.confirmed(SinkId::Kafka, 1), 0);
+    }
+
+    #[test]
+    fn checkpoints_name_the_configured_sinks() {
+        let dir = std::env::temp_dir().join(format!("ingestd-checkpoint-{}", std::process::id()));
+        let positions = Positions::new(1, |sink| sink != SinkId::Postgres);
+        positions.confirm(SinkId::Kafka, 0, 7);
+        positions.confirm(SinkId::Influx, 0, 4);
+        store_checkpoints(&positions, std::slice::from_ref(&dir));
+        let checkpoint = Checkpoint::load(&dir);
+        assert_eq!(checkpoint.get(SinkId::Kafka), 7);
+        assert_eq!(checkpoint.get(SinkId::Influx), 4);
+        assert!(!checkpoint.sinks.contains_key("postgres"));
+        let _ = std::fs::remove_dir_all(&dir);
+    }
+}
