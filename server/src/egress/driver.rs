@@ -159,6 +159,15 @@ impl Retry {
     }
 }
 
+/// The wall clock in ms since the Unix epoch, for `ingestd_sink_visible_seconds` (from
+/// the server receiving a message, by the same clock, to the sink storing it).
+#[must_use]
+pub fn now_ms() -> u64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(0, |d| d.as_millis() as u64)
+}
+
 /// Sends a sink's reports to the router: refusals and contiguous progress. Cheap to clone
 /// (concurrent writes of one sink share it).
 #[derive(Debug, Clone)]

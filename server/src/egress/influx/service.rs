@@ -258,9 +258,7 @@ impl Writer {
             match self.write_until_answered(batch.lines(run.clone())).await {
                 Ok(()) => {
                     metrics.records.add(run.len() as u64);
-                    let now_ms = std::time::SystemTime::now()
-                        .duration_since(std::time::UNIX_EPOCH)
-                        .map_or(0, |d| d.as_millis() as u64);
+                    let now_ms = crate::egress::driver::now_ms();
                     for entry in &batch.entries()[run.clone()] {
                         metrics
                             .visible

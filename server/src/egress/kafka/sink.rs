@@ -6,7 +6,7 @@
 use super::encoding::encode;
 use super::service::{classify, create_producer, ensure_topics, permanent, IN_FLIGHT_MAX};
 use super::KafkaConfig;
-use crate::egress::driver::Completion;
+use crate::egress::driver::{now_ms, Completion};
 use crate::egress::{Delivery, Reporter, SinkError, SinkId, SinkInput, Tracker};
 use futures_lite::StreamExt;
 use rdkafka::error::{KafkaError, RDKafkaErrorCode};
@@ -255,12 +255,6 @@ fn send(
             SendResult::Full
         }
     }
-}
-
-fn now_ms() -> u64 {
-    std::time::SystemTime::now()
-        .duration_since(std::time::UNIX_EPOCH)
-        .map_or(0, |d| d.as_millis() as u64)
 }
 
 type PendingFuture = std::pin::Pin<Box<dyn std::future::Future<Output = Outcome> + Send>>;

@@ -118,9 +118,7 @@ impl Sink {
         let metrics = self.reporter.metrics();
         metrics.batches.inc();
         metrics.records.add(outcome.applied);
-        let now_ms = std::time::SystemTime::now()
-            .duration_since(std::time::UNIX_EPOCH)
-            .map_or(0, |d| d.as_millis() as u64);
+        let now_ms = crate::egress::driver::now_ms();
         for item in &items {
             if let ItemBody::Reading { received_ms, .. } = &item.body {
                 metrics
