@@ -6,6 +6,9 @@
 //! refused (a misspelt limit must not silently fall back to its default), and every error
 //! names the key and the problem.
 
+pub use crate::egress::influx::InfluxConfig;
+pub use crate::egress::kafka::KafkaConfig;
+pub use crate::egress::postgres::PostgresConfig;
 use serde::Deserialize;
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
@@ -24,7 +27,7 @@ pub enum ConfigError {
     Invalid { key: &'static str, problem: String },
 }
 
-fn invalid(key: &'static str, problem: impl Into<String>) -> ConfigError {
+pub(crate) fn invalid(key: &'static str, problem: impl Into<String>) -> ConfigError {
     ConfigError::Invalid {
         key,
         problem: problem.into(),
@@ -193,151 +196,11 @@ pub struct EgressConfig {
     pub checkpoint_interval_ms: u64,
 }
 
-/// The Kafka sink; off while `brokers` is empty.
-#[derive(Debug, Clone, Deserialize, PartialEq)]
-#[serde(deny_unknown_fields, default)]
-pub struct KafkaConfig {
-    /// Bootstrap servers, `host:port[,host:port]`; empty disables Kafka.
-    pub brokers: String,
-    pub telemetry_topic: String,
-    pub dead_letter_topic: String,
-    pub fraud_topic: String,
-    pub oracle_topic: String,
-    /// Partitions of each topic the server creates.
-    pub partitions: i32,
-    pub replication_factor: i32,
-    /// Create missing topics at start; when false a missing topic stops the start.
-    pub create_topics: bool,
-    /// QoS 1/2 acknowledgements wait for Kafka (and the log); when false only for the log.
-    pub ack_after_kafka: bool,
-    /// Kafka counts as unreachable once the oldest record waiting for it is this old;
-    /// acknowledgements then need the durable log only, and records wait there.
-    pub unreachable_after_ms: u64,
-    pub linger_ms: u64,
-    pub batch_bytes_max: u64,
-    /// How long the producer retries one record before reporting it failed (it is then
-    /// sent again). 0, the default, retries without limit inside the producer, which keeps
-    /// the idempotent producer's sequence intact through a broker outage (a timed-out
-    /// record forces a producer epoch bump, which some brokers handle badly).
-    pub message_timeout_ms: u64,
-    /// `none`, `gzip`, `snappy`, `lz4` or `zstd`.
-    pub compression: String,
-    /// Extra librdkafka producer properties, passed through.
-    pub properties: std::collections::BTreeMap<String, String>,
-}
-
-/// The InfluxDB sink; off while `url` is empty.
-#[derive(Debug, Clone, Deserialize, PartialEq)]
-#[serde(deny_unknown_fields, default)]
-pub struct InfluxConfig {
-    /// Base URL, e.g. `http://127.0.0.1:8086`; empty disables InfluxDB.
-    pub url: String,
-    /// `v1` (`/write?db=`) or `v2` (`/api/v2/write?org=&bucket=`).
-    pub api: String,
-    /// v1 database.
-    pub database: String,
-    /// v2 organisation, bucket and token.
-    pub org: String,
-    pub bucket: String,
-    pub token: String,
-    /// A batch is written when it holds this many points or bytes, or is this old.
-    pub batch_points_max: usize,
-    pub batch_bytes_max: usize,
-    pub flush_interval_ms: u64,
-    /// Batches written at the same time; they are reported in order all the same.
-    pub writes_in_flight: usize,
-    pub gzip: bool,
-    pub timeout_ms: u64,
-    pub retry_backoff_ms: u64,
-    pub retry_backoff_max_ms: u64,
-}
-
-/// The PostgreSQL sink and registry; off while `url` is empty.
-#[derive(Debug, Clone, Deserialize, PartialEq)]
-#[serde(deny_unknown_fields, default)]
-pub struct PostgresConfig {
-    /// Connection string (`host=... port=... user=... dbname=...` or `postgres://...`);
-    /// empty disables PostgreSQL.
-    pub url: String,
-    /// The device registry comes from PostgreSQL (the registry file is then ignored), and
-    /// changes reach the shards through LISTEN/NOTIFY.
-    pub registry: bool,
-    /// Statistics updates are batched for at most this long.
-    pub flush_interval_ms: u64,
-    pub batch_records_max: usize,
-    pub retry_backoff_ms: u64,
-    pub retry_backoff_max_ms: u64,
-    /// A connection attempt (TCP and the start-up exchange) gives up after this long and
-    /// is retried with backoff.
-    pub connect_timeout_ms: u64,
-    /// One batch's transaction gives up after this long; the batch is retried on a new
-    /// connection (harmless if it did commit: the sink's cursor skips what it applied).
-    pub write_timeout_ms: u64,
-}
-
 impl Default for EgressConfig {
     fn default() -> Self {
         Self {
             ring_records: 65_536,
             checkpoint_interval_ms: 1_000,
-        }
-    }
-}
-
-impl Default for KafkaConfig {
-    fn default() -> Self {
-        Self {
-            brokers: String::new(),
-            telemetry_topic: "telemetry".to_string(),
-            dead_letter_topic: "telemetry-dlq".to_string(),
-            fraud_topic: "fraud-alerts".to_string(),
-            oracle_topic: "oracle-reports".to_string(),
-            partitions: 6,
-            replication_factor: 1,
-            create_topics: true,
-            ack_after_kafka: true,
-            unreachable_after_ms: 1_000,
-            linger_ms: 2,
-            batch_bytes_max: 1 << 20,
-            message_timeout_ms: 0,
-            compression: "lz4".to_string(),
-            properties: std::collections::BTreeMap::new(),
-        }
-    }
-}
-
-impl Default for InfluxConfig {
-    fn default() -> Self {
-        Self {
-            url: String::new(),
-            api: "v1".to_string(),
-            database: "ingestd".to_string(),
-            org: String::new(),
-            bucket: String::new(),
-            token: String::new(),
-            batch_points_max: 5_000,
-            batch_bytes_max: 1 << 20,
-            flush_interval_ms: 20,
-            writes_in_flight: 2,
-            gzip: true,
-            timeout_ms: 10_000,
-            retry_backoff_ms: 100,
-            retry_backoff_max_ms: 5_000,
-        }
-    }
-}
-
-impl Default for PostgresConfig {
-    fn default() -> Self {
-        Self {
-            url: String::new(),
-            registry: true,
-            flush_interval_ms: 100,
-            batch_records_max: 10_000,
-            retry_backoff_ms: 100,
-            retry_backoff_max_ms: 5_000,
-            connect_timeout_ms: 5_000,
-            write_timeout_ms: 30_000,
         }
     }
 }
@@ -732,163 +595,9 @@ impl Config {
                 ),
             ));
         }
-        let kafka = &self.kafka;
-        if !kafka.brokers.is_empty() {
-            for (key, topic) in [
-                ("kafka.telemetry_topic", &kafka.telemetry_topic),
-                ("kafka.dead_letter_topic", &kafka.dead_letter_topic),
-                ("kafka.fraud_topic", &kafka.fraud_topic),
-                ("kafka.oracle_topic", &kafka.oracle_topic),
-            ] {
-                if topic.is_empty()
-                    || topic.len() > 249
-                    || !topic
-                        .bytes()
-                        .all(|b| b.is_ascii_alphanumeric() || b"._-".contains(&b))
-                {
-                    return Err(invalid(
-                        key,
-                        format!("{topic:?} is not a Kafka topic name (1-249 of [A-Za-z0-9._-])"),
-                    ));
-                }
-            }
-            if !(1..=10_000).contains(&kafka.partitions) {
-                return Err(invalid(
-                    "kafka.partitions",
-                    format!("{} is outside 1..=10000", kafka.partitions),
-                ));
-            }
-            if !(1..=32).contains(&kafka.replication_factor) {
-                return Err(invalid(
-                    "kafka.replication_factor",
-                    format!("{} is outside 1..=32", kafka.replication_factor),
-                ));
-            }
-            if !["none", "gzip", "snappy", "lz4", "zstd"].contains(&kafka.compression.as_str()) {
-                return Err(invalid(
-                    "kafka.compression",
-                    format!(
-                        "{:?} is not none, gzip, snappy, lz4 or zstd",
-                        kafka.compression
-                    ),
-                ));
-            }
-            if kafka.unreachable_after_ms == 0 {
-                return Err(invalid("kafka.unreachable_after_ms", "must be at least 1"));
-            }
-            if kafka.message_timeout_ms != 0 && kafka.message_timeout_ms < 1_000 {
-                return Err(invalid(
-                    "kafka.message_timeout_ms",
-                    format!(
-                        "{} is below 1000 (0 means no limit)",
-                        kafka.message_timeout_ms
-                    ),
-                ));
-            }
-            for key in ["acks", "enable.idempotence", "bootstrap.servers"] {
-                if kafka.properties.contains_key(key) {
-                    return Err(invalid(
-                        "kafka.properties",
-                        format!("{key:?} is set by ingestd (acks=all, idempotence on) and may not be overridden"),
-                    ));
-                }
-            }
-        }
-        let influx = &self.influxdb;
-        if !influx.url.is_empty() {
-            if !(influx.url.starts_with("http://") || influx.url.starts_with("https://")) {
-                return Err(invalid(
-                    "influxdb.url",
-                    format!("{:?} must start with http:// or https://", influx.url),
-                ));
-            }
-            match influx.api.as_str() {
-                "v1" if influx.database.is_empty() => {
-                    return Err(invalid(
-                        "influxdb.database",
-                        "is required with api = \"v1\"",
-                    ))
-                }
-                "v1" => {}
-                "v2" => {
-                    for (key, value) in [
-                        ("influxdb.org", &influx.org),
-                        ("influxdb.bucket", &influx.bucket),
-                    ] {
-                        if value.is_empty() {
-                            return Err(invalid(key, "is required with api = \"v2\""));
-                        }
-                    }
-                }
-                other => {
-                    return Err(invalid(
-                        "influxdb.api",
-                        format!("{other:?} is not \"v1\" or \"v2\""),
-                    ))
-                }
-            }
-            // The sink's own endpoint builder: what it accepts, the sink can use.
-            if let Err((key, problem)) = crate::egress::influx::Endpoint::new(influx) {
-                return Err(invalid(key, problem));
-            }
-            if influx.timeout_ms == 0 {
-                return Err(invalid("influxdb.timeout_ms", "must be at least 1"));
-            }
-            if influx.batch_points_max == 0 {
-                return Err(invalid("influxdb.batch_points_max", "must be at least 1"));
-            }
-            if influx.batch_bytes_max < 1024 {
-                return Err(invalid(
-                    "influxdb.batch_bytes_max",
-                    format!("{} is below 1024", influx.batch_bytes_max),
-                ));
-            }
-            if influx.flush_interval_ms == 0 {
-                return Err(invalid("influxdb.flush_interval_ms", "must be at least 1"));
-            }
-            if !(1..=16).contains(&influx.writes_in_flight) {
-                return Err(invalid(
-                    "influxdb.writes_in_flight",
-                    format!("{} is not in 1..=16", influx.writes_in_flight),
-                ));
-            }
-            if influx.retry_backoff_ms == 0 || influx.retry_backoff_ms > influx.retry_backoff_max_ms
-            {
-                return Err(invalid(
-                    "influxdb.retry_backoff_ms",
-                    format!(
-                        "{} must be 1..=influxdb.retry_backoff_max_ms ({})",
-                        influx.retry_backoff_ms, influx.retry_backoff_max_ms
-                    ),
-                ));
-            }
-        }
-        let postgres = &self.postgres;
-        if !postgres.url.is_empty() {
-            if postgres.flush_interval_ms == 0 {
-                return Err(invalid("postgres.flush_interval_ms", "must be at least 1"));
-            }
-            if postgres.batch_records_max == 0 {
-                return Err(invalid("postgres.batch_records_max", "must be at least 1"));
-            }
-            if postgres.connect_timeout_ms == 0 {
-                return Err(invalid("postgres.connect_timeout_ms", "must be at least 1"));
-            }
-            if postgres.write_timeout_ms == 0 {
-                return Err(invalid("postgres.write_timeout_ms", "must be at least 1"));
-            }
-            if postgres.retry_backoff_ms == 0
-                || postgres.retry_backoff_ms > postgres.retry_backoff_max_ms
-            {
-                return Err(invalid(
-                    "postgres.retry_backoff_ms",
-                    format!(
-                        "{} must be 1..=postgres.retry_backoff_max_ms ({})",
-                        postgres.retry_backoff_ms, postgres.retry_backoff_max_ms
-                    ),
-                ));
-            }
-        }
+        self.kafka.validate()?;
+        self.influxdb.validate()?;
+        self.postgres.validate()?;
         Ok(())
     }
 }

@@ -8,6 +8,7 @@ pub mod config;
 pub mod egress;
 pub mod log;
 pub mod metrics;
+pub mod pg;
 pub mod record;
 pub mod registry;
 pub mod serve;

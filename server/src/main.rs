@@ -2,8 +2,8 @@
 
 use clap::{Parser, Subcommand};
 use ingestd::config::{Config, PostgresConfig};
-use ingestd::egress::postgres;
 use ingestd::log::{self, LogReader};
+use ingestd::pg;
 use ingestd::registry::{self, DeviceStatus, Registry};
 use std::io::Write;
 use std::path::{Path, PathBuf};
@@ -384,7 +384,7 @@ fn load_registry(config: &Config) -> Result<(Registry, String), String> {
             .build()
             .map_err(|e| format!("starting the PostgreSQL client: {e}"))?;
         let registry = runtime
-            .block_on(ingestd::egress::postgres::load_registry(&config.postgres))
+            .block_on(ingestd::pg::load_registry(&config.postgres))
             .map_err(|e| {
                 format!(
                     "loading the device registry from PostgreSQL (config key `postgres.url`): {e}"
@@ -448,7 +448,7 @@ fn provision(count: usize, out: &Path, prefix: &str) -> Result<(), String> {
 /// Runs one PostgreSQL helper to completion on a small runtime of its own.
 fn block_on_postgres<T>(
     url: &str,
-    job: impl AsyncFnOnce(PostgresConfig) -> Result<T, postgres::PgError>,
+    job: impl AsyncFnOnce(PostgresConfig) -> Result<T, pg::PgError>,
 ) -> Result<T, String> {
     let config = PostgresConfig {
         url: url.to_string(),
@@ -467,7 +467,7 @@ fn pg_import(url: &str, path: &Path) -> Result<(), String> {
     let file: registry::RegistryFile =
         serde_json::from_str(&text).map_err(|e| format!("{}: {e}", path.display()))?;
     let changed = block_on_postgres(url, async |config| {
-        postgres::import_registry(&config, &file).await
+        pg::import_registry(&config, &file).await
     })?;
     println!(
         "{} device(s) in {}: {changed} inserted or changed in PostgreSQL",
@@ -479,7 +479,7 @@ fn pg_import(url: &str, path: &Path) -> Result<(), String> {
 
 fn pg_status(url: &str, device_id: &str, status: DeviceStatus) -> Result<(), String> {
     let found = block_on_postgres(url, async |config| {
-        postgres::set_device_status(&config, device_id, status).await
+        pg::set_device_status(&config, device_id, status).await
     })?;
     if !found {
         return Err(format!(

@@ -43,7 +43,7 @@ fn config(influx: &Influx, database: &str) -> InfluxConfig {
         flush_interval_ms: 20,
         timeout_ms: 5_000,
         retry_backoff_ms: 20,
-        retry_backoff_max_ms: 500,
+        retry_backoff_ms_max: 500,
         ..InfluxConfig::default()
     }
 }
@@ -172,7 +172,7 @@ impl Stream {
 struct Sink {
     runtime: tokio::runtime::Runtime,
     tx: Option<tokio::sync::mpsc::Sender<Arc<Delivery>>>,
-    progress_rx: tokio::sync::mpsc::UnboundedReceiver<Progress>,
+    progress_rx: tokio::sync::mpsc::Receiver<Progress>,
     /// Every progress report so far, in order.
     progress: Vec<Progress>,
     metrics: Arc<SinkMetrics>,
@@ -187,7 +187,8 @@ impl Sink {
             .build()
             .unwrap();
         let (tx, rx) = tokio::sync::mpsc::channel(CHANNEL_RECORDS);
-        let (progress_tx, progress_rx) = tokio::sync::mpsc::unbounded_channel();
+        let (progress_tx, progress_rx) =
+            tokio::sync::mpsc::channel(ingestd::egress::PROGRESS_QUEUE_REPORTS);
         let metrics = Arc::new(SinkMetrics::new(SHARDS));
         let input = SinkInput {
             rx,

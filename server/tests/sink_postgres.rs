@@ -7,10 +7,11 @@ mod common;
 use common::postgres;
 
 use ingestd::config::PostgresConfig;
-use ingestd::egress::postgres as pg;
+use ingestd::egress::postgres as pg_sink;
 use ingestd::egress::{Delivery, Progress, SinkId, SinkInput};
 use ingestd::log::RecordKind;
 use ingestd::metrics::SinkMetrics;
+use ingestd::pg;
 use ingestd::record::{self, DeadLetterMeta, ReadingMeta};
 use ingestd::registry::{self, DeviceStatus, Registry};
 use postgres::Postgres;
@@ -39,7 +40,7 @@ fn config(pg: &Postgres) -> PostgresConfig {
         flush_interval_ms: 20,
         batch_records_max: 700,
         retry_backoff_ms: 20,
-        retry_backoff_max_ms: 200,
+        retry_backoff_ms_max: 200,
         ..PostgresConfig::default()
     }
 }
@@ -99,7 +100,7 @@ fn dead_letter(
 /// A running sink and what it reported.
 struct Harness {
     tx: Option<mpsc::Sender<Arc<Delivery>>>,
-    progress: mpsc::UnboundedReceiver<Progress>,
+    progress: mpsc::Receiver<Progress>,
     metrics: Arc<SinkMetrics>,
     task: Option<tokio::task::JoinHandle<()>>,
     reported: Vec<Progress>,
@@ -110,7 +111,7 @@ impl Harness {
         // Room for a whole test's deliveries: the sink stops reading while it retries, as
         // it should, and the test thread must not block on a full channel then.
         let (tx, rx) = mpsc::channel(100_000);
-        let (progress_tx, progress) = mpsc::unbounded_channel();
+        let (progress_tx, progress) = mpsc::channel(ingestd::egress::PROGRESS_QUEUE_REPORTS);
         let metrics = Arc::new(SinkMetrics::new(shards));
         let input = SinkInput {
             rx,
@@ -118,7 +119,7 @@ impl Harness {
             metrics: metrics.clone(),
             shards,
         };
-        let task = rt.spawn(pg::run(config, NODE.to_string(), input));
+        let task = rt.spawn(pg_sink::run(config, NODE.to_string(), input));
         Harness {
             tx: Some(tx),
             progress,
@@ -184,7 +185,7 @@ impl Harness {
             .iter()
             .filter_map(|p| match p {
                 Progress::Refused { offset, reason, .. } => {
-                    assert_eq!(reason, pg::REFUSED_REASON);
+                    assert_eq!(reason, pg_sink::REFUSED_REASON);
                     Some(*offset)
                 }
                 _ => None,
@@ -457,7 +458,7 @@ fn an_outage_loses_nothing_and_reports_nothing_uncommitted() {
     let ends = ends(&deliveries, 2);
     let mut config = config(&pg);
     // Slow reconnects give the check below time to read the cursors first.
-    config.retry_backoff_max_ms = 1_000;
+    config.retry_backoff_ms_max = 1_000;
     let mut sink = Harness::start(&rt, config, 2);
     for delivery in &deliveries[..2_000] {
         sink.send(delivery.clone());

@@ -21,13 +21,20 @@
 //! feeder task (live records from the shards' rings, gaps from the log on disk) and the
 //! sink's own task; a dispatcher moving records off the shard rings; a router moving
 //! progress back; a checkpointer. rdkafka adds its own threads.
+//!
+//! Layout: [`driver`] is what every sink shares (the error type, backoff, contiguous
+//! progress, refusals, metrics); each sink is a folder (`config`, `encoding`, `service`,
+//! `sink`); [`SinkId`] lists them, and per-sink state is indexed by [`SinkId::index`].
+//! docs/DELIVERY.md ("Adding a sink") says how to add one.
 
+pub mod driver;
 pub mod feeder;
 pub mod influx;
 pub mod kafka;
 pub mod postgres;
 pub mod sink;
 
+pub use driver::{Backoff, Reporter, Retry, SinkError, Tracker, PROGRESS_QUEUE_REPORTS};
 pub use sink::{Delivery, Progress, SinkId, SinkInput};
 
 use crate::config::Config;
@@ -52,47 +59,72 @@ pub struct Refusal {
     pub original: Option<Delivery>,
 }
 
+/// Refusals queued from the egress thread to one shard at most. When the ring is full the
+/// router waits (and with it the sinks' progress) until the shard has taken some: a
+/// refusal is never dropped.
+pub const REFUSALS_RING_RECORDS: usize = 4096;
+
 /// Positions shared between the shards and the egress thread (plain counters; records
 /// themselves only cross in the rings).
 #[derive(Debug)]
 pub struct Positions {
     /// Per shard: every record below this offset is fsynced. Set by the shard.
     pub durable_end: Vec<AtomicU64>,
-    /// Per sink (index `SinkId as usize`), per shard: every record below this offset is
-    /// handled by the sink. Set by the egress thread.
-    pub confirmed: [Vec<AtomicU64>; 3],
-    /// Which sinks are configured.
-    pub configured: [bool; 3],
+    /// Per sink ([`SinkId::index`]), per shard: every record below this offset is handled
+    /// by the sink. Set by the egress thread.
+    confirmed: Vec<Vec<AtomicU64>>,
+    /// Per sink ([`SinkId::index`]): whether it is configured.
+    configured: Vec<bool>,
 }
 
 impl Positions {
-    fn new(shards: usize, configured: [bool; 3]) -> Self {
+    /// Positions for `shards` shards, with the sinks for which `configured` is true.
+    #[must_use]
+    pub fn new(shards: usize, configured: impl Fn(SinkId) -> bool) -> Self {
         let zeros = || (0..shards).map(|_| AtomicU64::new(0)).collect::<Vec<_>>();
         Self {
             durable_end: zeros(),
-            confirmed: [zeros(), zeros(), zeros()],
-            configured,
+            confirmed: SinkId::ALL.iter().map(|_| zeros()).collect(),
+            configured: SinkId::ALL.iter().map(|sink| configured(*sink)).collect(),
         }
+    }
+
+    /// Whether `sink` is configured (records are offered to it).
+    #[must_use]
+    pub fn is_configured(&self, sink: SinkId) -> bool {
+        self.configured[sink.index()]
+    }
+
+    /// The configured sinks.
+    pub fn sinks(&self) -> impl Iterator<Item = SinkId> + '_ {
+        SinkId::ALL
+            .iter()
+            .copied()
+            .filter(|sink| self.is_configured(*sink))
     }
 
     /// Where `sink` has got on `shard`.
     #[must_use]
     pub fn confirmed(&self, sink: SinkId, shard: usize) -> u64 {
-        self.confirmed[sink as usize][shard].load(Ordering::Acquire)
+        self.confirmed[sink.index()][shard].load(Ordering::Acquire)
+    }
+
+    /// Moves `sink`'s position on `shard` forward to `end` (never back).
+    pub fn confirm(&self, sink: SinkId, shard: usize, end: u64) {
+        if let Some(slot) = self.confirmed[sink.index()].get(shard) {
+            slot.fetch_max(end, Ordering::AcqRel);
+        }
     }
 
     /// Whether every configured sink has every durable record of every shard.
     #[must_use]
     pub fn drained(&self) -> bool {
-        SinkId::ALL
-            .iter()
-            .filter(|sink| self.configured[**sink as usize])
-            .all(|sink| {
-                self.durable_end
-                    .iter()
-                    .enumerate()
-                    .all(|(shard, end)| self.confirmed(*sink, shard) >= end.load(Ordering::Acquire))
-            })
+        self.sinks().all(|sink| {
+            self.durable_end
+                .iter()
+                .enumerate()
+                .all(|(shard, end)| self.confirmed(sink, shard) >= end.load(Ordering::Acquire))
+        })
     }
 }
 
@@ -182,25 +214,22 @@ impl Egress {
         shards: usize,
         metrics: &mut MetricsRegistry,
     ) -> Result<Option<(Self, Vec<ShardLink>)>, EgressError> {
-        let configured = SinkId::ALL.map(|sink| sink.configured(config));
-        if !configured.iter().any(|c| *c) {
+        if !SinkId::ALL.iter().any(|sink| sink.configured(config)) {
             return Ok(None);
         }
-        let positions = Arc::new(Positions::new(shards, configured));
+        let positions = Arc::new(Positions::new(shards, |sink| sink.configured(config)));
         let dirs: Vec<PathBuf> = (0..shards)
             .map(|shard| shard_dir(&config.data_dir, shard))
             .collect();
         let checkpoints: Vec<Checkpoint> = dirs.iter().map(|dir| Checkpoint::load(dir)).collect();
-        for sink in SinkId::ALL {
+        for &sink in SinkId::ALL {
             for (shard, checkpoint) in checkpoints.iter().enumerate() {
-                positions.confirmed[sink as usize][shard]
-                    .store(checkpoint.get(sink), Ordering::Release);
+                positions.confirm(sink, shard, checkpoint.get(sink));
             }
         }
-        let sink_metrics: Vec<(SinkId, Arc<SinkMetrics>)> = SinkId::ALL
-            .iter()
-            .filter(|sink| configured[**sink as usize])
-            .map(|sink| (*sink, Arc::new(SinkMetrics::new(shards))))
+        let sink_metrics: Vec<(SinkId, Arc<SinkMetrics>)> = positions
+            .sinks()
+            .map(|sink| (sink, Arc::new(SinkMetrics::new(shards))))
             .collect();
         for (sink, m) in &sink_metrics {
             metrics.sinks.push((sink.name(), Arc::clone(m)));
@@ -214,7 +243,7 @@ impl Egress {
             .build()
             .map_err(EgressError::Runtime)?;
 
-        if configured[SinkId::Kafka as usize] {
+        if positions.is_configured(SinkId::Kafka) {
             runtime.block_on(kafka::prepare(&config.kafka))?;
         }
 
@@ -226,7 +255,7 @@ impl Egress {
         let mut refused_tx = Vec::with_capacity(shards);
         for _ in 0..shards {
             let (out_tx, out_rx) = rtrb::RingBuffer::new(ring);
-            let (ref_tx, ref_rx) = rtrb::RingBuffer::new(4096);
+            let (ref_tx, ref_rx) = rtrb::RingBuffer::new(REFUSALS_RING_RECORDS);
             links.push(ShardLink {
                 out: out_tx,
                 refused: ref_rx,
@@ -238,7 +267,8 @@ impl Egress {
         }
 
         let stop = Arc::new(AtomicBool::new(false));
-        let (progress_tx, progress_rx) = mpsc::unbounded_channel();
+        // Bounded: a sink whose reports are not taken waits (driver::PROGRESS_QUEUE_REPORTS).
+        let (progress_tx, progress_rx) = mpsc::channel(PROGRESS_QUEUE_REPORTS);
         let mut live_senders = Vec::new();
         let mut sink_handles = Vec::new();
         let mut feeder_handles = Vec::new();
@@ -376,18 +406,14 @@ async fn dispatch(
 /// Applies the sinks' progress: confirmed positions for the shards' acknowledgements and
 /// the checkpoint, refusals to the shard that owns the record.
 async fn route(
-    mut progress: mpsc::UnboundedReceiver<Progress>,
+    mut progress: mpsc::Receiver<Progress>,
     mut refused: Vec<rtrb::Producer<Refusal>>,
     positions: Arc<Positions>,
     dirs: Vec<PathBuf>,
 ) {
     while let Some(report) = progress.recv().await {
         match report {
-            Progress::Through { sink, shard, end } => {
-                if let Some(slot) = positions.confirmed[sink as usize].get(shard) {
-                    slot.fetch_max(end, Ordering::AcqRel);
-                }
-            }
+            Progress::Through { sink, shard, end } => positions.confirm(sink, shard, end),
             Progress::Refused {
                 sink,
                 shard,
@@ -460,15 +486,73 @@ async fn checkpoint_loop(
 fn store_checkpoints(positions: &Positions, dirs: &[PathBuf]) {
     for (shard, dir) in dirs.iter().enumerate() {
         let mut checkpoint = Checkpoint::default();
-        for sink in SinkId::ALL {
-            if positions.configured[sink as usize] {
-                checkpoint
-                    .sinks
-                    .insert(sink.name().to_string(), positions.confirmed(sink, shard));
-            }
+        for sink in positions.sinks() {
+            checkpoint
+                .sinks
+                .insert(sink.name().to_string(), positions.confirmed(sink, shard));
         }
         if let Err(error) = checkpoint.store(dir) {
             tracing::warn!(dir = %dir.display(), %error, "writing the egress checkpoint failed; the sinks resume from the previous one");
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn every_sink_has_its_place_name_and_reason() {
+        for (index, sink) in SinkId::ALL.iter().enumerate() {
+            assert_eq!(sink.index(), index, "{sink:?}");
+            assert_eq!(
+                sink.refused_reason(),
+                format!("{}_refused", sink.name()),
+                "{sink:?}"
+            );
+        }
+        let mut names: Vec<&str> = SinkId::ALL.iter().map(|sink| sink.name()).collect();
+        names.sort_unstable();
+        names.dedup();
+        assert_eq!(names.len(), SinkId::ALL.len(), "names are unique");
+    }
+
+    #[test]
+    fn positions_cover_the_configured_sinks_only() {
+        let positions = Positions::new(2, |sink| sink == SinkId::Influx);
+        assert!(positions.is_configured(SinkId::Influx));
+        assert!(!positions.is_configured(SinkId::Kafka));
+        assert_eq!(positions.sinks().collect::<Vec<_>>(), [SinkId::Influx]);
+        positions.durable_end[0].store(5, Ordering::Release);
+        positions.durable_end[1].store(3, Ordering::Release);
+        assert!(!positions.drained());
+        positions.confirm(SinkId::Influx, 0, 5);
+        positions.confirm(SinkId::Influx, 1, 3);
+        assert!(
+            positions.drained(),
+            "an unconfigured sink does not hold it back"
+        );
+        positions.confirm(SinkId::Influx, 0, 2);
+        assert_eq!(
+            positions.confirmed(SinkId::Influx, 0),
+            5,
+            "never moves back"
+        );
+        positions.confirm(SinkId::Influx, 9, 1);
+        assert_eq!(positions.confirmed(SinkId::Kafka, 1), 0);
+    }
+
+    #[test]
+    fn checkpoints_name_the_configured_sinks() {
+        let dir = std::env::temp_dir().join(format!("ingestd-checkpoint-{}", std::process::id()));
+        let positions = Positions::new(1, |sink| sink != SinkId::Postgres);
+        positions.confirm(SinkId::Kafka, 0, 7);
+        positions.confirm(SinkId::Influx, 0, 4);
+        store_checkpoints(&positions, std::slice::from_ref(&dir));
+        let checkpoint = Checkpoint::load(&dir);
+        assert_eq!(checkpoint.get(SinkId::Kafka), 7);
+        assert_eq!(checkpoint.get(SinkId::Influx), 4);
+        assert!(!checkpoint.sinks.contains_key("postgres"));
+        let _ = std::fs::remove_dir_all(&dir);
     }
 }

@@ -5,16 +5,28 @@ use crate::metrics::SinkMetrics;
 use crate::record::{self, DeadLetterMeta, ReadingMeta};
 use std::sync::{Arc, OnceLock};
 
-/// Which sink a progress report is about.
+/// Which sink a progress report is about. Adding a sink is a variant here (with its
+/// arms below) and a folder beside this file (docs/DELIVERY.md, "Adding a sink").
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord)]
 pub enum SinkId {
-    Kafka = 0,
-    Influx = 1,
-    Postgres = 2,
+    Kafka,
+    Influx,
+    Postgres,
 }
 
 impl SinkId {
-    pub const ALL: [SinkId; 3] = [SinkId::Kafka, SinkId::Influx, SinkId::Postgres];
+    /// Every sink, in the order of [`SinkId::index`].
+    pub const ALL: &'static [SinkId] = &[SinkId::Kafka, SinkId::Influx, SinkId::Postgres];
+
+    /// Its position in [`SinkId::ALL`]: per-sink lists are `Vec`s indexed by it.
+    #[must_use]
+    pub fn index(self) -> usize {
+        match self {
+            SinkId::Kafka => 0,
+            SinkId::Influx => 1,
+            SinkId::Postgres => 2,
+        }
+    }
 
     /// Whether the config turns this sink on.
     #[must_use]
@@ -26,12 +38,23 @@ impl SinkId {
         }
     }
 
+    /// Its name in metrics, logs and checkpoints.
     #[must_use]
     pub fn name(self) -> &'static str {
         match self {
             SinkId::Kafka => "kafka",
             SinkId::Influx => "influxdb",
             SinkId::Postgres => "postgres",
+        }
+    }
+
+    /// The dead-letter reason of a record this sink refused for good.
+    #[must_use]
+    pub fn refused_reason(self) -> &'static str {
+        match self {
+            SinkId::Kafka => super::kafka::REFUSED_REASON,
+            SinkId::Influx => super::influx::REFUSED_REASON,
+            SinkId::Postgres => super::postgres::REFUSED_REASON,
         }
     }
 }
@@ -142,8 +165,9 @@ pub enum Progress {
 pub struct SinkInput {
     /// Deliveries, in offset order per shard.
     pub rx: tokio::sync::mpsc::Receiver<Arc<Delivery>>,
-    /// Where progress goes.
-    pub progress: tokio::sync::mpsc::UnboundedSender<Progress>,
+    /// Where progress goes (bounded, [`super::driver::PROGRESS_QUEUE_REPORTS`]: a full
+    /// queue makes the sink wait).
+    pub progress: tokio::sync::mpsc::Sender<Progress>,
     pub metrics: Arc<SinkMetrics>,
     /// Number of shards (offsets are tracked per shard).
     pub shards: usize,

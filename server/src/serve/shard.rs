@@ -150,7 +150,7 @@ impl Shard {
         let egress = link.map(|link| {
             link.positions.durable_end[id].store(log.durable_end(), Ordering::Release);
             EgressSide {
-                kafka_gate: link.positions.configured[SinkId::Kafka as usize]
+                kafka_gate: link.positions.is_configured(SinkId::Kafka)
                     && config.kafka.ack_after_kafka,
                 link: RefCell::new(link),
                 tail: RefCell::default(),
