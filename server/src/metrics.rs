@@ -6,7 +6,7 @@
 //! HTTP thread reads them when scraped. Metric names are stable and documented in
 //! docs/OPERATIONS.md.
 
-use ingestd_codec::envelope::EnvelopeError;
+use ingestd_shards::core::Reason;
 use std::fmt::Write as _;
 use std::io::{BufRead, BufReader, Read as _, Write as _};
 use std::net::{TcpListener, TcpStream};
@@ -99,32 +99,13 @@ impl Histogram {
     }
 }
 
-/// Reasons a message is refused besides the envelope's own
-/// (`ingestd_codec::envelope::EnvelopeError::ALL_REASONS`, which come first).
-pub const SHARD_REASONS: [&str; 6] = [
-    "stale_sequence",
-    "topic_not_allowed",
-    "qos0_dropped_overload",
-    "malformed",
-    "redelivery_mismatch",
-    "other",
-];
+/// One counter per refusal reason, indexed by `Reason::index`: the shard core's one enum
+/// names them, so metrics and dead letters can never disagree on a name.
+const REASON_COUNT: usize = Reason::ALL.len();
 
-const ENVELOPE_REASONS: &[&str] = &EnvelopeError::ALL_REASONS;
-const REASON_COUNT: usize = EnvelopeError::ALL_REASONS.len() + SHARD_REASONS.len();
-
-/// Every dead-letter reason code, in counter order: one list shared with the dead letters,
-/// so metrics and records can never disagree on a name.
+/// Every dead-letter reason code, in counter order.
 pub fn reject_reasons() -> impl Iterator<Item = &'static str> {
-    ENVELOPE_REASONS.iter().chain(SHARD_REASONS.iter()).copied()
-}
-
-/// Index of a reason among [`reject_reasons`]; unknown reasons count as "other".
-#[must_use]
-pub fn reason_index(reason: &str) -> usize {
-    reject_reasons()
-        .position(|r| r == reason)
-        .unwrap_or(REASON_COUNT - 1)
+    Reason::ALL.iter().map(|reason| reason.name())
 }
 
 /// Everything one shard counts.
@@ -533,26 +514,15 @@ mod tests {
     use super::*;
 
     #[test]
-    fn every_reason_has_its_own_counter() {
-        let names: Vec<_> = reject_reasons().collect();
-        assert_eq!(names.len(), REASON_COUNT);
-        for reason in EnvelopeError::ALL_REASONS.iter().chain(&[
-            "stale_sequence",
-            "topic_not_allowed",
-            "malformed",
-        ]) {
-            assert_eq!(names[reason_index(reason)], *reason);
-        }
-        assert_eq!(names[reason_index("no such reason")], "other");
-    }
-
-    #[test]
-    fn the_core_counts_each_reason_under_its_own_name() {
+    fn every_reason_has_its_own_counter_under_its_name() {
         // The shard core indexes the counters by `Reason::index`, without strings.
         let names: Vec<_> = reject_reasons().collect();
-        assert_eq!(names.len(), ingestd_shards::core::Reason::ALL.len());
-        for reason in ingestd_shards::core::Reason::ALL {
+        assert_eq!(names.len(), REASON_COUNT);
+        for reason in Reason::ALL {
             assert_eq!(names[reason.index()], reason.name());
+        }
+        for name in ["bad_signature", "stale_sequence", "topic_not_allowed", "other"] {
+            assert!(names.contains(&name), "{name}");
         }
     }
 
@@ -560,7 +530,7 @@ mod tests {
     fn render_is_prometheus_text() {
         let registry = Registry::new(2);
         registry.shards[1].messages_accepted.add(7);
-        registry.shards[0].messages_rejected[reason_index("bad_signature")].inc();
+        registry.shards[0].messages_rejected[Reason::BadSignature.index()].inc();
         registry.shards[0].log_fsync_latency.observe_us(300);
         let text = registry.render();
         assert!(text.contains("ingestd_messages_accepted_total{shard=\"1\"} 7"));

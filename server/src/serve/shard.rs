@@ -683,12 +683,8 @@ pub async fn committer(shard: Rc<Shard>) {
             }
             Err(error) => {
                 tracing::error!(shard = shard.id, %error, "durable log failed; stopping without acknowledging");
-                shard
-                    .shared
-                    .metrics
-                    .health
-                    .failed
-                    .store(true, Ordering::Relaxed);
+                // `durable::commit` already marked the node unhealthy, before it woke the
+                // CONNECTs waiting for this commit.
                 shard.shared.failed.store(true, Ordering::Relaxed);
                 shard.shared.stop.store(true, Ordering::Relaxed);
                 shard.run(Event::LogFailed);
