@@ -521,7 +521,12 @@ mod tests {
         for reason in Reason::ALL {
             assert_eq!(names[reason.index()], reason.name());
         }
-        for name in ["bad_signature", "stale_sequence", "topic_not_allowed", "other"] {
+        for name in [
+            "bad_signature",
+            "stale_sequence",
+            "topic_not_allowed",
+            "other",
+        ] {
             assert!(names.contains(&name), "{name}");
         }
     }

@@ -19,7 +19,7 @@ use ingestd_codec::envelope;
 use ingestd_codec::mqtt::{Protocol, QoS, ReasonCode};
 use ingestd_shards::core::record::{self, CredentialMeta, DeadLetterMeta, ReadingMeta};
 use ingestd_shards::core::RecordKind;
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, BTreeSet};
 
 /// Who built a message.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -120,6 +120,10 @@ pub struct Oracle {
     appended_readings: BTreeMap<(usize, u64), u64>,
     /// One past the highest offset an acknowledgement relied on: promise 5.
     acked_end: u64,
+    /// Readings already acknowledged once: acknowledging one again (a QoS 2 PUBREC resent
+    /// for a DUP) repeats a promise made then, which may have rested on the durable log
+    /// alone while the Kafka gate was open; it needs the reading durable, not confirmed.
+    acked_readings: BTreeSet<(usize, u64)>,
     pub durable_readings: u64,
     pub durable_dead: u64,
 }
@@ -247,8 +251,14 @@ impl Oracle {
         reason: ReasonCode,
         protocol: Protocol,
         limit: u64,
+        durable: u64,
     ) -> Result<(), String> {
         let d = msg.device;
+        let limit = if self.acked_readings.contains(&(d, msg.seq)) {
+            durable
+        } else {
+            limit
+        };
         let name = &self.devices[d].0;
         let what = format!(
             "{name} seq {} qos {} dup {} {:?} ack {reason:?}",
@@ -310,6 +320,9 @@ impl Oracle {
             return Err(format!(
                 "promise 4: {what}: a v5 Success acknowledgement without a durable reading"
             ));
+        }
+        if reading_same.is_some() {
+            self.acked_readings.insert((d, msg.seq));
         }
         self.acked_end = self.acked_end.max(relied + 1);
         Ok(())

@@ -717,7 +717,10 @@ impl World {
             ));
         };
         self.summary.acked += 1;
-        if let Err(e) = self.oracle.check_ack(&msg, ack.reason, protocol, limit) {
+        if let Err(e) =
+            self.oracle
+                .check_ack(&msg, ack.reason, protocol, limit, self.durable as u64)
+        {
             self.fail(&e);
         }
     }
