@@ -334,6 +334,36 @@ mod tests {
     }
 
     #[test]
+    fn a_downward_drift_fires_cusum_too() {
+        let config = config();
+        let mut normal = Normal::new(17);
+        let mut stats = Stats::new();
+        for _ in 0..300 {
+            stats.observe(&config, noisy(&mut normal));
+        }
+        let fired = (1..=30).any(|i| {
+            let value = noisy(&mut normal) - 0.02 * i as f32;
+            stats.observe(&config, value).drift.is_some()
+        });
+        assert!(fired, "downward drift not caught within 30 readings");
+    }
+
+    #[test]
+    fn a_drift_slower_than_the_sensitivity_is_not_claimed() {
+        // The documented limit: below about slack * sigma * alpha / (1 - alpha) per reading
+        // (0.0026 °C here) the level keeps up. A test, so that a change of defaults that
+        // moves the sensitivity is a visible decision.
+        let config = config();
+        let mut normal = Normal::new(19);
+        let mut stats = Stats::new();
+        for i in 0..3_000 {
+            let value = noisy(&mut normal) + 0.001 * i as f32;
+            let outcome = stats.observe(&config, value);
+            assert_eq!((outcome.deviation, outcome.drift), (None, None), "{i}");
+        }
+    }
+
+    #[test]
     fn nothing_fires_during_warm_up() {
         let config = config();
         let mut stats = Stats::new();

@@ -169,6 +169,71 @@ impl Series {
     }
 }
 
+/// A deterministic uniform in [-1, 1) (xorshift64), for the realistic series below.
+fn jitter(state: &mut u64) -> f32 {
+    *state ^= *state << 13;
+    *state ^= *state >> 7;
+    *state ^= *state << 17;
+    ((*state >> 40) as f32 / (1u64 << 23) as f32) - 1.0
+}
+
+#[test]
+fn realistic_clean_series_of_every_kind_score_zero() {
+    // (kind, level, noise amplitude) with readings each minute for two days: honest
+    // sensors at their usual noise, every detector together.
+    let cases = [
+        (Kind::Co2Ppm, 420.0, 8.0),
+        (Kind::TemperatureC, 18.0, 0.1),
+        (Kind::HumidityRhPct, 55.0, 0.8),
+        (Kind::Pm1Ugm3, 6.0, 1.5),
+        (Kind::Pm2_5Ugm3, 9.0, 2.0),
+        (Kind::Pm10Ugm3, 15.0, 3.0),
+        (Kind::BatteryV, 3.9, 0.01),
+        (Kind::PressureHpa, 1012.0, 0.1),
+        (Kind::VocIndex, 100.0, 5.0),
+        (Kind::NoiseDba, 45.0, 4.0),
+    ];
+    let config = ScoreConfig::default();
+    for (seed, (kind, level, noise)) in cases.into_iter().enumerate() {
+        let mut state = 0x9e37_79b9_7f4a_7c15 ^ seed as u64;
+        let mut series = Series::new(kind);
+        for i in 0..(2 * 24 * 60u64) {
+            let value = level + noise * jitter(&mut state);
+            let (verdict, _) = series.score(&config, 1_764_000_000_000 + i * 60_000, value);
+            assert_eq!(verdict, Verdict::default(), "{kind:?} reading {i}: {value}");
+        }
+    }
+}
+
+#[test]
+fn each_fault_raises_the_combined_score() {
+    let config = ScoreConfig::default();
+    let t0_ms = 1_764_000_000_000u64;
+    let warm = |series: &mut Series, state: &mut u64| {
+        for i in 0..200u64 {
+            series.score(&config, t0_ms + i * 60_000, 18.0 + 0.1 * jitter(state));
+        }
+    };
+    let mut state = 1;
+    // Out of bounds and far too fast: bounds, rate and deviation at once.
+    let mut series = Series::new(Kind::TemperatureC);
+    warm(&mut series, &mut state);
+    let (verdict, _) = series.score(&config, t0_ms + 200 * 60_000, 95.0);
+    assert!(verdict.is_quarantined(&config), "{verdict:?}");
+    for detector in [Detector::Bounds, Detector::Rate, Detector::Deviation] {
+        assert!(verdict.fired.contains(detector), "{verdict:?}");
+    }
+    // A plausible spike: deviation only, flagged.
+    let mut series = Series::new(Kind::TemperatureC);
+    warm(&mut series, &mut state);
+    let (verdict, _) = series.score(&config, t0_ms + 200 * 60_000, 21.0);
+    assert_eq!(
+        verdict.fired.iter().collect::<Vec<_>>(),
+        [Detector::Deviation]
+    );
+    assert!(verdict.is_flagged(&config), "{verdict:?}");
+}
+
 fn any_value() -> impl Strategy<Value = f32> {
     prop_oneof![
         any::<u32>().prop_map(f32::from_bits),
