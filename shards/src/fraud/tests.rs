@@ -280,3 +280,18 @@ proptest! {
         }
     }
 }
+
+#[test]
+fn per_series_state_and_verdicts_are_plain_copy_values() {
+    // `Copy` types cannot own heap memory: scoring a reading allocates nothing, and the
+    // state of a device can be checkpointed by copying bytes. A counting allocator test
+    // belongs with the core once this is wired in (this crate forbids the unsafe code a
+    // global allocator needs).
+    fn copy<T: Copy>() {}
+    copy::<Stats>();
+    copy::<Rate>();
+    copy::<Persistence>();
+    copy::<Verdict>();
+    copy::<Signal>();
+    assert!(std::mem::size_of::<Stats>() <= 64);
+}
