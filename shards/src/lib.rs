@@ -12,6 +12,8 @@
 //! - [`validate`]: the cheap checks of a reading, in order of cost; [`session`]: a device's
 //!   QoS 2 state; [`policy`]: the commit policy, the authentication throttle, credential
 //!   nonces.
+//! - [`fraud`]: the per-device, per-kind detectors of the fraud score and their
+//!   combination (not wired into the core yet).
 //!
 //! `tests/purity.rs` keeps this crate free of runtimes, sockets, files and clocks, and
 //! `tests/sim.rs` runs the core under a seeded simulation (docs/ARCHITECTURE.md).
@@ -19,6 +21,7 @@
 #![forbid(unsafe_code)]
 
 pub mod core;
+pub mod fraud;
 pub mod policy;
 pub mod replay;
 pub mod session;
