@@ -26,7 +26,9 @@ use ingestd_codec::envelope::Kind;
 
 pub mod bounds;
 pub mod persistence;
+pub mod physics;
 pub mod rate;
+pub mod smooth;
 pub mod stats;
 
 /// A detector's name. The snake_case names are stable: they travel with records to the
@@ -43,10 +45,14 @@ pub enum Detector {
     Drift,
     /// A value stuck (within the kind's noise floor) for longer than a span.
     Persistence,
+    /// A series too smooth to be measured: no residual noise, or non-uniform last digits.
+    TooSmooth,
+    /// Readings of one envelope that cannot happen together (cross-channel physics).
+    Physics,
 }
 
 /// How many detectors exist; the size of [`Fired`] and [`ScoreConfig::weights`].
-pub const DETECTOR_COUNT: usize = 5;
+pub const DETECTOR_COUNT: usize = 7;
 
 impl Detector {
     /// Every detector, in index order.
@@ -56,6 +62,8 @@ impl Detector {
         Detector::Deviation,
         Detector::Drift,
         Detector::Persistence,
+        Detector::TooSmooth,
+        Detector::Physics,
     ];
 
     /// The stable snake_case name.
@@ -67,6 +75,8 @@ impl Detector {
             Detector::Deviation => "deviation",
             Detector::Drift => "drift",
             Detector::Persistence => "persistence",
+            Detector::TooSmooth => "too_smooth",
+            Detector::Physics => "physics",
         }
     }
 
@@ -153,6 +163,8 @@ impl Default for ScoreConfig {
         weights[Detector::Deviation.index()] = 0.6;
         weights[Detector::Drift.index()] = 0.6;
         weights[Detector::Persistence.index()] = 0.7;
+        weights[Detector::TooSmooth.index()] = 0.6;
+        weights[Detector::Physics.index()] = 0.9;
         ScoreConfig {
             weights,
             flag_score_min: 0.5,
