@@ -7,7 +7,9 @@
 //!   spread is about 2.4 times the noise. More than `quiet_readings_max` readings in a row
 //!   with `|second difference| < residual_noise_min` while the values span more than the
 //!   noise floor fires: a computed curve, not a measurement. A constant value is left to
-//!   the persistence detector (its span stays within the floor).
+//!   the persistence detector (its span stays within the floor). With the defaults
+//!   (half a floor, 20 readings) jitter of a twentieth of the floor fires within about 25
+//!   readings; jitter of a tenth of the floor fires only sometimes; at the floor, never.
 //! - **Trailing digits.** The last digit at the kind's resolution (`round(x / res) mod 10`)
 //!   of a measured value whose jitter covers many steps is uniform; a generator that
 //!   rounds to a pattern is not. Over a sliding window of `digit_window_readings` the
@@ -22,6 +24,10 @@
 //! readings). The chi-square threshold 50 is a p-value of about 1e-7 per window; at 40
 //! (about 1e-5) one seed fired on 12 readings of one excursion. A fire alone scores about
 //! 0.6 x 0.5 = 0.3, under the default alert threshold.
+//!
+//! Known limit: a noiseless curve rounded to the resolution has second differences of one
+//! resolution, above `residual_noise_min`, so the residual test misses it; its digits are
+//! honest-looking too. The peers detector is the one for such a series.
 //!
 //! State is fixed-size (a 64-reading window of packed bytes, about 100 bytes in all);
 //! non-finite values are skipped without touching it.
@@ -340,6 +346,22 @@ mod tests {
         }
         // Quiet from the third reading; the run passes 20 at the 23rd (index 22).
         assert_eq!(first, Some(22));
+    }
+
+    #[test]
+    fn jitter_far_below_the_floor_fires() {
+        // A curve with a fig leaf of noise (a twentieth of the 0.01 °C floor), not rounded.
+        let config = SmoothConfig::default_for(Kind::TemperatureC);
+        let mut rng = Rng(5);
+        let mut smooth = Smooth::new();
+        let mut first = None;
+        for i in 0..200 {
+            let v = honest(&mut rng, i, 21.0, 3.0, 0.0005, 1e-6);
+            if smooth.observe(&config, v).is_some() {
+                first.get_or_insert(i);
+            }
+        }
+        assert!(first.is_some_and(|i| i < 30), "{first:?}");
     }
 
     #[test]
