@@ -25,9 +25,11 @@
 use ingestd_codec::envelope::Kind;
 
 pub mod bounds;
+pub mod clone;
 pub mod persistence;
 pub mod rate;
 pub mod stats;
+pub mod timing;
 
 /// A detector's name. The snake_case names are stable: they travel with records to the
 /// sinks and name metrics, so renaming one is a breaking change.
@@ -43,10 +45,15 @@ pub enum Detector {
     Drift,
     /// A value stuck (within the kind's noise floor) for longer than a span.
     Persistence,
+    /// The device clock jumping or drifting from receive time, a burst far faster than the
+    /// device's own interval, or device time going backwards while the sequence grows.
+    Timing,
+    /// One identity connecting from two places in alternation, or sequences from two writers.
+    Clone,
 }
 
 /// How many detectors exist; the size of [`Fired`] and [`ScoreConfig::weights`].
-pub const DETECTOR_COUNT: usize = 5;
+pub const DETECTOR_COUNT: usize = 7;
 
 impl Detector {
     /// Every detector, in index order.
@@ -56,6 +63,8 @@ impl Detector {
         Detector::Deviation,
         Detector::Drift,
         Detector::Persistence,
+        Detector::Timing,
+        Detector::Clone,
     ];
 
     /// The stable snake_case name.
@@ -67,6 +76,8 @@ impl Detector {
             Detector::Deviation => "deviation",
             Detector::Drift => "drift",
             Detector::Persistence => "persistence",
+            Detector::Timing => "timing",
+            Detector::Clone => "clone",
         }
     }
 
@@ -153,6 +164,9 @@ impl Default for ScoreConfig {
         weights[Detector::Deviation.index()] = 0.6;
         weights[Detector::Drift.index()] = 0.6;
         weights[Detector::Persistence.index()] = 0.7;
+        // Honest clocks get reset and honest devices get new links: timing is evidence, not proof.
+        weights[Detector::Timing.index()] = 0.5;
+        weights[Detector::Clone.index()] = 0.8;
         ScoreConfig {
             weights,
             flag_score_min: 0.5,

@@ -16,7 +16,15 @@ fn detector_names_are_stable_and_round_trip() {
     let names: Vec<&str> = Detector::ALL.iter().map(|d| d.name()).collect();
     assert_eq!(
         names,
-        ["bounds", "rate", "deviation", "drift", "persistence"]
+        [
+            "bounds",
+            "rate",
+            "deviation",
+            "drift",
+            "persistence",
+            "timing",
+            "clone"
+        ]
     );
     for (i, detector) in Detector::ALL.into_iter().enumerate() {
         assert_eq!(detector.index(), i);
@@ -104,7 +112,7 @@ fn the_score_is_in_the_unit_interval_and_monotone_in_each_detector() {
 #[test]
 fn out_of_range_weights_and_strengths_are_clamped() {
     let config = ScoreConfig {
-        weights: [2.0, -1.0, f32::NAN, f32::INFINITY, 0.5],
+        weights: [2.0, -1.0, f32::NAN, f32::INFINITY, 0.5, 0.5, 0.5],
         ..ScoreConfig::default()
     };
     let signals = [
@@ -113,6 +121,8 @@ fn out_of_range_weights_and_strengths_are_clamped() {
         signal(Detector::Deviation, f32::NAN),
         signal(Detector::Drift, f32::NEG_INFINITY),
         signal(Detector::Persistence, f32::NAN),
+        signal(Detector::Timing, 0.5),
+        signal(Detector::Clone, 0.5),
     ];
     let verdict = combine(&config, &signals);
     assert_eq!(verdict.score, 1.0);
