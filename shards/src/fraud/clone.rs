@@ -12,11 +12,18 @@
 //!   other stream's head is a *switch*; one far from both starts a new stream in place of
 //!   the other (a device reset renumbering once is a move, not a switch). More than
 //!   `seq_switches_max` switches within `seq_span_ms` fire.
-//! - **Out-of-order from another connection.** A sequence at or below the highest one
-//!   accepted, on a connection other than the one that delivered that highest, is what two
-//!   writers sharing one counter produce (when within `seq_gap_max` of it; further below is
-//!   a renumbering, which resets the highest); more than `out_of_order_max` within `seq_span_ms`
-//!   fire. A reconnecting device resending its few unacknowledged readings stays below it.
+//! - **Out-of-order from another connection.** A sequence at or below (within
+//!   `seq_gap_max` of) the highest one seen, on a connection other than the one that
+//!   delivered that highest, is what two writers sharing one counter produce. It counts
+//!   once per change of connection, so a reconnection redelivering its unacknowledged
+//!   readings is one event and two live writers taking turns are one event per turn; more
+//!   than `out_of_order_max` within `seq_span_ms` fire. Known limit: a device reconnecting
+//!   (and redelivering) more than that often per span fires too.
+//!
+//! Feed [`Clones::on_sequence`] every sequence whose signature verified, accepted *or*
+//! refused by the replay window: once the second writer's counter is far ahead, the
+//! window refuses the first writer's sequences as too old, and those refusals are the
+//! evidence of the second stream.
 //!
 //! Event counts are kept as the receive times of the last [`EVENT_HISTORY`] events, so the
 //! `*_max` counts are capped at `EVENT_HISTORY - 1`. Addresses and connections are opaque
@@ -128,6 +135,8 @@ pub struct Clones {
     switches: Events,
     /// The highest accepted sequence and the connection that delivered it.
     highest: Option<(u64, u64)>,
+    /// The connection of the previous sequence.
+    last_connection: Option<u64>,
     out_of_order: Events,
 }
 
@@ -167,7 +176,8 @@ impl Clones {
         outcome
     }
 
-    /// Feeds one accepted reading's sequence, the connection it came on, at a receive time.
+    /// Feeds one signed reading's sequence (accepted or refused by the replay window), the
+    /// connection it came on, at a receive time.
     pub fn on_sequence(
         &mut self,
         config: &CloneConfig,
@@ -179,13 +189,15 @@ impl Clones {
         match self.highest {
             Some((highest, by)) if seq <= highest => {
                 // Far below is a renumbering (the stream rule's business), not a reorder.
-                if by != connection && highest - seq <= config.seq_gap_max {
+                let switched = self.last_connection != Some(connection);
+                if by != connection && switched && highest - seq <= config.seq_gap_max {
                     let count = self.out_of_order.record(receive_ms, config.seq_span_ms);
                     outcome.out_of_order = over(count, config.out_of_order_max);
                 }
             }
             _ => self.highest = Some((seq, connection)),
         }
+        self.last_connection = Some(connection);
         let current = usize::from(self.current & 1);
         let other = 1 - current;
         let near = |head: Option<u64>| head.is_some_and(|h| h.abs_diff(seq) <= config.seq_gap_max);
@@ -325,6 +337,43 @@ mod tests {
                 .is_some();
         }
         assert!(fired);
+    }
+
+    #[test]
+    fn two_writers_behind_the_replay_window_fire_and_one_does_not() {
+        use crate::replay::ReplayWindow;
+        let c = CloneConfig::default();
+        let run = |seqs: &[(u64, u64)]| {
+            let mut window = ReplayWindow::new();
+            let mut k = Clones::new();
+            let mut fired = 0;
+            for (i, (seq, conn)) in seqs.iter().enumerate() {
+                // Refused or not, a signed sequence is evidence.
+                let _ = window.commit(*seq);
+                let o = k.on_sequence(&c, *seq, *conn, T0_MS + i as u64 * MINUTE_MS);
+                fired += usize::from(o.signal().is_some());
+            }
+            fired
+        };
+        let two: Vec<(u64, u64)> = (0..20u64)
+            .map(|i| {
+                if i % 2 == 0 {
+                    (1_000 + i, 1)
+                } else {
+                    (5_000_000 + i, 2)
+                }
+            })
+            .collect();
+        assert!(run(&two) >= 10);
+        // One writer whose connection drops every ten readings and redelivers the last two.
+        let mut one = Vec::new();
+        for i in 0..100u64 {
+            one.push((1_000 + i, i / 10));
+            if i % 10 == 9 {
+                one.extend([(999 + i, i / 10 + 1), (1_000 + i, i / 10 + 1)]);
+            }
+        }
+        assert_eq!(run(&one), 0);
     }
 
     proptest! {
