@@ -25,11 +25,13 @@
 use ingestd_codec::envelope::Kind;
 
 pub mod bounds;
+pub mod clone;
 pub mod persistence;
 pub mod physics;
 pub mod rate;
 pub mod smooth;
 pub mod stats;
+pub mod timing;
 
 /// A detector's name. The snake_case names are stable: they travel with records to the
 /// sinks and name metrics, so renaming one is a breaking change.
@@ -49,10 +51,15 @@ pub enum Detector {
     TooSmooth,
     /// Readings of one envelope that cannot happen together (cross-channel physics).
     Physics,
+    /// The device clock jumping or drifting from receive time, a burst far faster than the
+    /// device's own interval, or device time going backwards while the sequence grows.
+    Timing,
+    /// One identity connecting from two places in alternation, or sequences from two writers.
+    Clone,
 }
 
 /// How many detectors exist; the size of [`Fired`] and [`ScoreConfig::weights`].
-pub const DETECTOR_COUNT: usize = 7;
+pub const DETECTOR_COUNT: usize = 9;
 
 impl Detector {
     /// Every detector, in index order.
@@ -64,6 +71,8 @@ impl Detector {
         Detector::Persistence,
         Detector::TooSmooth,
         Detector::Physics,
+        Detector::Timing,
+        Detector::Clone,
     ];
 
     /// The stable snake_case name.
@@ -77,6 +86,8 @@ impl Detector {
             Detector::Persistence => "persistence",
             Detector::TooSmooth => "too_smooth",
             Detector::Physics => "physics",
+            Detector::Timing => "timing",
+            Detector::Clone => "clone",
         }
     }
 
@@ -165,6 +176,9 @@ impl Default for ScoreConfig {
         weights[Detector::Persistence.index()] = 0.7;
         weights[Detector::TooSmooth.index()] = 0.6;
         weights[Detector::Physics.index()] = 0.9;
+        // Honest clocks get reset and honest devices get new links: timing is evidence, not proof.
+        weights[Detector::Timing.index()] = 0.5;
+        weights[Detector::Clone.index()] = 0.8;
         ScoreConfig {
             weights,
             flag_score_min: 0.5,

@@ -23,7 +23,9 @@ fn detector_names_are_stable_and_round_trip() {
             "drift",
             "persistence",
             "too_smooth",
-            "physics"
+            "physics",
+            "timing",
+            "clone"
         ]
     );
     for (i, detector) in Detector::ALL.into_iter().enumerate() {
@@ -112,7 +114,7 @@ fn the_score_is_in_the_unit_interval_and_monotone_in_each_detector() {
 #[test]
 fn out_of_range_weights_and_strengths_are_clamped() {
     let config = ScoreConfig {
-        weights: [2.0, -1.0, f32::NAN, f32::INFINITY, 0.5, 0.5, 0.5],
+        weights: [2.0, -1.0, f32::NAN, f32::INFINITY, 0.5, 0.5, 0.5, 0.5, 0.5],
         ..ScoreConfig::default()
     };
     let signals = [
@@ -123,6 +125,8 @@ fn out_of_range_weights_and_strengths_are_clamped() {
         signal(Detector::Persistence, f32::NAN),
         signal(Detector::TooSmooth, 2.0),
         signal(Detector::Physics, 0.5),
+        signal(Detector::Timing, 0.5),
+        signal(Detector::Clone, 0.5),
     ];
     let verdict = combine(&config, &signals);
     assert_eq!(verdict.score, 1.0);

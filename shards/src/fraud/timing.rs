@@ -1,0 +1,415 @@
+//! Timing: one device's clock against the receive time, and against itself.
+//!
+//! Three rules, all reported as [`Detector::Timing`] (the outcome says which):
+//! - **Clock shift.** The offset `receive_ms - device_ms` is smoothed by an EWMA (network
+//!   latency jitters it). A steady offset is fine, devices have skewed clocks; the
+//!   smoothed offset moving by more than `offset_shift_ms_max` from where it stood at the
+//!   start of the current span of `offset_span_ms` (receive time) fires, then the new
+//!   offset becomes the reference. So a jump fires once, and a drift faster than about
+//!   `offset_shift_ms_max / offset_span_ms` fires once per span.
+//! - **Burst.** An EWMA of the interval between readings by device time is the device's
+//!   own pace; `burst_readings` readings in a row each closer than
+//!   `burst_interval_fraction_max` of that pace fire (and keep firing while the burst lasts).
+//!   The pace keeps learning, so a device whose interval was really reconfigured fires for a
+//!   few readings only.
+//! - **Backwards.** Device time going back by more than `backwards_tolerance_ms` while the
+//!   sequence number grows: one clock cannot do that, a replay with fresh sequences can.
+//!
+//! Known limits: one reading delivered later than about `offset_shift_ms_max /
+//! offset_alpha` (5 min by default) fires, and fires again when the next one is on time; a device that buffers readings while offline and sends them late shows an
+//! offset jump on reconnection (the burst rule is by device time, so the backlog itself is
+//! not a burst). Times are any u64: arithmetic is in i128/f64, nothing overflows.
+
+use super::{strength_over, Detector, Signal};
+
+/// Parameters of the timing rules.
+#[derive(Clone, Copy, Debug, PartialEq)]
+pub struct TimingConfig {
+    /// EWMA weight of a new offset sample, in (0, 1].
+    pub offset_alpha: f32,
+    /// The smoothed offset moving by more than this within one span fires.
+    pub offset_shift_ms_max: u64,
+    /// The span (receive time) over which the offset may move by at most the above.
+    pub offset_span_ms: u64,
+    /// EWMA weight of a new interval in the device's pace, in (0, 1].
+    pub interval_alpha: f32,
+    /// Intervals that only teach the pace before the burst rule may fire.
+    pub warmup_intervals: u32,
+    /// Readings in a row below the fraction of the pace that make a burst.
+    pub burst_readings: u32,
+    /// An interval below this fraction of the pace counts towards a burst.
+    pub burst_interval_fraction_max: f32,
+    /// Device time may step back by up to this (clock sync) while the sequence grows.
+    pub backwards_tolerance_ms: u64,
+}
+
+impl Default for TimingConfig {
+    fn default() -> Self {
+        TimingConfig {
+            offset_alpha: 0.2,
+            // Latency and NTP slews stay well under a minute per hour.
+            offset_shift_ms_max: 60_000,
+            offset_span_ms: 3_600_000,
+            interval_alpha: 0.05,
+            warmup_intervals: 10,
+            burst_readings: 5,
+            burst_interval_fraction_max: 0.2,
+            backwards_tolerance_ms: 2_000,
+        }
+    }
+}
+
+/// What the timing rules saw in one reading; [`TimingOutcome::signal`] folds it.
+#[derive(Clone, Copy, Debug, Default, PartialEq)]
+pub struct TimingOutcome {
+    /// The clock offset jumped or drifted.
+    pub clock_shift: Option<Signal>,
+    /// A burst far faster than the device's pace.
+    pub burst: Option<Signal>,
+    /// Device time went backwards while the sequence grew.
+    pub backwards: Option<Signal>,
+}
+
+impl TimingOutcome {
+    /// The strongest of the rules that fired, as the one [`Detector::Timing`] signal.
+    #[must_use]
+    pub fn signal(&self) -> Option<Signal> {
+        [self.clock_shift, self.burst, self.backwards]
+            .into_iter()
+            .flatten()
+            .reduce(|a, b| if b.strength > a.strength { b } else { a })
+    }
+}
+
+/// Timing state of one device: a few numbers.
+#[derive(Clone, Copy, Debug, Default, PartialEq)]
+pub struct Timing {
+    /// Smoothed `receive_ms - device_ms`, once a reading was seen.
+    offset_ms: Option<f64>,
+    /// The smoothed offset and receive time at the start of the current span.
+    reference: (f64, u64),
+    /// Device time and sequence of the reading with the highest sequence so far.
+    last: Option<(u64, u64)>,
+    /// Smoothed interval between readings by device time, once one was seen.
+    pace_ms: Option<f64>,
+    /// Intervals learnt so far (saturating).
+    intervals: u32,
+    /// Readings in a row faster than the burst fraction.
+    burst_run: u32,
+}
+
+fn signal(measure: f64, limit: f64) -> Option<Signal> {
+    Some(Signal {
+        detector: Detector::Timing,
+        strength: strength_over(measure, limit),
+    })
+}
+
+fn alpha(a: f32) -> f64 {
+    if a.is_finite() {
+        f64::from(a).clamp(f64::MIN_POSITIVE, 1.0)
+    } else {
+        1.0
+    }
+}
+
+impl Timing {
+    /// No reading yet.
+    #[must_use]
+    pub fn new() -> Timing {
+        Timing::default()
+    }
+
+    /// The smoothed clock offset `receive - device` in ms, for `fraud explain`.
+    #[must_use]
+    pub fn offset_ms(&self) -> Option<f64> {
+        self.offset_ms
+    }
+
+    /// The device's learnt interval between readings in ms, for `fraud explain`.
+    #[must_use]
+    pub fn pace_ms(&self) -> Option<f64> {
+        self.pace_ms
+    }
+
+    /// Feeds one accepted reading: its device time, the time it was received and its
+    /// sequence number.
+    pub fn observe(
+        &mut self,
+        config: &TimingConfig,
+        device_ms: u64,
+        receive_ms: u64,
+        seq: u64,
+    ) -> TimingOutcome {
+        let mut outcome = TimingOutcome::default();
+        self.observe_offset(config, device_ms, receive_ms, &mut outcome);
+        let Some((last_ms, last_seq)) = self.last else {
+            self.last = Some((device_ms, seq));
+            return outcome;
+        };
+        if seq <= last_seq {
+            // An older sequence (reordered delivery) says nothing about pace or direction.
+            return outcome;
+        }
+        self.last = Some((device_ms, seq));
+        if device_ms < last_ms {
+            self.burst_run = 0;
+            let back_ms = last_ms - device_ms;
+            if back_ms > config.backwards_tolerance_ms {
+                outcome.backwards = signal(back_ms as f64, config.backwards_tolerance_ms as f64);
+            }
+            return outcome;
+        }
+        self.observe_interval(config, (device_ms - last_ms) as f64, &mut outcome);
+        outcome
+    }
+
+    fn observe_offset(
+        &mut self,
+        config: &TimingConfig,
+        device_ms: u64,
+        receive_ms: u64,
+        outcome: &mut TimingOutcome,
+    ) {
+        let sample = (i128::from(receive_ms) - i128::from(device_ms)) as f64;
+        let Some(previous) = self.offset_ms else {
+            self.offset_ms = Some(sample);
+            self.reference = (sample, receive_ms);
+            return;
+        };
+        let a = alpha(config.offset_alpha);
+        let offset = previous + a * (sample - previous);
+        self.offset_ms = Some(offset);
+        let (reference, since_ms) = self.reference;
+        let moved_ms = (offset - reference).abs();
+        let limit_ms = config.offset_shift_ms_max as f64;
+        if moved_ms > limit_ms {
+            outcome.clock_shift = signal(moved_ms, limit_ms);
+            // The sample is the new level: a jump fires once, not while the EWMA catches up.
+            self.offset_ms = Some(sample);
+            self.reference = (sample, receive_ms);
+        } else if receive_ms.abs_diff(since_ms) >= config.offset_span_ms {
+            self.reference = (offset, receive_ms);
+        }
+    }
+
+    fn observe_interval(
+        &mut self,
+        config: &TimingConfig,
+        interval_ms: f64,
+        out: &mut TimingOutcome,
+    ) {
+        let Some(pace) = self.pace_ms else {
+            self.pace_ms = Some(interval_ms);
+            self.intervals = 1;
+            return;
+        };
+        let fraction = f64::from(config.burst_interval_fraction_max);
+        let learnt = self.intervals >= config.warmup_intervals;
+        if learnt && pace > 0.0 && interval_ms < fraction * pace {
+            self.burst_run = self.burst_run.saturating_add(1);
+            if self.burst_run >= config.burst_readings {
+                // How many times faster than the pace, against 1 / fraction.
+                let speedup = pace / interval_ms.max(1.0);
+                out.burst = signal(speedup, 1.0 / fraction);
+            }
+        } else {
+            self.burst_run = 0;
+        }
+        // Learn from the first intervals at weight 1/n so the start is not biased.
+        self.intervals = self.intervals.saturating_add(1);
+        let a = alpha(config.interval_alpha).max(1.0 / f64::from(self.intervals));
+        self.pace_ms = Some(pace + a * (interval_ms - pace));
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use proptest::prelude::*;
+
+    const T0_MS: u64 = 1_764_000_000_000;
+    const MINUTE_MS: u64 = 60_000;
+
+    /// Network latency between 50 and 2000 ms, deterministic.
+    fn latency_ms(i: u64) -> u64 {
+        50 + (i.wrapping_mul(2_654_435_761) >> 7) % 1_950
+    }
+
+    fn feed(
+        t: &mut Timing,
+        c: &TimingConfig,
+        device: u64,
+        receive: u64,
+        seq: u64,
+    ) -> TimingOutcome {
+        t.observe(c, device, receive, seq)
+    }
+
+    #[test]
+    fn steady_skew_and_jitter_pass() {
+        let c = TimingConfig::default();
+        for skew_ms in [-3_600_000i64, -5_000, 0, 90_000, 86_400_000] {
+            let mut t = Timing::new();
+            for i in 0..2_000u64 {
+                // Ordinary interval jitter of a few seconds.
+                let device = T0_MS + i * MINUTE_MS + latency_ms(i * 7) * 2;
+                let receive = (device as i64 + skew_ms) as u64 + latency_ms(i);
+                let o = feed(&mut t, &c, device, receive, i);
+                assert_eq!(o.signal(), None, "skew {skew_ms} reading {i}: {o:?}");
+            }
+        }
+    }
+
+    #[test]
+    fn a_clock_jump_fires_once() {
+        let c = TimingConfig::default();
+        let mut t = Timing::new();
+        let mut fired = 0;
+        for i in 0..200u64 {
+            let receive = T0_MS + i * MINUTE_MS + latency_ms(i);
+            // From reading 100 the device clock is ten minutes behind.
+            let device = T0_MS + i * MINUTE_MS - if i >= 100 { 10 * MINUTE_MS } else { 0 };
+            let o = feed(&mut t, &c, device, receive, i);
+            if let Some(s) = o.clock_shift {
+                assert!(i >= 100, "{i}");
+                assert!(s.strength >= 0.5);
+                fired += 1;
+            }
+        }
+        assert_eq!(fired, 1);
+    }
+
+    #[test]
+    fn a_steady_drift_fires_and_a_slow_one_does_not() {
+        let c = TimingConfig::default();
+        // 5 s per minute of drift: 300 s per hour against 60 s.
+        let run = |drift_ms_per_reading: u64| {
+            let mut t = Timing::new();
+            let mut fired = 0;
+            for i in 0..600u64 {
+                let receive = T0_MS + i * MINUTE_MS + latency_ms(i);
+                let device = T0_MS + i * (MINUTE_MS + drift_ms_per_reading);
+                fired += usize::from(feed(&mut t, &c, device, receive, i).clock_shift.is_some());
+            }
+            fired
+        };
+        assert!(run(5_000) >= 5, "{}", run(5_000));
+        // 20 ppm, a cheap crystal: 72 ms per hour.
+        assert_eq!(run(1), 0);
+    }
+
+    #[test]
+    fn a_burst_far_faster_than_the_pace_fires() {
+        let c = TimingConfig::default();
+        let mut t = Timing::new();
+        let mut device = T0_MS;
+        for i in 0..50u64 {
+            device += MINUTE_MS + latency_ms(i);
+            assert_eq!(feed(&mut t, &c, device, device + 100, i).signal(), None);
+        }
+        let mut fired = Vec::new();
+        for i in 50..60u64 {
+            device += 1_000;
+            fired.push(feed(&mut t, &c, device, device + 100, i).burst.is_some());
+        }
+        // The first four make the run, from the fifth on it fires.
+        assert_eq!(&fired[..4], &[false; 4]);
+        assert!(fired[4..].iter().all(|f| *f), "{fired:?}");
+    }
+
+    #[test]
+    fn a_few_quick_readings_do_not_make_a_burst() {
+        let c = TimingConfig::default();
+        let mut t = Timing::new();
+        let mut device = T0_MS;
+        for i in 0..300u64 {
+            // Every 20th reading is followed by three quick ones (a button press, a retry).
+            device += if i % 20 < 3 { 500 } else { MINUTE_MS };
+            assert_eq!(
+                feed(&mut t, &c, device, device + 100, i).signal(),
+                None,
+                "{i}"
+            );
+        }
+    }
+
+    #[test]
+    fn time_going_back_while_the_sequence_grows_fires() {
+        let c = TimingConfig::default();
+        let mut t = Timing::new();
+        for i in 0..20u64 {
+            let device = T0_MS + i * MINUTE_MS;
+            assert_eq!(feed(&mut t, &c, device, device, i).signal(), None);
+        }
+        // A past day re-sent with fresh sequence numbers.
+        let replay = T0_MS - 86_400_000;
+        let o = feed(&mut t, &c, replay, T0_MS + 20 * MINUTE_MS, 20);
+        assert!(o.backwards.is_some_and(|s| s.strength == 1.0), "{o:?}");
+    }
+
+    #[test]
+    fn a_small_clock_step_back_or_a_reordered_sequence_passes() {
+        let c = TimingConfig::default();
+        let mut t = Timing::new();
+        let mut out = vec![
+            feed(&mut t, &c, T0_MS, T0_MS, 10),
+            feed(&mut t, &c, T0_MS + MINUTE_MS, T0_MS + MINUTE_MS, 12),
+        ];
+        // Sequence 11 arrives late with its older device time.
+        out.push(feed(&mut t, &c, T0_MS + 30_000, T0_MS + MINUTE_MS, 11));
+        // An NTP sync steps the clock back one second.
+        out.push(feed(
+            &mut t,
+            &c,
+            T0_MS + MINUTE_MS - 1_000,
+            T0_MS + MINUTE_MS + 10,
+            13,
+        ));
+        assert!(out.iter().all(|o| o.signal().is_none()), "{out:?}");
+    }
+
+    fn any_time_ms() -> impl Strategy<Value = u64> {
+        prop_oneof![
+            Just(0u64),
+            Just(u64::MAX),
+            T0_MS - 1_000_000..T0_MS + 1_000_000,
+            any::<u64>(),
+        ]
+    }
+
+    proptest! {
+        #[test]
+        fn no_input_panics_and_strengths_are_in_the_unit_interval(
+            readings in proptest::collection::vec((any_time_ms(), any_time_ms(), any::<u64>()), 1..200),
+            shift in any::<u64>(),
+            tolerance in any::<u64>(),
+            fraction in any::<f32>(),
+            alpha in any::<f32>(),
+        ) {
+            let configs = [
+                TimingConfig::default(),
+                TimingConfig {
+                    offset_alpha: alpha,
+                    offset_shift_ms_max: shift,
+                    offset_span_ms: shift,
+                    interval_alpha: alpha,
+                    warmup_intervals: 0,
+                    burst_readings: 0,
+                    burst_interval_fraction_max: fraction,
+                    backwards_tolerance_ms: tolerance,
+                },
+            ];
+            for c in configs {
+                let mut t = Timing::new();
+                for (device, receive, seq) in &readings {
+                    let o = t.observe(&c, *device, *receive, *seq);
+                    for s in [o.clock_shift, o.burst, o.backwards, o.signal()].into_iter().flatten() {
+                        prop_assert_eq!(s.detector, Detector::Timing);
+                        prop_assert!((0.0..=1.0).contains(&s.strength), "{:?}", s);
+                    }
+                }
+            }
+        }
+    }
+}
