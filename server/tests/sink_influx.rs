@@ -83,6 +83,9 @@ fn reading_meta(n: usize) -> ReadingMeta {
         } else {
             String::new()
         },
+        peer: String::new(),
+        connected_ms: 0,
+        fraud: None,
     }
 }
 

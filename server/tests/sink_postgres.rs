@@ -60,6 +60,9 @@ fn reading(shard: usize, offset: u64, device: &str, seq: u64, received_ms: u64) 
         project: String::new(),
         location: String::new(),
         sensor_type: String::new(),
+        peer: String::new(),
+        connected_ms: 0,
+        fraud: None,
     };
     let mut payload = Vec::new();
     record::encode(&meta, b"signed envelope", &mut payload);

@@ -112,6 +112,7 @@ impl<M: Metrics> Core<M> {
             ConnState {
                 protocol,
                 peer,
+                connected_ms: self.now.wall_ms,
                 device: None,
                 held: false,
                 out: Vec::with_capacity(64),

@@ -283,6 +283,8 @@ pub struct DeviceIdx(u32);
 pub struct ConnState {
     pub protocol: Protocol,
     pub peer: SocketAddr,
+    /// Wall-clock ms when the CONNECT arrived.
+    pub connected_ms: u64,
     /// Set once accepted.
     pub device: Option<DeviceIdx>,
     /// Authenticated, the CONNACK waiting for the credential's record to be durable.

@@ -24,6 +24,8 @@ pub(super) struct Work {
     device: DeviceIdx,
     protocol: Protocol,
     peer: SocketAddr,
+    /// When the connection was accepted (wall ms): names the connection in the record.
+    connected_ms: u64,
     qos: QoS,
     pkid: u16,
     received_ms: u64,
@@ -222,7 +224,7 @@ impl<M: Metrics> Core<M> {
             }
             state.inflight += 1;
         }
-        let (protocol, peer) = (state.protocol, state.peer);
+        let (protocol, peer, connected_ms) = (state.protocol, state.peer, state.connected_ms);
         let received_ms = self.now.wall_ms;
         let verdict = self.precheck(device, publish, received_ms);
         if self.work.is_empty() {
@@ -233,6 +235,7 @@ impl<M: Metrics> Core<M> {
             device,
             protocol,
             peer,
+            connected_ms,
             qos: publish.qos,
             pkid: publish.pkid,
             received_ms,
@@ -436,6 +439,9 @@ impl<M: Metrics> Core<M> {
             project: entry.project.clone(),
             location: entry.location.clone(),
             sensor_type: entry.sensor_type.clone(),
+            peer: work.peer.to_string(),
+            connected_ms: work.connected_ms,
+            fraud: None,
         };
         let start = self.records.len();
         record::encode(&meta, &work.payload, &mut self.records);

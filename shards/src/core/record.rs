@@ -38,6 +38,38 @@ pub struct ReadingMeta {
     pub location: String,
     #[serde(default, skip_serializing_if = "String::is_empty")]
     pub sensor_type: String,
+    /// The connection's remote address (`ip:port`) and the server time it connected, ms
+    /// since the Unix epoch: together they name the connection, so fraud scoring sees one
+    /// identity used from two places when the log is replayed (`fraud backtest`, rebuild).
+    #[serde(default, skip_serializing_if = "String::is_empty")]
+    pub peer: String,
+    #[serde(default, skip_serializing_if = "is_zero")]
+    pub connected_ms: u64,
+    /// The fraud verdict (docs/FRAUD.md); absent when scoring is off and in records written
+    /// before scoring existed.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub fraud: Option<FraudMeta>,
+}
+
+fn is_zero(value: &u64) -> bool {
+    *value == 0
+}
+
+/// The fraud verdict of one reading, as it travels to every sink.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct FraudMeta {
+    /// The combined score in [0, 1] (docs/FRAUD.md gives the formula).
+    pub score: f32,
+    /// The stable names of the detectors that fired, in detector order.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub detectors: Vec<String>,
+    /// The score reached `fraud.alert_score_min`: an alert was raised.
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub flagged: bool,
+    /// The score reached `fraud.quarantine_score_min`: stored and delivered, but the
+    /// oracle leaves it out of aggregates.
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub quarantined: bool,
 }
 
 /// A payload stored without decoding (`validation.opaque_payloads`, benchmarks only).

@@ -804,6 +804,9 @@ fn a_sink_refusal_becomes_a_dead_letter() {
         project: String::new(),
         location: String::new(),
         sensor_type: String::new(),
+        peer: String::new(),
+        connected_ms: 0,
+        fraud: None,
     };
     let actions = h.event(Event::SinkRefused {
         sink: "influxdb",

@@ -155,6 +155,9 @@ pub(super) mod tests {
             project: "forest-7".to_string(),
             location: "51.5,-0.1".to_string(),
             sensor_type: "ndir".to_string(),
+            peer: String::new(),
+            connected_ms: 0,
+            fraud: None,
         }
     }
 
