@@ -56,10 +56,16 @@ pub enum Detector {
     Timing,
     /// One identity connecting from two places in alternation, or sequences from two writers.
     Clone,
+    /// A value far from the robust median of the other devices of its location (or, more
+    /// loosely, its region) for the same kind at the same time.
+    Peers,
+    /// The learned streaming model (half-space trees over per-device windowed features)
+    /// finds the reading's features rare against what the shard has seen.
+    Model,
 }
 
 /// How many detectors exist; the size of [`Fired`] and [`ScoreConfig::weights`].
-pub const DETECTOR_COUNT: usize = 9;
+pub const DETECTOR_COUNT: usize = 11;
 
 impl Detector {
     /// Every detector, in index order.
@@ -73,6 +79,8 @@ impl Detector {
         Detector::Physics,
         Detector::Timing,
         Detector::Clone,
+        Detector::Peers,
+        Detector::Model,
     ];
 
     /// The stable snake_case name.
@@ -88,6 +96,8 @@ impl Detector {
             Detector::Physics => "physics",
             Detector::Timing => "timing",
             Detector::Clone => "clone",
+            Detector::Peers => "peers",
+            Detector::Model => "model",
         }
     }
 
@@ -179,6 +189,11 @@ impl Default for ScoreConfig {
         // Honest clocks get reset and honest devices get new links: timing is evidence, not proof.
         weights[Detector::Timing.index()] = 0.5;
         weights[Detector::Clone.index()] = 0.8;
+        // Peers can be wrong together (a local event), and one device can honestly sit
+        // somewhere its peers do not: strong evidence, not proof.
+        weights[Detector::Peers.index()] = 0.7;
+        // A learned model's rarity is a hint: alone it flags, it never quarantines.
+        weights[Detector::Model.index()] = 0.5;
         ScoreConfig {
             weights,
             flag_score_min: 0.5,

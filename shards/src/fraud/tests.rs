@@ -25,7 +25,9 @@ fn detector_names_are_stable_and_round_trip() {
             "too_smooth",
             "physics",
             "timing",
-            "clone"
+            "clone",
+            "peers",
+            "model"
         ]
     );
     for (i, detector) in Detector::ALL.into_iter().enumerate() {
@@ -114,7 +116,19 @@ fn the_score_is_in_the_unit_interval_and_monotone_in_each_detector() {
 #[test]
 fn out_of_range_weights_and_strengths_are_clamped() {
     let config = ScoreConfig {
-        weights: [2.0, -1.0, f32::NAN, f32::INFINITY, 0.5, 0.5, 0.5, 0.5, 0.5],
+        weights: [
+            2.0,
+            -1.0,
+            f32::NAN,
+            f32::INFINITY,
+            0.5,
+            0.5,
+            0.5,
+            0.5,
+            0.5,
+            0.5,
+            0.5,
+        ],
         ..ScoreConfig::default()
     };
     let signals = [
@@ -127,6 +141,8 @@ fn out_of_range_weights_and_strengths_are_clamped() {
         signal(Detector::Physics, 0.5),
         signal(Detector::Timing, 0.5),
         signal(Detector::Clone, 0.5),
+        signal(Detector::Peers, 0.5),
+        signal(Detector::Model, 0.5),
     ];
     let verdict = combine(&config, &signals);
     assert_eq!(verdict.score, 1.0);
