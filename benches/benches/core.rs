@@ -59,6 +59,7 @@ fn config() -> CoreConfig {
         kafka_gate: false,
         unreachable_after_ms: 1_000,
         egress: false,
+        fraud: None,
     }
 }
 

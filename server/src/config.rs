@@ -56,6 +56,7 @@ pub struct Config {
     pub kafka: KafkaConfig,
     pub influxdb: InfluxConfig,
     pub postgres: PostgresConfig,
+    pub fraud: crate::fraud::config::FraudSection,
 }
 
 #[derive(Debug, Clone, Deserialize, PartialEq)]
@@ -223,6 +224,7 @@ impl Default for Config {
             kafka: KafkaConfig::default(),
             influxdb: InfluxConfig::default(),
             postgres: PostgresConfig::default(),
+            fraud: crate::fraud::config::FraudSection::default(),
         }
     }
 }
@@ -570,7 +572,17 @@ impl Config {
         if self.shutdown.drain_timeout_ms == 0 {
             return Err(invalid("shutdown.drain_timeout_ms", "must be at least 1"));
         }
+        self.fraud.engine()?;
         self.validate_egress()
+    }
+
+    /// The fraud engine's configuration when scoring is on (validated by `validate`).
+    #[must_use]
+    pub fn fraud_engine(&self) -> Option<ingestd_shards::fraud::engine::FraudConfig> {
+        self.fraud
+            .enabled
+            .then(|| self.fraud.engine().ok())
+            .flatten()
     }
 
     /// Whether the device registry comes from PostgreSQL (else from `registry.path`).

@@ -6,6 +6,7 @@
 
 pub mod config;
 pub mod egress;
+pub mod fraud;
 pub mod log;
 pub mod metrics;
 pub mod pg;

@@ -133,6 +133,12 @@ pub struct ShardMetrics {
     pub backpressure_pauses: Counter,
     /// PUBACK, PUBREC and PUBCOMP of PUBLISHes the server never sent (ignored).
     pub unsolicited_acks: Counter,
+    /// Fraud scoring: readings scored, alerts raised, readings quarantined, and how often
+    /// each detector fired (by `Detector::index`).
+    pub fraud_scored: Counter,
+    pub fraud_alerts: Counter,
+    pub fraud_quarantined: Counter,
+    pub fraud_fired: [Counter; ingestd_shards::fraud::DETECTOR_COUNT],
     pub tls_handshake_failures: Counter,
     /// Durable records the egress ring had no room for (their sinks read them back from
     /// the log).
@@ -362,8 +368,53 @@ impl Registry {
                 .log_fsync_latency
                 .render(&mut out, name, &format!("shard=\"{shard}\""));
         }
+        self.render_fraud(&mut out);
         self.render_sinks(&mut out);
         out
+    }
+
+    fn render_fraud(&self, out: &mut String) {
+        let counters: [Metric; 3] = [
+            (
+                "ingestd_fraud_scored_total",
+                "readings scored for fraud",
+                |m| m.fraud_scored.get(),
+            ),
+            (
+                "ingestd_fraud_alerts_total",
+                "readings scored at or above fraud.alert_score_min",
+                |m| m.fraud_alerts.get(),
+            ),
+            (
+                "ingestd_fraud_quarantined_total",
+                "readings scored at or above fraud.quarantine_score_min",
+                |m| m.fraud_quarantined.get(),
+            ),
+        ];
+        for (name, help, get) in counters {
+            let _ = writeln!(out, "# HELP {name} {help}\n# TYPE {name} counter");
+            for (shard, metrics) in self.shards.iter().enumerate() {
+                let _ = writeln!(out, "{name}{{shard=\"{shard}\"}} {}", get(metrics));
+            }
+        }
+        let name = "ingestd_fraud_detector_fired_total";
+        let _ = writeln!(
+            out,
+            "# HELP {name} readings on which a fraud detector fired, by detector\n# TYPE {name} counter"
+        );
+        for (shard, metrics) in self.shards.iter().enumerate() {
+            for (detector, counter) in ingestd_shards::fraud::Detector::ALL
+                .iter()
+                .zip(&metrics.fraud_fired)
+            {
+                let _ = writeln!(
+                    out,
+                    "{name}{{shard=\"{shard}\",detector=\"{}\"}} {}",
+                    detector.name(),
+                    counter.get()
+                );
+            }
+        }
     }
 
     fn render_sinks(&self, out: &mut String) {

@@ -115,6 +115,7 @@ fn dead_letter_meta(shard: usize) -> DeadLetterMeta {
         qos: 1,
         peer: "127.0.0.1:5000".to_string(),
         seq: Some(1),
+        connected_ms: 0,
     }
 }
 

@@ -89,6 +89,7 @@ fn dead_letter(
         qos: 1,
         peer: "127.0.0.1:40000".to_string(),
         seq,
+        connected_ms: 0,
     };
     let mut payload = Vec::new();
     record::encode(&meta, b"refused envelope", &mut payload);

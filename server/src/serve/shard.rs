@@ -83,6 +83,24 @@ impl Metrics for CoreMetrics {
     fn unsolicited_ack(&self) {
         self.0.unsolicited_acks.inc();
     }
+    fn fraud_scored(
+        &self,
+        fired: ingestd_shards::fraud::Fired,
+        _score: f32,
+        flagged: bool,
+        quarantined: bool,
+    ) {
+        self.0.fraud_scored.inc();
+        if flagged {
+            self.0.fraud_alerts.inc();
+        }
+        if quarantined {
+            self.0.fraud_quarantined.inc();
+        }
+        for detector in fired.iter() {
+            self.0.fraud_fired[detector.index()].inc();
+        }
+    }
 }
 
 /// A registry entry as the core needs it.
@@ -156,6 +174,7 @@ impl Shard {
                 tail: RefCell::default(),
             }
         });
+        let fraud = config.fraud_engine();
         let core_config = CoreConfig {
             shard: id,
             shards,
@@ -190,6 +209,7 @@ impl Shard {
             kafka_gate: egress.as_ref().is_some_and(|e| e.kafka_gate),
             unreachable_after_ms: config.kafka.unreachable_after_ms,
             egress: egress.is_some(),
+            fraud,
         };
         let core = Core::new(
             core_config,

@@ -27,6 +27,7 @@ pub mod record;
 #[cfg(test)]
 mod tests;
 
+use crate::fraud::engine::{DeviceFraud, Scorer};
 use crate::policy::{AuthThrottle, CommitDecision, CommitPolicy, CredentialNonces};
 use crate::replay::ReplayWindow;
 use crate::session::Session;
@@ -118,6 +119,8 @@ pub struct CoreConfig {
     pub unreachable_after_ms: u64,
     /// Sinks are configured: readings' metadata goes along with their records.
     pub egress: bool,
+    /// Fraud scoring (docs/FRAUD.md); `None`: off, records carry no verdict.
+    pub fraud: Option<crate::fraud::engine::FraudConfig>,
 }
 
 /// What the driver tells the core. (A packet is large, and events are passed by value
@@ -254,6 +257,16 @@ pub trait Metrics {
     fn backpressure_pause(&self) {}
     /// A PUBACK, PUBREC or PUBCOMP of a PUBLISH the server never sent: ignored.
     fn unsolicited_ack(&self) {}
+    /// A reading was scored: the detectors that fired, its score, and whether it raised an
+    /// alert and was quarantined.
+    fn fraud_scored(
+        &self,
+        _fired: crate::fraud::Fired,
+        _score: f32,
+        _flagged: bool,
+        _quarantined: bool,
+    ) {
+    }
 }
 
 /// Per-device state on its home shard.
@@ -273,6 +286,8 @@ pub struct DeviceState {
     pub conn: Option<ConnId>,
     /// Its last accepted readings, to compare DUP redeliveries with.
     pub recent: recent::RecentReadings,
+    /// Its fraud-scoring state, created at its first scored reading.
+    pub fraud: Option<Box<DeviceFraud>>,
 }
 
 /// Index of a device in [`Core::devices`] (devices are never removed).
@@ -326,6 +341,10 @@ pub struct Core<M: Metrics> {
     /// Windows restored at start for devices not seen since: each moves into the device's
     /// state at its first CONNECT, and is in every snapshot until then.
     restored: HashMap<String, ReplayWindow>,
+    /// The same for fraud-scoring state.
+    restored_fraud: HashMap<String, DeviceFraud>,
+    /// Fraud scoring, when configured.
+    pub(crate) scorer: Option<Scorer>,
     actions: VecDeque<Action>,
     /// Bytes of the records named by queued `Append` actions; cleared when the action
     /// queue is empty at the start of an event.
@@ -386,6 +405,8 @@ impl<M: Metrics> Core<M> {
             nonces: CredentialNonces::new(config.credential_nonces_max.max(1)),
             held: VecDeque::new(),
             restored: HashMap::new(),
+            restored_fraud: HashMap::new(),
+            scorer: config.fraud.clone().map(Scorer::new),
             gate: KafkaGate::new(config.kafka_gate, config.unreachable_after_ms * 1000),
             config,
             metrics,
@@ -634,6 +655,39 @@ impl<M: Metrics> Core<M> {
             .merge(&window);
     }
 
+    /// At start-up: a device's fraud-scoring state as the log left it (a checkpoint and the
+    /// records after it, replayed through the engine).
+    pub fn restore_fraud(&mut self, device_id: &str, state: DeviceFraud) {
+        if let Some(idx) = self.device_index.get(device_id) {
+            self.devices[idx.0 as usize].fraud = Some(Box::new(state));
+            return;
+        }
+        self.restored_fraud.insert(device_id.to_string(), state);
+    }
+
+    /// The fraud scorer of this shard, if scoring is on (the driver exchanges the peers
+    /// summaries and restores the learned model through it).
+    pub fn scorer(&mut self) -> Option<&mut Scorer> {
+        self.scorer.as_mut()
+    }
+
+    /// A device's fraud-scoring state, for `fraud explain` and checkpoints.
+    pub fn device_fraud(&self, device_id: &str) -> Option<&DeviceFraud> {
+        let idx = self.device_index.get(device_id)?;
+        self.devices[idx.0 as usize].fraud.as_deref()
+    }
+
+    /// Every device's fraud state on this shard (including restored ones not seen since),
+    /// encoded for the fraud checkpoint ([`crate::fraud::engine::encode_states`]).
+    pub fn encode_fraud_states(&self) -> Vec<u8> {
+        let live = self
+            .devices
+            .iter()
+            .filter_map(|d| d.fraud.as_deref().map(|f| (d.id.as_str(), f)));
+        let restored = self.restored_fraud.iter().map(|(id, f)| (id.as_str(), f));
+        crate::fraud::engine::encode_states(live.chain(restored))
+    }
+
     /// At start-up: a credential accepted before the restart (a `Credential` record or a
     /// checkpoint); refused again until it leaves its window. `now_ms` is the wall clock.
     pub fn restore_credential(
@@ -697,12 +751,20 @@ impl<M: Metrics> Core<M> {
             self.config.shard
         );
         if let Some(idx) = self.device_index.get(device_id) {
-            self.devices[idx.0 as usize].entry = entry;
+            let device = &mut self.devices[idx.0 as usize];
+            if let Some(fraud) = device.fraud.as_mut() {
+                fraud.set_groups(&entry.location, &entry.region);
+            }
+            device.entry = entry;
             return *idx;
         }
         let idx = DeviceIdx(u32::try_from(self.devices.len()).unwrap_or(u32::MAX));
         assert!(idx.0 < u32::MAX, "too many devices on one shard");
         let replay = self.restored.remove(device_id).unwrap_or_default();
+        let fraud = self.restored_fraud.remove(device_id).map(|mut state| {
+            state.set_groups(&entry.location, &entry.region);
+            Box::new(state)
+        });
         self.devices.push(DeviceState {
             id: device_id.to_string(),
             entry,
@@ -713,6 +775,7 @@ impl<M: Metrics> Core<M> {
             session_ends_at_us: None,
             conn: None,
             recent: recent::RecentReadings::default(),
+            fraud,
         });
         self.device_index.insert(device_id.to_string(), idx);
         idx

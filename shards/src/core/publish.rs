@@ -8,8 +8,9 @@
 
 use super::acks::PendingAck;
 use super::recent::RecentReadings;
-use super::record::{self, DeadLetterMeta, OpaqueMeta, ReadingMeta};
+use super::record::{self, DeadLetterMeta, FraudMeta, OpaqueMeta, ReadingMeta};
 use super::{ConnId, Core, DeviceIdx, Metrics, Reason, RecordKind};
+use crate::fraud::engine::{address_hash, device_hash, DeviceFraud, Envelope};
 use crate::replay::ReplayError;
 use crate::session::Qos2Action;
 use crate::validate::{precheck, topic_allowed, Rejection};
@@ -424,6 +425,40 @@ impl<M: Metrics> Core<M> {
             };
             names.insert(name, reading.value);
         }
+        let peer = work.peer.to_string();
+        let fraud = match self.scorer.as_mut() {
+            Some(scorer) => {
+                let state = device.fraud.get_or_insert_with(|| {
+                    Box::new(DeviceFraud::new(
+                        &device.entry.location,
+                        &device.entry.region,
+                    ))
+                });
+                let envelope = Envelope {
+                    device: device_hash(&device.id),
+                    seq,
+                    device_ms: ts_ms,
+                    received_ms: work.received_ms,
+                    address: address_hash(&peer),
+                    connected_ms: work.connected_ms,
+                    readings: readings.as_slice(),
+                };
+                let scored = scorer.score(state, &envelope);
+                let config = &scorer.config().score;
+                let verdict = scored.verdict;
+                let (flagged, quarantined) =
+                    (verdict.is_flagged(config), verdict.is_quarantined(config));
+                self.metrics
+                    .fraud_scored(verdict.fired, verdict.score, flagged, quarantined);
+                Some(FraudMeta {
+                    score: verdict.score,
+                    detectors: verdict.fired.iter().map(|d| d.name().to_string()).collect(),
+                    flagged,
+                    quarantined,
+                })
+            }
+            None => None,
+        };
         let entry = &device.entry;
         let meta = ReadingMeta {
             device: device.id.clone(),
@@ -439,9 +474,9 @@ impl<M: Metrics> Core<M> {
             project: entry.project.clone(),
             location: entry.location.clone(),
             sensor_type: entry.sensor_type.clone(),
-            peer: work.peer.to_string(),
+            peer,
             connected_ms: work.connected_ms,
-            fraud: None,
+            fraud,
         };
         let start = self.records.len();
         record::encode(&meta, &work.payload, &mut self.records);
@@ -458,6 +493,20 @@ impl<M: Metrics> Core<M> {
         seq: Option<u64>,
     ) -> u64 {
         self.metrics.rejected(reason);
+        if let (Some(scorer), Some(seq), Reason::Replayed | Reason::StaleSequence) =
+            (self.scorer.as_mut(), seq, reason)
+        {
+            // A refused sequence whose signature verified is clone evidence (fraud::clone).
+            let device = &mut self.devices[work.device.0 as usize];
+            let state = device.fraud.get_or_insert_with(|| {
+                Box::new(DeviceFraud::new(
+                    &device.entry.location,
+                    &device.entry.region,
+                ))
+            });
+            let address = address_hash(&work.peer.to_string());
+            scorer.refused(state, seq, address, work.connected_ms, work.received_ms);
+        }
         let meta = DeadLetterMeta {
             reason: reason.name().to_string(),
             detail,
@@ -469,6 +518,7 @@ impl<M: Metrics> Core<M> {
             qos: work.qos as u8,
             peer: work.peer.to_string(),
             seq,
+            connected_ms: work.connected_ms,
         };
         let start = self.records.len();
         record::encode(&meta, &work.payload, &mut self.records);
@@ -496,8 +546,9 @@ impl<M: Metrics> Core<M> {
             node: self.config.node_id.clone(),
             shard: self.config.shard,
             qos: meta.qos,
-            peer: String::new(),
+            peer: meta.peer.clone(),
             seq: Some(meta.seq),
+            connected_ms: meta.connected_ms,
         };
         let start = self.records.len();
         record::encode(&dead, raw, &mut self.records);

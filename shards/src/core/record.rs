@@ -103,6 +103,9 @@ pub struct DeadLetterMeta {
     /// Sequence number, when the envelope decoded far enough to have one.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub seq: Option<u64>,
+    /// When the connection was accepted (wall ms; 0: unknown), with `peer` naming it.
+    #[serde(default, skip_serializing_if = "is_zero")]
+    pub connected_ms: u64,
 }
 
 /// An accepted CONNECT credential (`RecordKind::Credential`, no raw bytes): its nonce stays
@@ -159,6 +162,7 @@ mod tests {
             qos: 1,
             peer: "127.0.0.1:5000".into(),
             seq: Some(9),
+            connected_ms: 0,
         };
         let mut out = Vec::new();
         encode(&meta, b"\x01raw", &mut out);

@@ -86,6 +86,7 @@ fn config() -> CoreConfig {
         kafka_gate: false,
         unreachable_after_ms: 1_000,
         egress: false,
+        fraud: None,
     }
 }
 

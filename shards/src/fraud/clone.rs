@@ -94,7 +94,7 @@ impl CloneOutcome {
 }
 
 /// Receive times of the last few events of one kind, oldest overwritten.
-#[derive(Clone, Copy, Debug, Default, PartialEq)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, serde::Serialize, serde::Deserialize)]
 struct Events {
     times_ms: [u64; EVENT_HISTORY],
     len: u8,
@@ -123,7 +123,7 @@ fn over(count: u32, max: u32) -> Option<Signal> {
 }
 
 /// Clone state of one device: fixed-size arrays, no allocation.
-#[derive(Clone, Copy, Debug, Default, PartialEq)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, serde::Serialize, serde::Deserialize)]
 pub struct Clones {
     /// (address hash, receive time) of the last connections, oldest first.
     addresses: [(u64, u64); ADDRESS_HISTORY],

@@ -26,6 +26,7 @@ use ingestd_codec::envelope::Kind;
 
 pub mod bounds;
 pub mod clone;
+pub mod engine;
 pub mod persistence;
 pub mod physics;
 pub mod rate;
@@ -115,7 +116,9 @@ impl Detector {
 }
 
 /// The set of detectors that fired on one reading, as a bitset (no allocation).
-#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Hash)]
+#[derive(
+    Clone, Copy, Debug, Default, PartialEq, Eq, Hash, serde::Serialize, serde::Deserialize,
+)]
 pub struct Fired(u16);
 
 impl Fired {
@@ -203,7 +206,7 @@ impl Default for ScoreConfig {
 }
 
 /// The score of one reading and the detectors that fired.
-#[derive(Clone, Copy, Debug, Default, PartialEq)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, serde::Serialize, serde::Deserialize)]
 pub struct Verdict {
     /// The combined score, in [0, 1].
     pub score: f32,
@@ -279,3 +282,24 @@ pub const REGISTERED_KINDS: [Kind; 11] = [
 
 #[cfg(test)]
 mod tests;
+
+/// Serde for byte arrays longer than serde's built-in 32 (state checkpoints).
+pub(crate) mod byte_array {
+    use serde::{Deserialize, Deserializer, Serializer};
+
+    pub fn serialize<S: Serializer, const N: usize>(
+        bytes: &[u8; N],
+        serializer: S,
+    ) -> Result<S::Ok, S::Error> {
+        serializer.serialize_bytes(bytes)
+    }
+
+    pub fn deserialize<'de, D: Deserializer<'de>, const N: usize>(
+        deserializer: D,
+    ) -> Result<[u8; N], D::Error> {
+        let bytes: Vec<u8> = Deserialize::deserialize(deserializer)?;
+        bytes
+            .try_into()
+            .map_err(|_| serde::de::Error::custom("byte array of the wrong length"))
+    }
+}

@@ -63,7 +63,7 @@ impl PersistenceLimits {
 }
 
 /// The current run of one device's series of one kind.
-#[derive(Clone, Copy, Debug, Default, PartialEq)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, serde::Serialize, serde::Deserialize)]
 pub struct Persistence {
     /// Device time of the run's first reading.
     run_start_ms: u64,

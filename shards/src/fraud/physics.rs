@@ -163,9 +163,18 @@ pub fn check(limits: &PhysicsLimits, readings: &[(Kind, f32)]) -> Option<Physics
 /// and match no rule). Copies at most `MAX_READINGS` pairs to the stack.
 #[must_use]
 pub fn check_readings(limits: &PhysicsLimits, readings: &Readings) -> Option<PhysicsFinding> {
+    check_slice(limits, readings.as_slice())
+}
+
+/// [`check_readings`] on a slice of readings.
+#[must_use]
+pub fn check_slice(
+    limits: &PhysicsLimits,
+    readings: &[ingestd_codec::envelope::Reading],
+) -> Option<PhysicsFinding> {
     let mut pairs = [(Kind::Other(0), 0.0f32); ingestd_codec::envelope::MAX_READINGS];
     let mut len = 0;
-    for (slot, r) in pairs.iter_mut().zip(readings.as_slice()) {
+    for (slot, r) in pairs.iter_mut().zip(readings) {
         if let Some(kind) = Kind::from_code(r.kind) {
             *slot = (kind, r.value);
             len += 1;

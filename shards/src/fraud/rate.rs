@@ -46,7 +46,7 @@ impl RateLimit {
 }
 
 /// The previous reading of one device's series of one kind.
-#[derive(Clone, Copy, Debug, Default, PartialEq)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, serde::Serialize, serde::Deserialize)]
 pub struct Rate {
     /// Device time and value of the previous finite reading, if any.
     previous: Option<(u64, f32)>,

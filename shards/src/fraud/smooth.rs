@@ -102,7 +102,7 @@ const STEP_SATURATED: u8 = 15;
 const QUANTUM_ABS_MAX: f64 = 1e12;
 
 /// The state of one device's series of one kind.
-#[derive(Clone, Copy, Debug, PartialEq)]
+#[derive(Clone, Copy, Debug, PartialEq, serde::Serialize, serde::Deserialize)]
 pub struct Smooth {
     /// The last two finite values, newest first, and how many there are (0 to 2).
     last: [f32; 2],
@@ -112,6 +112,7 @@ pub struct Smooth {
     quiet_min: f32,
     quiet_max: f32,
     /// The digit window as a ring: packed slots, next write position, fill.
+    #[serde(with = "super::byte_array")]
     slots: [u8; DIGIT_WINDOW_READINGS_MAX],
     head: u8,
     len: u8,

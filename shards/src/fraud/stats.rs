@@ -76,7 +76,7 @@ pub struct StatsOutcome {
 }
 
 /// The model's state: a few numbers per device and kind.
-#[derive(Clone, Copy, Debug, Default, PartialEq)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, serde::Serialize, serde::Deserialize)]
 pub struct Stats {
     /// Finite readings seen (saturating).
     readings: u32,

@@ -82,7 +82,7 @@ impl TimingOutcome {
 }
 
 /// Timing state of one device: a few numbers.
-#[derive(Clone, Copy, Debug, Default, PartialEq)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, serde::Serialize, serde::Deserialize)]
 pub struct Timing {
     /// Smoothed `receive_ms - device_ms`, once a reading was seen.
     offset_ms: Option<f64>,

@@ -262,6 +262,7 @@ impl World {
             kafka_gate,
             unreachable_after_ms: rng.range(100, 2_000),
             egress: kafka_gate,
+            fraud: None,
         };
         let mut devices = Vec::new();
         let mut registry = BTreeMap::new();

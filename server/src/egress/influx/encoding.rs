@@ -257,6 +257,7 @@ pub(super) mod tests {
             qos: 1,
             peer: "p".into(),
             seq: None,
+            connected_ms: 0,
         };
         let mut payload = Vec::new();
         record::encode(&meta, b"raw", &mut payload);
