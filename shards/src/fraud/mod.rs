@@ -281,6 +281,8 @@ pub const REGISTERED_KINDS: [Kind; 11] = [
 ];
 
 #[cfg(test)]
+mod engine_tests;
+#[cfg(test)]
 mod tests;
 
 /// Serde for byte arrays longer than serde's built-in 32 (state checkpoints).
