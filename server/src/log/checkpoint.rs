@@ -28,7 +28,6 @@ const HEADER_BYTES: usize = 8 + 4 + 4 + 4 + 8 + 4 + 4;
 const CRC_BYTES: usize = 4;
 /// File name of the checkpoint in the shard's log directory (`list_segments` ignores it).
 pub const FILE_NAME: &str = "state.checkpoint";
-const TEMP_FILE_NAME: &str = "state.checkpoint.tmp";
 
 /// What a checkpoint holds.
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
@@ -203,13 +202,18 @@ pub fn load(dir: &Path) -> Result<Option<Checkpoint>, CheckpointError> {
 /// [`write`] with blocking std I/O, for start-up (before the executors run). Creates `dir`
 /// if needed.
 pub fn write_blocking(dir: &Path, bytes: &[u8]) -> Result<(), CheckpointError> {
+    write_named_blocking(dir, FILE_NAME, bytes)
+}
+
+/// [`write_blocking`] under another file name in `dir` (the fraud checkpoint).
+pub fn write_named_blocking(dir: &Path, name: &str, bytes: &[u8]) -> Result<(), CheckpointError> {
     use std::io::Write;
     let io = |path: &Path| {
         let path = path.to_path_buf();
         move |source| CheckpointError::Io { path, source }
     };
     std::fs::create_dir_all(dir).map_err(io(dir))?;
-    let temp = dir.join(TEMP_FILE_NAME);
+    let temp = dir.join(format!("{name}.tmp"));
     let written = (|| {
         let mut file = std::fs::File::create(&temp)?;
         file.write_all(bytes)?;
@@ -219,7 +223,7 @@ pub fn write_blocking(dir: &Path, bytes: &[u8]) -> Result<(), CheckpointError> {
         let _ = std::fs::remove_file(&temp);
         return Err(CheckpointError::Io { path: temp, source });
     }
-    let path = dir.join(FILE_NAME);
+    let path = dir.join(name);
     std::fs::rename(&temp, &path).map_err(io(&path))?;
     std::fs::File::open(dir)
         .and_then(|d| d.sync_all())
@@ -229,7 +233,12 @@ pub fn write_blocking(dir: &Path, bytes: &[u8]) -> Result<(), CheckpointError> {
 /// Writes `bytes` as the new checkpoint of the log in `dir`, atomically: the old one stays
 /// whole until the new one is durable under its final name.
 pub async fn write(dir: &Path, bytes: Vec<u8>) -> Result<(), CheckpointError> {
-    let temp = dir.join(TEMP_FILE_NAME);
+    write_named(dir, FILE_NAME, bytes).await
+}
+
+/// [`write`] under another file name in `dir` (the fraud checkpoint).
+pub async fn write_named(dir: &Path, name: &str, bytes: Vec<u8>) -> Result<(), CheckpointError> {
+    let temp = dir.join(format!("{name}.tmp"));
     let io = |path: &Path| {
         let path = path.to_path_buf();
         move |source| CheckpointError::Io { path, source }
@@ -241,7 +250,7 @@ pub async fn write(dir: &Path, bytes: Vec<u8>) -> Result<(), CheckpointError> {
         let _ = std::fs::remove_file(&temp);
         return Err(CheckpointError::Io { path: temp, source });
     }
-    let path = dir.join(FILE_NAME);
+    let path = dir.join(name);
     std::fs::rename(&temp, &path).map_err(io(&path))?;
     let directory = glommio::io::Directory::open(dir)
         .await

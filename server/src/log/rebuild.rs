@@ -38,6 +38,8 @@ pub struct ShardStart {
     pub nonces: Vec<(String, [u8; 16], u64)>,
     /// The offset this shard's own checkpoint covers (it is not rewritten for less).
     pub checkpoint_offset: Option<u64>,
+    /// Fraud-scoring state (`fraud::rebuild`), when scoring is on.
+    pub fraud: crate::fraud::rebuild::FraudStart,
 }
 
 /// What a reading record says about its sequence; the rest of the metadata is skipped.

@@ -62,6 +62,17 @@ pub fn restore(shard: &Shard, start: ShardStart, now_ms: u64) {
     for (device, nonce, ts_ms) in start.nonces {
         core.restore_credential(&device, nonce, ts_ms, now_ms);
     }
+    if let (Some(scorer), Some(model)) = (core.scorer(), start.fraud.model.as_deref()) {
+        if !scorer.restore_model(model) {
+            tracing::warn!(
+                shard = shard.id,
+                "the learned fraud model did not decode: learning afresh"
+            );
+        }
+    }
+    for (device, state) in start.fraud.devices {
+        core.restore_fraud(&device, state);
+    }
     shard.durable.checkpoint_offset.set(start.checkpoint_offset);
 }
 
@@ -196,7 +207,7 @@ fn after_commit(shard: &Rc<Shard>) {
 /// Snapshots the shard's windows and nonces and writes them as its checkpoint once the log
 /// is durable up to the snapshot's offset. Also run at a clean shutdown.
 pub async fn write_checkpoint(shard: &Shard) {
-    let (offset, bytes) = snapshot(shard);
+    let (offset, bytes, fraud) = snapshot(shard);
     if !wait_durable(shard, offset).await {
         return;
     }
@@ -226,12 +237,48 @@ pub async fn write_checkpoint(shard: &Shard) {
             tracing::warn!(shard = shard.id, %error, "writing the checkpoint failed");
         }
     }
+    if let Some(fraud) = fraud {
+        let size = fraud.len();
+        let started = Instant::now();
+        match checkpoint::write_named(shard.log.dir(), crate::fraud::checkpoint::FILE_NAME, fraud)
+            .await
+        {
+            Ok(()) => tracing::debug!(
+                shard = shard.id,
+                offset,
+                bytes = size,
+                ms = started.elapsed().as_millis() as u64,
+                "fraud checkpoint written"
+            ),
+            // The previous one stays; start-up replays a little more log.
+            Err(error) => {
+                tracing::warn!(shard = shard.id, %error, "writing the fraud checkpoint failed")
+            }
+        }
+    }
 }
 
 /// The checkpoint of the shard's state now: the core's windows and nonces, which reflect
 /// exactly the records below its next offset (they change only together with an append).
-fn snapshot(shard: &Shard) -> (u64, Vec<u8>) {
-    let snapshot = shard.core.borrow_mut().snapshot(super::now_ms());
+fn snapshot(shard: &Shard) -> (u64, Vec<u8>, Option<Vec<u8>>) {
+    let mut core = shard.core.borrow_mut();
+    let snapshot = core.snapshot(super::now_ms());
+    // The fraud state changes only with an append too: the same offset covers it.
+    let fraud = core
+        .scorer()
+        .map(|scorer| scorer.encode_model())
+        .map(|model| crate::fraud::checkpoint::FraudCheckpoint {
+            shard: shard.id as u32,
+            shards: shard.shards as u32,
+            covered_offset: snapshot.offset,
+            states: Vec::new(),
+            model,
+        });
+    let fraud = fraud.map(|mut saved| {
+        saved.states = core.encode_fraud_states();
+        saved.encode()
+    });
+    drop(core);
     debug_assert_eq!(snapshot.offset, shard.log.next_offset());
     let checkpoint = Checkpoint {
         shard: shard.id as u32,
@@ -240,5 +287,5 @@ fn snapshot(shard: &Shard) -> (u64, Vec<u8>) {
         windows: snapshot.windows,
         nonces: snapshot.nonces,
     };
-    (snapshot.offset, checkpoint.encode())
+    (snapshot.offset, checkpoint.encode(), fraud)
 }

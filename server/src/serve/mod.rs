@@ -176,6 +176,18 @@ pub fn run_with_stop(
         shard: 0,
         message: format!("reading the durable log: {e}"),
     })?;
+    // Fraud scoring continues where it stopped: device states and models from the fraud
+    // checkpoints and the log after them (`fraud::rebuild`).
+    if let Some(fraud) = config.fraud_engine() {
+        let fraud_starts = crate::fraud::rebuild::rebuild(&config.data_dir, shards, &fraud)
+            .map_err(|e| ServeError::Shard {
+                shard: 0,
+                message: format!("replaying the durable log for fraud scoring: {e}"),
+            })?;
+        for (start, fraud) in starts.iter_mut().zip(fraud_starts) {
+            start.fraud = fraud;
+        }
+    }
 
     let mut rings = handoff::Rings::new(shards, config.mqtt.handoff_ring_connections_max);
     let cpus = allowed_cpus();

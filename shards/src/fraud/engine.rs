@@ -143,6 +143,9 @@ pub struct DeviceFraud {
     clones: Clones,
     /// The connection of the last envelope: (address hash, connection time).
     connection: Option<(u64, u64)>,
+    /// Receive time of the last envelope: the newest copy wins when a device's state comes
+    /// from two shards' checkpoints (a changed shard count).
+    pub last_received_ms: u64,
     /// Device time of the last envelope, for the pace feature.
     last_device_ms: Option<u64>,
     /// The last verdict, for `fraud explain`.
@@ -259,6 +262,9 @@ pub struct Scorer {
     config: FraudConfig,
     /// Findings of the last score, kept only when asked ([`Scorer::trace`]).
     trace: Option<Vec<Finding>>,
+    /// Replaying the log (start-up, backtest of an export): the peers table is neither
+    /// read nor fed, since it holds the other devices' live values.
+    replaying: bool,
 }
 
 impl Scorer {
@@ -267,12 +273,30 @@ impl Scorer {
         Scorer {
             config,
             trace: None,
+            replaying: false,
         }
     }
 
     #[must_use]
     pub fn config(&self) -> &FraudConfig {
         &self.config
+    }
+
+    /// Replay mode: peers are left out (see [`Scorer::replaying`]'s field docs).
+    pub fn set_replaying(&mut self, replaying: bool) {
+        self.replaying = replaying;
+    }
+
+    /// The shard's learned model, encoded for the fraud checkpoint.
+    #[must_use]
+    pub fn encode_model(&self) -> Vec<u8> {
+        Vec::new()
+    }
+
+    /// Restores [`Scorer::encode_model`]'s bytes; `false` (and the model unchanged) when
+    /// they do not decode.
+    pub fn restore_model(&mut self, bytes: &[u8]) -> bool {
+        bytes.is_empty()
     }
 
     /// From now on, keep every detector's findings per kind ([`Scorer::take_trace`]).
@@ -351,6 +375,7 @@ impl Scorer {
                 }
             };
         let warm = device.readings >= self.config.warmup_readings;
+        device.last_received_ms = device.last_received_ms.max(envelope.received_ms);
         device.readings = device.readings.saturating_add(1);
 
         // The envelope as a whole.
