@@ -4,6 +4,8 @@
 //! the connection's buffer. What the driver adds (sockets, fsync, wake-ups) is measured by
 //! `scripts/bench` and `scripts/bench-ab`; the signature by the `codec` bench.
 //!
+//! With fraud scoring off and on, side by side.
+//!
 //! Run: `cargo bench -p ingestd-benches --bench core`. Figures are in BENCHMARKS.md.
 #![allow(clippy::unwrap_used)]
 
@@ -100,96 +102,113 @@ fn core_benches(c: &mut Criterion) {
 
     let mut group = c.benchmark_group("core");
     group.throughput(Throughput::Elements(ROUND));
-    group.bench_function("publish_qos1_to_puback_per_round_of_64", |b| {
-        let mut core = Core::new(config(), NoMetrics, 0, 0);
-        let mut now = Time {
-            mono_us: 0,
-            wall_ms: WALL_MS,
-        };
-        let info = ConnectInfo {
-            protocol: Protocol::V5,
-            client_id: device.into(),
-            username: Some(device.into()),
-            password: None,
-            clean_start: true,
-            keep_alive_s: 60,
-            session_expiry_s: 0,
-            auth_method: false,
-            len: 0,
-            packet_bytes_max: usize::MAX,
-        };
-        let lookup = |id: &str| (id == device).then(|| entry.clone());
-        core.handle(
-            Event::Connect {
-                conn: ConnId(1),
-                info: &info,
-                peer: "127.0.0.1:5000".parse().unwrap(),
-                cert_device: Some(device),
-                handed_in: false,
-                registry: &lookup,
-            },
-            now,
-        );
-        while core.poll_action().is_some() {}
-        let mut out = Vec::new();
-        let _ = core.take_output(ConnId(1), &mut out);
-        let mut seq = 0u64;
-        let mut next_offset = 0u64;
-        b.iter_custom(|iters| {
-            let started = Instant::now();
-            for _ in 0..iters {
-                for i in 0..ROUND {
-                    seq += 1;
-                    let bytes = if big_endian {
-                        seq.to_be_bytes()
-                    } else {
-                        seq.to_le_bytes()
-                    };
-                    payload[seq_at..seq_at + 8].copy_from_slice(&bytes);
-                    let packet = Packet::Publish(mqtt::Publish {
-                        dup: false,
-                        qos: QoS::AtLeastOnce,
-                        retain: false,
-                        topic: &topic,
-                        pkid: (i + 1) as u16,
-                        properties: Properties::default(),
-                        payload: &payload,
-                    });
-                    core.handle(
-                        Event::Packet {
-                            conn: ConnId(1),
-                            packet,
-                        },
-                        now,
-                    );
+    // Side by side: the same path with fraud scoring off and on (docs/FRAUD.md).
+    for (name, fraud) in [
+        ("publish_qos1_to_puback_per_round_of_64", None),
+        (
+            "publish_qos1_to_puback_per_round_of_64_scored",
+            Some(ingestd_shards::fraud::engine::FraudConfig::default()),
+        ),
+    ] {
+        group.bench_function(name, |b| {
+            let mut core = Core::new(
+                CoreConfig {
+                    fraud: fraud.clone(),
+                    ..config()
+                },
+                NoMetrics,
+                0,
+                0,
+            );
+            let mut now = Time {
+                mono_us: 0,
+                wall_ms: WALL_MS,
+            };
+            let info = ConnectInfo {
+                protocol: Protocol::V5,
+                client_id: device.into(),
+                username: Some(device.into()),
+                password: None,
+                clean_start: true,
+                keep_alive_s: 60,
+                session_expiry_s: 0,
+                auth_method: false,
+                len: 0,
+                packet_bytes_max: usize::MAX,
+            };
+            let lookup = |id: &str| (id == device).then(|| entry.clone());
+            core.handle(
+                Event::Connect {
+                    conn: ConnId(1),
+                    info: &info,
+                    peer: "127.0.0.1:5000".parse().unwrap(),
+                    cert_device: Some(device),
+                    handed_in: false,
+                    registry: &lookup,
+                },
+                now,
+            );
+            while core.poll_action().is_some() {}
+            let mut out = Vec::new();
+            let _ = core.take_output(ConnId(1), &mut out);
+            let mut seq = 0u64;
+            let mut next_offset = 0u64;
+            b.iter_custom(|iters| {
+                let started = Instant::now();
+                for _ in 0..iters {
+                    for i in 0..ROUND {
+                        seq += 1;
+                        let bytes = if big_endian {
+                            seq.to_be_bytes()
+                        } else {
+                            seq.to_le_bytes()
+                        };
+                        payload[seq_at..seq_at + 8].copy_from_slice(&bytes);
+                        let packet = Packet::Publish(mqtt::Publish {
+                            dup: false,
+                            qos: QoS::AtLeastOnce,
+                            retain: false,
+                            topic: &topic,
+                            pkid: (i + 1) as u16,
+                            properties: Properties::default(),
+                            payload: &payload,
+                        });
+                        core.handle(
+                            Event::Packet {
+                                conn: ConnId(1),
+                                packet,
+                            },
+                            now,
+                        );
+                        while let Some(action) = core.poll_action() {
+                            if let Action::Append { offset, .. } = action {
+                                next_offset = offset + 1;
+                            }
+                        }
+                    }
+                    now.mono_us += 2_000;
+                    now.wall_ms += 2;
+                    core.handle(Event::Tick, now);
                     while let Some(action) = core.poll_action() {
                         if let Action::Append { offset, .. } = action {
                             next_offset = offset + 1;
                         }
                     }
+                    core.handle(
+                        Event::Committed {
+                            end: next_offset,
+                            pending_bytes: 0,
+                        },
+                        now,
+                    );
+                    while core.poll_action().is_some() {}
+                    let _ = core.take_output(ConnId(1), &mut out);
+                    assert_eq!(out.len(), ROUND as usize * 4, "one PUBACK per message");
                 }
-                now.mono_us += 2_000;
-                now.wall_ms += 2;
-                core.handle(Event::Tick, now);
-                while let Some(action) = core.poll_action() {
-                    if let Action::Append { offset, .. } = action {
-                        next_offset = offset + 1;
-                    }
-                }
-                core.handle(
-                    Event::Committed {
-                        end: next_offset,
-                        pending_bytes: 0,
-                    },
-                    now,
-                );
-                while core.poll_action().is_some() {}
-                let _ = core.take_output(ConnId(1), &mut out);
-                assert_eq!(out.len(), ROUND as usize * 4, "one PUBACK per message");
-            }
-            started.elapsed()
+                started.elapsed()
+            });
         });
-    });
+    }
     group.finish();
 }
 

@@ -114,5 +114,8 @@ fn scoring_allocates_nothing_in_steady_state() {
         fired += usize::from(!scorer.score(device, &envelope).verdict.fired.is_empty());
     }
     assert_eq!(count, 0, "allocations while scoring 16,000 readings");
-    assert!(fired > 0, "the spikes fire: the path that fires was measured too");
+    assert!(
+        fired > 0,
+        "the spikes fire: the path that fires was measured too"
+    );
 }
