@@ -429,10 +429,13 @@ impl Scorer {
             };
             let rate = series.rate.observe(&kind.rate, envelope.device_ms, value);
             let stats = series.stats.observe(&kind.stats, value);
-            let persistence =
-                series
-                    .persistence
-                    .observe(&kind.persistence, envelope.device_ms, value);
+            let (_, noise) = series.stats.level_and_noise(&kind.stats);
+            let persistence = series.persistence.observe_with_noise(
+                &kind.persistence,
+                envelope.device_ms,
+                value,
+                noise,
+            );
             let smooth = series.smooth.observe(&kind.smooth, value);
             features.add(&series.stats, &kind.stats, stats.z, value);
             if warm {

@@ -21,6 +21,12 @@ pub struct PersistenceLimits {
     /// Fewer readings than this in the run never fire (two readings an hour apart are
     /// no evidence).
     pub stuck_readings_min: u32,
+    /// The run fires after this many readings, whatever its span, when the device's own
+    /// noise is at least `noisy_floor_ratio_min` floors: readings that honestly scatter
+    /// over several floors do not fall inside one floor this many times in a row (for
+    /// independent readings the chance is below `(1 / ratio)^(readings - 1)`). 0: off.
+    pub stuck_readings_max: u32,
+    pub noisy_floor_ratio_min: f32,
 }
 
 /// The smallest variation an honest sensor of the kind shows between readings, in the
@@ -58,6 +64,8 @@ impl PersistenceLimits {
             noise_floor: noise_floor_default(kind),
             stuck_span_ms_max,
             stuck_readings_min: 5,
+            stuck_readings_max: 15,
+            noisy_floor_ratio_min: 3.0,
         }
     }
 }
@@ -91,6 +99,20 @@ impl Persistence {
         time_ms: u64,
         value: f32,
     ) -> Option<Signal> {
+        self.observe_with_noise(limits, time_ms, value, 0.0)
+    }
+
+    /// [`Persistence::observe`] knowing the device's own noise (standard deviation, in the
+    /// kind's unit, as the statistical model learned it): a device that scattered over
+    /// several floors and suddenly stays inside one for `stuck_readings_max` readings
+    /// fires without waiting for the span (strength 0.5 there, 1 at twice as many).
+    pub fn observe_with_noise(
+        &mut self,
+        limits: &PersistenceLimits,
+        time_ms: u64,
+        value: f32,
+        device_noise: f64,
+    ) -> Option<Signal> {
         if !value.is_finite() {
             return None;
         }
@@ -116,6 +138,18 @@ impl Persistence {
         }
         self.last_ms = time_ms;
         let span_ms_max = limits.stuck_span_ms_max?;
+        let noisy = f64::from(floor) > 0.0
+            && device_noise >= f64::from(limits.noisy_floor_ratio_min) * f64::from(floor);
+        if noisy && limits.stuck_readings_max > 0 && self.run_readings >= limits.stuck_readings_max
+        {
+            return Some(Signal {
+                detector: Detector::Persistence,
+                strength: strength_over(
+                    f64::from(self.run_readings),
+                    f64::from(limits.stuck_readings_max),
+                ),
+            });
+        }
         let run_ms = time_ms.saturating_sub(self.run_start_ms);
         if run_ms > span_ms_max && self.run_readings >= limits.stuck_readings_min {
             Some(Signal {
@@ -212,6 +246,37 @@ mod tests {
         let mut p = Persistence::new();
         for i in 0..(72 * 60) {
             assert_eq!(p.observe(&limits, T0_MS + i * MINUTE_MS, 100.0), None);
+        }
+    }
+
+    #[test]
+    fn a_noisy_device_that_freezes_fires_after_stuck_readings_max() {
+        let limits = limits();
+        let floor = f64::from(limits.noise_floor);
+        let mut p = Persistence::new();
+        // Scattering over several floors: no run lasts.
+        for i in 0..100u64 {
+            let value = 20.0 + 0.05 * ((i * 7) % 5) as f32;
+            assert_eq!(
+                p.observe_with_noise(&limits, T0_MS + i * MINUTE_MS, value, 5.0 * floor),
+                None
+            );
+        }
+        // Frozen: fires at the 15th reading of the run, long before the 6 h span.
+        let fired: Vec<u64> = (100..130u64)
+            .filter(|i| {
+                p.observe_with_noise(&limits, T0_MS + i * MINUTE_MS, 21.0, 5.0 * floor)
+                    .is_some()
+            })
+            .collect();
+        assert_eq!(fired.first(), Some(&114));
+        // A device whose own noise is at the floor is judged by the span only.
+        let mut quiet = Persistence::new();
+        for i in 0..60u64 {
+            assert_eq!(
+                quiet.observe_with_noise(&limits, T0_MS + i * MINUTE_MS, 21.0, floor),
+                None
+            );
         }
     }
 }
