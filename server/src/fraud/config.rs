@@ -30,8 +30,6 @@ pub struct FraudSection {
     pub kinds: BTreeMap<String, KindSection>,
     /// How often a shard sends its peers summary to the other shards.
     pub peers_exchange_interval_ms: u64,
-    /// Checkpoint of the fraud state: written with the log's state checkpoint.
-    pub checkpoint: bool,
 }
 
 /// `[fraud.kinds.<name>]`: any subset of a kind's parameters.
@@ -58,7 +56,6 @@ impl Default for FraudSection {
             weights: BTreeMap::new(),
             kinds: BTreeMap::new(),
             peers_exchange_interval_ms: 1_000,
-            checkpoint: true,
         }
     }
 }
@@ -172,5 +169,54 @@ impl FraudSection {
             }
         }
         Ok(config)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    #![allow(clippy::unwrap_used)]
+    use crate::config::Config;
+    use ingestd_shards::fraud::Detector;
+
+    fn error(toml: &str) -> String {
+        Config::from_toml(toml).unwrap_err().to_string()
+    }
+
+    #[test]
+    fn overrides_reach_the_engine() {
+        let config = Config::from_toml(
+            "[fraud]\nalert_score_min = 0.4\nwarmup_readings = 5\n[fraud.weights]\ntiming = 0.25\n\
+             [fraud.kinds.co2_ppm]\nvalue_min = 300\nrate_per_s_max = 50\nstuck_span_s_max = 600\n",
+        )
+        .unwrap();
+        let engine = config.fraud_engine().unwrap();
+        assert_eq!(engine.score.flag_score_min, 0.4);
+        assert_eq!(engine.warmup_readings, 5);
+        assert_eq!(engine.score.weights[Detector::Timing.index()], 0.25);
+        let co2 = engine.kind(1);
+        assert_eq!(co2.bounds.unwrap().value_min, 300.0);
+        assert_eq!(co2.rate.rate_per_s_max, Some(50.0));
+        assert_eq!(co2.persistence.stuck_span_ms_max, Some(600_000));
+        let off = Config::from_toml("[fraud]\nenabled = false\n").unwrap();
+        assert!(off.fraud_engine().is_none());
+    }
+
+    #[test]
+    fn bad_values_name_the_key_and_the_problem() {
+        let e = error("[fraud.weights]\ntimeing = 0.5\n");
+        assert!(e.contains("fraud.weights") && e.contains("timeing"), "{e}");
+        let e = error("[fraud.weights]\nclone = 1.5\n");
+        assert!(
+            e.contains("fraud.weights") && e.contains("outside 0..=1"),
+            "{e}"
+        );
+        let e = error("[fraud]\nalert_score_min = 0.95\n");
+        assert!(e.contains("fraud.quarantine_score_min"), "{e}");
+        let e = error("[fraud.kinds.co3_ppm]\nvalue_min = 1\n");
+        assert!(e.contains("fraud.kinds") && e.contains("co3_ppm"), "{e}");
+        let e = error("[fraud.kinds.co2_ppm]\nvalue_min = 50000\n");
+        assert!(e.contains("value_min must be below value_max"), "{e}");
+        let e = error("[fraud.kinds.co2_ppm]\nnoise_floor = -1\n");
+        assert!(e.contains("noise_floor"), "{e}");
     }
 }
