@@ -284,8 +284,9 @@ fn send(
     let Some(received_ms) = record.as_ref().or(alert.as_ref()).map(|m| m.received_ms) else {
         return SendResult::Answered(Ok(()));
     };
-    let mut futures = [(Part::Record, None), (Part::Alert, None)];
-    // Answers known before anything went out, for a part sent after another one did.
+    // Per part, in `Part` order: Kafka's answer to come, or the local error of a part that
+    // could not be queued after the other one was.
+    let mut futures: [Option<DeliveryFuture>; 2] = [None, None];
     let mut early: [Option<KafkaError>; 2] = [None, None];
     for (index, (part, message)) in [(Part::Record, record), (Part::Alert, alert)]
         .into_iter()
@@ -295,8 +296,8 @@ fn send(
             continue;
         };
         match produce(producer, message) {
-            Ok(future) => futures[index].1 = Some(future),
-            Err(error) if futures.iter().any(|(_, f)| f.is_some()) => {
+            Ok(future) => futures[index] = Some(future),
+            Err(error) if futures.iter().any(Option::is_some) => {
                 // The record is on its way: this part's failure is its answer (a full
                 // queue is retriable: the part goes again with the next attempt).
                 early[index] = Some(error);
@@ -320,7 +321,7 @@ fn send(
     let shard = delivery.shard;
     let offset = delivery.offset;
     let sent_at = Instant::now();
-    let [(_, record_future), (_, alert_future)] = futures;
+    let [record_future, alert_future] = futures;
     let [record_early, alert_early] = early;
     SendResult::Sent(async move {
         // Both parts are already queued in the producer: waiting for one after the other
