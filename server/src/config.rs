@@ -756,6 +756,11 @@ mod tests {
                 format!("{kafka}telemetry_topic = \"a/b\"\n"),
                 "kafka.telemetry_topic",
             ),
+            (
+                format!("{kafka}fraud_topic = \"fraud alerts\"\n"),
+                "kafka.fraud_topic",
+            ),
+            (format!("{kafka}alerts_topic = \"\"\n"), "kafka.fraud_topic"),
             (format!("{kafka}partitions = 0\n"), "kafka.partitions"),
             (
                 format!("{kafka}message_timeout_ms = 10\n"),
@@ -782,6 +787,10 @@ mod tests {
         assert!(!SinkId::ALL.iter().any(|sink| sink.configured(&config)));
         let config = Config::from_toml(kafka).unwrap();
         assert!(SinkId::Kafka.configured(&config));
+        assert_eq!(config.kafka.fraud_topic, "fraud-alerts");
+        // The alerts topic answers to either name.
+        let named = Config::from_toml(&format!("{kafka}alerts_topic = \"ingestd.alerts\"\n"));
+        assert_eq!(named.unwrap().kafka.fraud_topic, "ingestd.alerts");
         assert!(
             config.kafka.ack_after_kafka,
             "acknowledged when Kafka has it, by default"

@@ -17,7 +17,7 @@ use ingestd::egress::influx::{point_time_ns, REFUSED_REASON};
 use ingestd::egress::{Delivery, Progress, SinkId, SinkInput};
 use ingestd::log::RecordKind;
 use ingestd::metrics::SinkMetrics;
-use ingestd::record::{self, DeadLetterMeta, ReadingMeta};
+use ingestd::record::{self, DeadLetterMeta, FraudMeta, ReadingMeta};
 use std::collections::BTreeMap;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
@@ -398,6 +398,97 @@ fn ten_thousand_readings_from_two_shards_are_all_stored() {
             reading_meta(n).readings["temperature_c"]
         );
     }
+}
+
+#[test]
+fn scored_readings_carry_their_verdict_on_every_point() {
+    let influx = Influx::new();
+    influx.create_database("t");
+    let mut sink = Sink::start(config(&influx, "t"));
+    let verdict = |score: f32, detectors: &[&str], flagged: bool, quarantined: bool| {
+        Some(FraudMeta {
+            score,
+            detectors: detectors.iter().map(|d| (*d).to_string()).collect(),
+            flagged,
+            quarantined,
+        })
+    };
+    // Readings 0, 3 and 6 have all three kinds; device n % 16.
+    let verdicts = [
+        verdict(0.95, &["bounds", "peers"], true, true),
+        verdict(0.6, &["rate"], true, false),
+        verdict(0.0, &[], false, false),
+        // Unscored: a record written before scoring, or with scoring off.
+        None,
+    ];
+    let mut stream = Stream::new();
+    let mut deliveries = Vec::new();
+    for (n, fraud) in verdicts.iter().enumerate() {
+        let mut meta = reading_meta(n);
+        meta.fraud = fraud.clone();
+        deliveries.push(stream.push(n % SHARDS, RecordKind::Reading, &meta));
+    }
+    sink.send(deliveries.clone());
+    sink.wait_through(stream.ends());
+    // Every kind's point of a reading carries the verdict.
+    for (n, fraud) in verdicts.iter().enumerate() {
+        let meta = reading_meta(n);
+        for (kind, value) in &meta.readings {
+            let rows = influx.rows(
+                "t",
+                &format!(
+                    "SELECT value, fraud_score, fraud_detectors, quarantined FROM \"{kind}\" \
+                     WHERE device = '{}'",
+                    meta.device
+                ),
+            );
+            assert_eq!(rows.len(), 1, "{kind} {n}: {rows:?}");
+            let row = &rows[0];
+            assert_eq!(row["value"].as_f64().unwrap() as f32, *value);
+            let Some(fraud) = fraud else {
+                for field in ["fraud_score", "fraud_detectors", "quarantined"] {
+                    assert_eq!(row[field], serde_json::Value::Null, "{kind} {n} {field}");
+                }
+                continue;
+            };
+            assert_eq!(row["fraud_score"].as_f64().unwrap() as f32, fraud.score);
+            let detectors = fraud.detectors.join(",");
+            let expected = if detectors.is_empty() {
+                serde_json::Value::Null
+            } else {
+                serde_json::Value::from(detectors)
+            };
+            assert_eq!(row["fraud_detectors"], expected, "{kind} {n}");
+            let expected = if fraud.quarantined {
+                serde_json::Value::Bool(true)
+            } else {
+                serde_json::Value::Null
+            };
+            assert_eq!(row["quarantined"], expected, "{kind} {n}");
+        }
+    }
+    // What the oracle (or an analyst) filters on.
+    let quarantined = influx.rows(
+        "t",
+        "SELECT count(value) FROM co2_ppm WHERE quarantined = true",
+    );
+    assert_eq!(quarantined[0]["count"], 1);
+    let flagged = influx.rows(
+        "t",
+        "SELECT count(value) FROM co2_ppm WHERE fraud_score >= 0.5",
+    );
+    assert_eq!(flagged[0]["count"], 2);
+
+    // A replay writes the same points over themselves.
+    sink.send(deliveries);
+    sink.finish();
+    assert_eq!(sink.refused(), vec![]);
+    assert_eq!(influx.count_points("t", "co2_ppm"), 4);
+    let quarantined = influx.rows(
+        "t",
+        "SELECT count(value) FROM co2_ppm WHERE quarantined = true",
+    );
+    assert_eq!(quarantined[0]["count"], 1);
 }
 
 #[test]

@@ -12,7 +12,7 @@ use ingestd::egress::{Delivery, Progress, SinkId, SinkInput};
 use ingestd::log::RecordKind;
 use ingestd::metrics::SinkMetrics;
 use ingestd::pg;
-use ingestd::record::{self, DeadLetterMeta, ReadingMeta};
+use ingestd::record::{self, DeadLetterMeta, FraudMeta, ReadingMeta};
 use ingestd::registry::{self, DeviceStatus, Registry};
 use postgres::Postgres;
 use std::collections::{BTreeMap, HashMap};
@@ -46,6 +46,17 @@ fn config(pg: &Postgres) -> PostgresConfig {
 }
 
 fn reading(shard: usize, offset: u64, device: &str, seq: u64, received_ms: u64) -> Arc<Delivery> {
+    scored_reading(shard, offset, device, seq, received_ms, None)
+}
+
+fn scored_reading(
+    shard: usize,
+    offset: u64,
+    device: &str,
+    seq: u64,
+    received_ms: u64,
+    fraud: Option<FraudMeta>,
+) -> Arc<Delivery> {
     let meta = ReadingMeta {
         device: device.to_string(),
         seq,
@@ -58,11 +69,11 @@ fn reading(shard: usize, offset: u64, device: &str, seq: u64, received_ms: u64) 
         qos: 1,
         region: "eu-west".to_string(),
         project: String::new(),
-        location: String::new(),
+        location: format!("site-{}", device.len()),
         sensor_type: String::new(),
         peer: String::new(),
         connected_ms: 0,
-        fraud: None,
+        fraud,
     };
     let mut payload = Vec::new();
     record::encode(&meta, b"signed envelope", &mut payload);
@@ -112,6 +123,11 @@ struct Harness {
 
 impl Harness {
     fn start(rt: &Runtime, config: PostgresConfig, shards: usize) -> Harness {
+        Harness::start_on(rt, config, shards, NODE)
+    }
+
+    /// A sink of node `node` (its own cursors).
+    fn start_on(rt: &Runtime, config: PostgresConfig, shards: usize, node: &str) -> Harness {
         // Room for a whole test's deliveries: the sink stops reading while it retries, as
         // it should, and the test thread must not block on a full channel then.
         let (tx, rx) = mpsc::channel(100_000);
@@ -123,7 +139,7 @@ impl Harness {
             metrics: metrics.clone(),
             shards,
         };
-        let task = rt.spawn(pg_sink::run(config, NODE.to_string(), input));
+        let task = rt.spawn(pg_sink::run(config, node.to_string(), input));
         Harness {
             tx: Some(tx),
             progress,
@@ -236,7 +252,7 @@ fn migrations_apply_once_even_concurrently_and_refuse_a_future_schema() {
         "devices",
         "device_stats",
         "dead_letters",
-        "fraud_alerts",
+        "alerts",
         "sink_cursors",
         "sink_refusals",
     ] {
@@ -246,6 +262,11 @@ fn migrations_apply_once_even_concurrently_and_refuse_a_future_schema() {
             "{table}"
         );
     }
+    assert_eq!(
+        pg.query_text("SELECT to_regclass('fraud_alerts') IS NULL"),
+        "t",
+        "the unused placeholder is gone"
+    );
     let count = pg.query_i64(tables);
     // Again: nothing to do.
     migrate(&rt, &pg);
@@ -589,6 +610,148 @@ fn a_record_postgres_refuses_is_reported_once_and_skipped() {
         pg.query_text("SELECT readings || ' ' || dead_letters FROM device_stats"),
         "88 10"
     );
+}
+
+fn verdict(score: f32, detectors: &[&str], flagged: bool, quarantined: bool) -> Option<FraudMeta> {
+    Some(FraudMeta {
+        score,
+        detectors: detectors.iter().map(|d| (*d).to_string()).collect(),
+        flagged,
+        quarantined,
+    })
+}
+
+/// The `alerts` table, one line per row in key order.
+fn alerts_in_db(pg: &Postgres) -> Vec<String> {
+    pg.query_text(
+        "SELECT device_id, seq, score, array_to_string(detectors, '+'), quarantined, \
+         location, region, node, shard, log_offset, \
+         (extract(epoch FROM ts) * 1000)::bigint, (extract(epoch FROM received) * 1000)::bigint, \
+         readings->>'co2_ppm' \
+         FROM alerts ORDER BY device_id, seq",
+    )
+    .lines()
+    .map(str::to_string)
+    .collect()
+}
+
+/// Per device: readings, flagged, quarantined.
+fn verdict_counts(pg: &Postgres) -> String {
+    pg.query_text(
+        "SELECT string_agg(device_id || ' ' || readings || ' ' || flagged || ' ' || quarantined, \
+         ',' ORDER BY device_id) FROM device_stats",
+    )
+}
+
+#[test]
+fn flagged_readings_land_in_alerts_once_and_verdicts_are_counted() {
+    let pg = Postgres::new();
+    let rt = runtime();
+    let base = 1_764_201_600_000;
+    // Offsets 0..8 on one shard: flagged and quarantined, flagged only, scored clean,
+    // unscored (an older log), a dead letter, and a sequence beyond bigint.
+    let batch = |offset_base: u64| -> Vec<Arc<Delivery>> {
+        let o = offset_base;
+        vec![
+            scored_reading(
+                0,
+                o,
+                "dev-a",
+                10,
+                base,
+                verdict(0.95, &["bounds", "peers"], true, true),
+            ),
+            scored_reading(
+                0,
+                o + 1,
+                "dev-a",
+                11,
+                base + 1,
+                verdict(0.1, &[], false, false),
+            ),
+            scored_reading(
+                0,
+                o + 2,
+                "dev-bb",
+                7,
+                base + 2,
+                verdict(0.6, &["rate"], true, false),
+            ),
+            reading(0, o + 3, "dev-bb", 8, base + 3),
+            dead_letter(0, o + 4, "dev-bb", Some(9), "bad_signature", "no", base + 4),
+            // Quarantined without an alert (thresholds set so): counted, no row.
+            scored_reading(
+                0,
+                o + 5,
+                "dev-c",
+                1,
+                base + 5,
+                verdict(0.4, &["model"], false, true),
+            ),
+            scored_reading(
+                0,
+                o + 6,
+                "dev-c",
+                u64::MAX - 1,
+                base + 6,
+                verdict(0.7, &["clone", "timing"], true, false),
+            ),
+            reading(0, o + 7, "dev-a", 12, base + 7),
+        ]
+    };
+    let first = batch(0);
+    let mut sink = Harness::start(&rt, config(&pg), 1);
+    for delivery in &first {
+        sink.send(delivery.clone());
+    }
+    sink.wait_through(0, 8);
+    let expected = vec![
+        format!("dev-a|10|0.95|bounds+peers|t|site-5|eu-west|node-a|0|0|{base}|{base}|415.5"),
+        format!(
+            "dev-bb|7|0.6|rate|f|site-6|eu-west|node-a|0|2|{}|{}|415.5",
+            base + 2,
+            base + 2
+        ),
+        format!(
+            "dev-c|18446744073709551614|0.7|clone+timing|f|site-5|eu-west|node-a|0|6|{}|{}|415.5",
+            base + 6,
+            base + 6
+        ),
+    ];
+    assert_eq!(alerts_in_db(&pg), expected);
+    let counts = "dev-a 3 1 1,dev-bb 2 1 0,dev-c 2 1 1";
+    assert_eq!(verdict_counts(&pg), counts);
+    assert_eq!(
+        pg.query_i64("SELECT count(*) FROM alerts WHERE detectors @> '{peers}' AND quarantined"),
+        1,
+        "found by detector"
+    );
+
+    // The same batch again: within the run (a rewind) and after a restart.
+    for delivery in &first {
+        sink.send(delivery.clone());
+    }
+    sink.finish(&rt);
+    let mut again = Harness::start(&rt, config(&pg), 1);
+    for delivery in &first {
+        again.send(delivery.clone());
+    }
+    again.finish(&rt);
+    assert_eq!(again.through(0), 8);
+    assert_eq!(alerts_in_db(&pg), expected, "one row per (device, seq)");
+    assert_eq!(verdict_counts(&pg), counts, "counted once");
+
+    // The same readings from another node's log (its own cursor, other offsets): the
+    // counters are that node's to add, the alerts stay one per (device, seq), first kept.
+    let mut other = Harness::start_on(&rt, config(&pg), 1, "node-b");
+    for delivery in batch(100) {
+        other.send(delivery);
+    }
+    other.finish(&rt);
+    assert_eq!(other.through(0), 108);
+    assert!(other.refused().is_empty());
+    assert_eq!(alerts_in_db(&pg), expected);
+    assert_eq!(pg.query_i64("SELECT sum(flagged) FROM device_stats"), 6);
 }
 
 #[test]

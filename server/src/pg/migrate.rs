@@ -15,7 +15,7 @@ pub struct Migration {
 }
 
 /// Every migration this build knows, in version order (`server/migrations/NNNN_name.sql`).
-pub const MIGRATIONS: [Migration; 2] = [
+pub const MIGRATIONS: [Migration; 3] = [
     Migration {
         version: 1,
         name: "initial",
@@ -25,6 +25,11 @@ pub const MIGRATIONS: [Migration; 2] = [
         version: 2,
         name: "sink_refusals",
         sql: include_str!("../../migrations/0002_sink_refusals.sql"),
+    },
+    Migration {
+        version: 3,
+        name: "fraud_alerts",
+        sql: include_str!("../../migrations/0003_fraud_alerts.sql"),
     },
 ];
 

@@ -132,6 +132,23 @@ impl Tansu {
         assert!(status.success(), "tansu topic create {name}");
     }
 
+    pub fn delete_topic(&self, name: &str) {
+        let status = Command::new(tansu_binary())
+            .args([
+                "topic",
+                "delete",
+                name,
+                "--broker",
+                &format!("tcp://127.0.0.1:{}", self.port),
+            ])
+            .current_dir(self.dir.path())
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .status()
+            .unwrap();
+        assert!(status.success(), "tansu topic delete {name}");
+    }
+
     /// Topic names the broker knows.
     pub fn topics(&self) -> Vec<String> {
         let consumer = self.consumer();

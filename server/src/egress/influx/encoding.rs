@@ -1,9 +1,17 @@
 //! A reading as InfluxDB line protocol: one point per value, measurement = the reading's
 //! name, tags `device`, `project`, `region`, `sensor_type`, fields `value` and `seq`, time
 //! = the device's timestamp with the sequence number in the sub-millisecond digits.
+//!
+//! A scored reading's points also carry its fraud verdict (docs/DELIVERY.md): the float
+//! field `fraud_score`, the string field `fraud_detectors` (the detectors that fired,
+//! comma-separated, when any did) and the boolean field `quarantined` (only when true, so
+//! `WHERE quarantined = true` finds them and clean points cost nothing more). The verdict
+//! is one per record, so its fields are written once and copied onto the record's other
+//! lines.
 
-use crate::record::ReadingMeta;
+use crate::record::{FraudMeta, ReadingMeta};
 use influxdb_line_protocol::LineProtocolBuilder;
+use std::ops::Range;
 
 /// Why a record cannot be written as line protocol at all; it is refused without sending.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
@@ -32,8 +40,8 @@ pub fn point_time_ns(ts_ms: u64, seq: u64) -> Option<i64> {
 /// Appends one line per reading of `meta` to `out` and returns how many. On an error
 /// nothing is appended.
 ///
-/// The fields are `value` and `seq`. There is no fraud score in the record yet; when
-/// `ReadingMeta` gains one it is one more `.field("fraud_score", ...)` in the chain below.
+/// The fields are `value` and `seq`, then, for a scored reading, `fraud_score`,
+/// `fraud_detectors` (when any fired) and `quarantined` (when true).
 pub fn push_lines(meta: &ReadingMeta, out: &mut Vec<u8>) -> Result<usize, Unrepresentable> {
     let time_ns = point_time_ns(meta.ts_ms, meta.seq)
         .ok_or(Unrepresentable::Timestamp { ts_ms: meta.ts_ms })?;
@@ -57,8 +65,15 @@ pub fn push_lines(meta: &ReadingMeta, out: &mut Vec<u8>) -> Result<usize, Unrepr
             return Err(Unrepresentable::Comment(name.clone()));
         }
     }
+    if let Some(fraud) = &meta.fraud {
+        for detector in &fraud.detectors {
+            check_line_break("detector", detector)?;
+        }
+    }
     let plain = tags.iter().all(|(_, value)| !needs_escape(value));
     let mut numbers = itoa::Buffer::new();
+    // Where the first line's fraud fields are in `out`: the other lines copy them.
+    let mut fraud_fields: Option<Range<usize>> = None;
     for (name, &value) in &meta.readings {
         if plain && !needs_escape(name) {
             // Nothing to escape: the series key is the strings as they are, exactly what
@@ -88,11 +103,52 @@ pub fn push_lines(meta: &ReadingMeta, out: &mut Vec<u8>) -> Result<usize, Unrepr
         write_f32(out, value);
         out.extend_from_slice(b",seq=");
         out.extend_from_slice(numbers.format(seq).as_bytes());
-        out.extend_from_slice(b"i ");
+        out.push(b'i');
+        if let Some(fraud) = &meta.fraud {
+            match &fraud_fields {
+                Some(range) => out.extend_from_within(range.clone()),
+                None => {
+                    let start = out.len();
+                    push_fraud_fields(fraud, out);
+                    fraud_fields = Some(start..out.len());
+                }
+            }
+        }
+        out.push(b' ');
         out.extend_from_slice(numbers.format(time_ns).as_bytes());
         out.push(b'\n');
     }
     Ok(meta.readings.len())
+}
+
+/// The verdict's fields, each with its leading comma: `fraud_score` (left out if it is not
+/// a finite number, which line protocol cannot carry; the engine never makes one),
+/// `fraud_detectors` when any fired, `quarantined` when true.
+fn push_fraud_fields(fraud: &FraudMeta, out: &mut Vec<u8>) {
+    if fraud.score.is_finite() {
+        out.extend_from_slice(b",fraud_score=");
+        write_f32(out, fraud.score);
+    }
+    if !fraud.detectors.is_empty() {
+        out.extend_from_slice(b",fraud_detectors=\"");
+        for (i, detector) in fraud.detectors.iter().enumerate() {
+            if i > 0 {
+                out.push(b',');
+            }
+            // A string field escapes `"` and `\` only (the detectors' own names never
+            // have either, but the record came from disk).
+            for &b in detector.as_bytes() {
+                if b == b'"' || b == b'\\' {
+                    out.push(b'\\');
+                }
+                out.push(b);
+            }
+        }
+        out.push(b'"');
+    }
+    if fraud.quarantined {
+        out.extend_from_slice(b",quarantined=true");
+    }
 }
 
 /// Whether a measurement, tag key or tag value may need a backslash in line protocol. An
@@ -188,10 +244,19 @@ pub(super) mod tests {
                     line = line.tag(key, value);
                 }
             }
-            line.field("value", Float32(value))
-                .field("seq", seq)
-                .timestamp(time_ns)
-                .close_line();
+            let mut line = line.field("value", Float32(value)).field("seq", seq);
+            if let Some(fraud) = &meta.fraud {
+                if fraud.score.is_finite() {
+                    line = line.field("fraud_score", Float32(fraud.score));
+                }
+                if !fraud.detectors.is_empty() {
+                    line = line.field("fraud_detectors", fraud.detectors.join(",").as_str());
+                }
+                if fraud.quarantined {
+                    line = line.field("quarantined", true);
+                }
+            }
+            line.timestamp(time_ns).close_line();
         }
         out
     }
@@ -202,6 +267,16 @@ pub(super) mod tests {
         proptest::prop_oneof![
             3 => proptest::string::string_regex(&format!("[a-z0-9_.-]{{1,{max}}}")).unwrap(),
             1 => proptest::string::string_regex(&format!("[a-z ,=\\\\é]{{1,{max}}}")).unwrap(),
+        ]
+        .boxed()
+    }
+
+    /// Mostly detector-like names, some with what a string field escapes.
+    fn detector_name() -> impl proptest::strategy::Strategy<Value = String> {
+        use proptest::strategy::Strategy as _;
+        proptest::prop_oneof![
+            3 => proptest::string::string_regex("[a-z_]{1,12}").unwrap(),
+            1 => proptest::string::string_regex("[a-z \"\\\\,=]{1,8}").unwrap(),
         ]
         .boxed()
     }
@@ -218,12 +293,24 @@ pub(super) mod tests {
             names in proptest::collection::btree_map(name(10), proptest::num::f32::NORMAL | proptest::num::f32::ZERO | proptest::num::f32::SUBNORMAL, 1..4),
             seq in 0u64..i64::MAX as u64,
             ts_ms in 0u64..9_000_000_000_000,
+            fraud in proptest::option::of((
+                0.0f32..=1.0,
+                proptest::collection::vec(detector_name(), 0..4),
+                proptest::bool::ANY,
+                proptest::bool::ANY,
+            )),
         ) {
             let mut m = meta(&device, seq, ts_ms, &[]);
             m.region = region.unwrap_or_default();
             m.project = project.unwrap_or_default();
             m.sensor_type = sensor.unwrap_or_default();
             m.readings = names;
+            m.fraud = fraud.map(|(score, detectors, flagged, quarantined)| FraudMeta {
+                score,
+                detectors,
+                flagged,
+                quarantined,
+            });
             let mut ours = Vec::new();
             push_lines(&m, &mut ours).unwrap();
             proptest::prop_assert_eq!(
@@ -279,6 +366,99 @@ pub(super) mod tests {
              temperature_c,device=co2-1,project=forest-7,region=eu-west,sensor_type=ndir \
              value=21.7,seq=42i 1700000000123000042\n"
         );
+    }
+
+    fn verdict(score: f32, detectors: &[&str], flagged: bool, quarantined: bool) -> FraudMeta {
+        FraudMeta {
+            score,
+            detectors: detectors.iter().map(|d| (*d).to_string()).collect(),
+            flagged,
+            quarantined,
+        }
+    }
+
+    #[test]
+    fn every_point_of_a_scored_reading_carries_the_verdict() {
+        let mut m = meta(
+            "co2-1",
+            42,
+            1_700_000_000_123,
+            &[("temperature_c", 21.7), ("co2_ppm", 415.0)],
+        );
+        m.fraud = Some(verdict(0.93, &["bounds", "peers"], true, true));
+        assert_eq!(
+            lines(&m),
+            "co2_ppm,device=co2-1,project=forest-7,region=eu-west,sensor_type=ndir \
+             value=415,seq=42i,fraud_score=0.93,fraud_detectors=\"bounds,peers\",quarantined=true \
+             1700000000123000042\n\
+             temperature_c,device=co2-1,project=forest-7,region=eu-west,sensor_type=ndir \
+             value=21.7,seq=42i,fraud_score=0.93,fraud_detectors=\"bounds,peers\",quarantined=true \
+             1700000000123000042\n"
+        );
+        // Flagged, not quarantined: no `quarantined` field at all.
+        m.fraud = Some(verdict(0.5, &["rate"], true, false));
+        let text = lines(&m);
+        assert!(
+            text.contains("seq=42i,fraud_score=0.5,fraud_detectors=\"rate\" 1700"),
+            "{text}"
+        );
+        assert!(!text.contains("quarantined"), "{text}");
+        // Scored clean: the score alone.
+        m.fraud = Some(verdict(0.0, &[], false, false));
+        let text = lines(&m);
+        assert_eq!(text.matches(",fraud_score=0 ").count(), 2, "{text}");
+        assert!(!text.contains("fraud_detectors"), "{text}");
+        // Not scored (scoring off, or a record older than scoring): as before.
+        m.fraud = None;
+        assert!(!lines(&m).contains("fraud"));
+    }
+
+    #[test]
+    fn the_verdict_parses_back_with_its_types() {
+        let mut m = meta("d", 3, 99, &[("co2_ppm", 1.0), ("rh_pct", 2.0)]);
+        m.fraud = Some(verdict(0.25, &["odd \"one\"", r"back\slash"], false, true));
+        let text = lines(&m);
+        let parsed: Vec<_> = influxdb_line_protocol::parse_lines(&text)
+            .collect::<Result<_, _>>()
+            .unwrap();
+        assert_eq!(parsed.len(), 2);
+        for line in &parsed {
+            let field = |key: &str| {
+                line.field_set
+                    .iter()
+                    .find(|(k, _)| *k == key)
+                    .map(|(_, v)| v.clone())
+                    .unwrap_or_else(|| panic!("{key} in {text}"))
+            };
+            let influxdb_line_protocol::FieldValue::F64(score) = field("fraud_score") else {
+                panic!("fraud_score is not a float: {text}")
+            };
+            assert_eq!(score as f32, 0.25);
+            assert_eq!(
+                field("quarantined"),
+                influxdb_line_protocol::FieldValue::Boolean(true)
+            );
+            let influxdb_line_protocol::FieldValue::String(detectors) = field("fraud_detectors")
+            else {
+                panic!("fraud_detectors is not a string: {text}")
+            };
+            assert_eq!(detectors.to_string(), r#"odd "one",back\slash"#);
+        }
+    }
+
+    #[test]
+    fn a_detector_with_a_line_break_writes_nothing() {
+        let mut out = b"kept\n".to_vec();
+        let mut m = meta("d", 1, 1, &[("co2_ppm", 1.0)]);
+        m.fraud = Some(verdict(0.9, &["a\nb"], true, true));
+        assert!(matches!(
+            push_lines(&m, &mut out),
+            Err(Unrepresentable::LineBreak {
+                what: "detector",
+                ..
+            })
+        ));
+        assert_eq!(out, b"kept\n");
     }
 
     #[test]

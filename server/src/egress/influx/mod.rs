@@ -3,8 +3,11 @@
 //! Points. Each reading of a record (`ReadingMeta::readings`, name -> value) is one point:
 //! the measurement is the reading's name (the metric family, `co2_ppm`), the tags are
 //! `device`, `project`, `region` and `sensor_type` (a tag whose value is empty is left
-//! out), the fields are `value` (float) and `seq` (integer). Dead letters and records this
-//! version cannot decode write nothing, but the progress reports cover them like any other.
+//! out), the fields are `value` (float) and `seq` (integer), and for a scored reading its
+//! fraud verdict: `fraud_score` (float), `fraud_detectors` (string, the detectors that
+//! fired, comma-separated, when any did) and `quarantined` (boolean, only when true). Dead
+//! letters and records this version cannot decode write nothing, but the progress reports
+//! cover them like any other.
 //!
 //! Timestamps. A point's time is the device's timestamp in ns with the sequence number in
 //! the sub-millisecond digits: `ts_ms * 1_000_000 + seq % 1_000_000`. InfluxDB keeps one

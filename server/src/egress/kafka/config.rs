@@ -12,6 +12,9 @@ pub struct KafkaConfig {
     pub brokers: String,
     pub telemetry_topic: String,
     pub dead_letter_topic: String,
+    /// Fraud alerts: one record per flagged reading (docs/DELIVERY.md). `alerts_topic` is
+    /// accepted as another name for this key.
+    #[serde(alias = "alerts_topic")]
     pub fraud_topic: String,
     pub oracle_topic: String,
     /// Partitions of each topic the server creates.

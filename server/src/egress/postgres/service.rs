@@ -1,7 +1,7 @@
 //! Talking to PostgreSQL: the sink's statements, and one batch applied in one
 //! transaction that moves the shard's cursor (`sink_cursors`) with the rows it covers.
 
-use super::encoding::{bigint, plan, Item, Plan};
+use super::encoding::{bigint, plan, AlertRow, Item, Plan};
 use super::REFUSED_REASON;
 use crate::config::PostgresConfig;
 use crate::pg::{connect, describe, failure_kind, migrate, Failure, PgError};
@@ -15,17 +15,39 @@ const SQL_CURSOR_SET: &str = "UPDATE sink_cursors SET next_offset = GREATEST(nex
      WHERE node = $1 AND shard = $2";
 const SQL_STATS_UPSERT: &str = "
     INSERT INTO device_stats AS s
-        (device_id, last_seen, last_seq, readings, dead_letters, updated_at)
+        (device_id, last_seen, last_seq, readings, dead_letters, flagged, quarantined,
+         updated_at)
     SELECT u.device_id, timestamptz 'epoch' + u.seen_ms * interval '1 millisecond',
-           u.last_seq, u.readings, u.dead_letters, now()
-    FROM UNNEST($1::text[], $2::int8[], $3::int8[], $4::int8[], $5::int8[])
-        AS u(device_id, seen_ms, last_seq, readings, dead_letters)
+           u.last_seq, u.readings, u.dead_letters, u.flagged, u.quarantined, now()
+    FROM UNNEST($1::text[], $2::int8[], $3::int8[], $4::int8[], $5::int8[], $6::int8[],
+                $7::int8[])
+        AS u(device_id, seen_ms, last_seq, readings, dead_letters, flagged, quarantined)
     ON CONFLICT (device_id) DO UPDATE SET
         last_seen = GREATEST(s.last_seen, EXCLUDED.last_seen),
         last_seq = COALESCE(EXCLUDED.last_seq, s.last_seq),
         readings = s.readings + EXCLUDED.readings,
         dead_letters = s.dead_letters + EXCLUDED.dead_letters,
+        flagged = s.flagged + EXCLUDED.flagged,
+        quarantined = s.quarantined + EXCLUDED.quarantined,
         updated_at = now()";
+/// One row per flagged reading; a second delivery of the same (device, seq) (another
+/// node's, or a replay past a lost cursor) keeps the first row.
+const SQL_ALERTS_INSERT: &str = "
+    INSERT INTO alerts
+        (device_id, seq, ts, received, score, detectors, quarantined, readings, location,
+         region, project, node, shard, log_offset)
+    SELECT u.device_id, u.seq::numeric,
+           timestamptz 'epoch' + u.ts_ms * interval '1 millisecond',
+           timestamptz 'epoch' + u.received_ms * interval '1 millisecond',
+           u.score,
+           ARRAY(SELECT jsonb_array_elements_text(u.detectors::jsonb)),
+           u.quarantined, u.readings::jsonb, u.location, u.region, u.project,
+           $1::text, $2::int4, u.log_offset
+    FROM UNNEST($3::text[], $4::text[], $5::int8[], $6::int8[], $7::float4[], $8::text[],
+                $9::bool[], $10::text[], $11::text[], $12::text[], $13::text[], $14::int8[])
+        AS u(device_id, seq, ts_ms, received_ms, score, detectors, quarantined, readings,
+             location, region, project, log_offset)
+    ON CONFLICT (device_id, seq) DO NOTHING";
 const SQL_DEAD_LETTERS_INSERT: &str = "
     INSERT INTO dead_letters
         (node, shard, log_offset, device_id, seq, reason, detail, received_at)
@@ -51,6 +73,7 @@ pub(super) struct Statements {
     pub(super) cursor_set: Statement,
     pub(super) stats_upsert: Statement,
     pub(super) dead_letters_insert: Statement,
+    pub(super) alerts_insert: Statement,
     pub(super) refusal_insert: Statement,
     pub(super) refusals_in_range: Statement,
 }
@@ -76,6 +99,7 @@ impl Session {
             cursor_set: client.prepare(SQL_CURSOR_SET).await?,
             stats_upsert: client.prepare(SQL_STATS_UPSERT).await?,
             dead_letters_insert: client.prepare(SQL_DEAD_LETTERS_INSERT).await?,
+            alerts_insert: client.prepare(SQL_ALERTS_INSERT).await?,
             refusal_insert: client.prepare(SQL_REFUSAL_INSERT).await?,
             refusals_in_range: client.prepare(SQL_REFUSALS_IN_RANGE).await?,
         };
@@ -124,6 +148,8 @@ async fn write_plan(
     let last_seq: Vec<Option<i64>> = plan.stats.iter().map(|d| d.last_seq).collect();
     let readings: Vec<i64> = plan.stats.iter().map(|d| d.readings).collect();
     let dead: Vec<i64> = plan.stats.iter().map(|d| d.dead_letters).collect();
+    let flagged: Vec<i64> = plan.stats.iter().map(|d| d.flagged).collect();
+    let quarantined: Vec<i64> = plan.stats.iter().map(|d| d.quarantined).collect();
     let rows = &plan.dead_letters;
     let offsets: Vec<i64> = rows.iter().map(|r| r.offset).collect();
     let dl_devices: Vec<&str> = rows.iter().map(|r| r.device.as_str()).collect();
@@ -137,7 +163,15 @@ async fn write_plan(
         }
         tx.execute(
             &statements.stats_upsert,
-            &[&devices, &seen_ms, &last_seq, &readings, &dead],
+            &[
+                &devices,
+                &seen_ms,
+                &last_seq,
+                &readings,
+                &dead,
+                &flagged,
+                &quarantined,
+            ],
         )
         .await
     };
@@ -160,10 +194,57 @@ async fn write_plan(
         )
         .await
     };
-    let (stats, dead_letters) = tokio::join!(stats, dead_letters);
+    let alerts = write_alerts(tx, statements, key, &plan.alerts);
+    let (stats, dead_letters, alerts) = tokio::join!(stats, dead_letters, alerts);
     stats?;
     dead_letters?;
+    alerts?;
     Ok(())
+}
+
+/// The batch's `alerts` rows, in the same transaction as its counters and cursor.
+async fn write_alerts(
+    tx: &Transaction<'_>,
+    statements: &Statements,
+    key: &Key<'_>,
+    alerts: &[AlertRow],
+) -> Result<u64, tokio_postgres::Error> {
+    if alerts.is_empty() {
+        return Ok(0);
+    }
+    let devices: Vec<&str> = alerts.iter().map(|a| a.device.as_str()).collect();
+    // A sequence may exceed bigint: it travels as text into a numeric column.
+    let seqs: Vec<String> = alerts.iter().map(|a| a.seq.to_string()).collect();
+    let ts_ms: Vec<i64> = alerts.iter().map(|a| a.ts_ms).collect();
+    let received_ms: Vec<i64> = alerts.iter().map(|a| a.received_ms).collect();
+    let scores: Vec<f32> = alerts.iter().map(|a| a.score).collect();
+    let detectors: Vec<&str> = alerts.iter().map(|a| a.detectors_json.as_str()).collect();
+    let quarantined: Vec<bool> = alerts.iter().map(|a| a.quarantined).collect();
+    let readings: Vec<&str> = alerts.iter().map(|a| a.readings_json.as_str()).collect();
+    let locations: Vec<&str> = alerts.iter().map(|a| a.location.as_str()).collect();
+    let regions: Vec<&str> = alerts.iter().map(|a| a.region.as_str()).collect();
+    let projects: Vec<&str> = alerts.iter().map(|a| a.project.as_str()).collect();
+    let offsets: Vec<i64> = alerts.iter().map(|a| a.offset).collect();
+    tx.execute(
+        &statements.alerts_insert,
+        &[
+            &key.node,
+            &key.shard,
+            &devices,
+            &seqs,
+            &ts_ms,
+            &received_ms,
+            &scores,
+            &detectors,
+            &quarantined,
+            &readings,
+            &locations,
+            &regions,
+            &projects,
+            &offsets,
+        ],
+    )
+    .await
 }
 
 /// A refusal to report: the record at `offset` was refused for good.
