@@ -402,6 +402,7 @@ fn dead_letter(offset: u64, device: &str) -> Arc<Delivery> {
         qos: 1,
         peer: "10.0.0.1:5000".to_string(),
         seq: Some(99),
+        connected_ms: 0,
     };
     let mut payload = Vec::new();
     record::encode(&meta, b"\x01refused", &mut payload);
