@@ -75,7 +75,7 @@ fn scoring_allocates_nothing_in_steady_state() {
     let mut devices: Vec<DeviceFraud> = (0..8).map(|_| DeviceFraud::new("lab-1", "eu")).collect();
     let ids: Vec<u64> = (0..8).map(|d| device_hash(&format!("dev-{d}"))).collect();
     let address = address_hash("10.0.0.1:4000");
-    let mut score_round = |scorer: &mut Scorer, devices: &mut [DeviceFraud], i: u64| {
+    let score_round = |scorer: &mut Scorer, devices: &mut [DeviceFraud], i: u64| {
         for (d, device) in devices.iter_mut().enumerate() {
             let values = readings(d as u64, i);
             let envelope = Envelope {

@@ -50,7 +50,7 @@ impl Default for FraudSection {
         let engine = FraudConfig::default();
         FraudSection {
             enabled: true,
-            alert_score_min: engine.score.flag_score_min,
+            alert_score_min: engine.score.alert_score_min,
             quarantine_score_min: engine.score.quarantine_score_min,
             warmup_readings: engine.warmup_readings,
             weights: BTreeMap::new(),
@@ -100,7 +100,7 @@ impl FraudSection {
             ));
         }
         let mut config = FraudConfig::default();
-        config.score.flag_score_min = self.alert_score_min;
+        config.score.alert_score_min = self.alert_score_min;
         config.score.quarantine_score_min = self.quarantine_score_min;
         config.warmup_readings = self.warmup_readings;
         for (name, weight) in &self.weights {
@@ -190,7 +190,7 @@ mod tests {
         )
         .unwrap();
         let engine = config.fraud_engine().unwrap();
-        assert_eq!(engine.score.flag_score_min, 0.4);
+        assert_eq!(engine.score.alert_score_min, 0.4);
         assert_eq!(engine.warmup_readings, 5);
         assert_eq!(engine.score.weights[Detector::Timing.index()], 0.25);
         let co2 = engine.kind(1);

@@ -172,7 +172,7 @@ pub struct ScoreConfig {
     /// Weight of each detector, by [`Detector::index`], in [0, 1].
     pub weights: [f32; DETECTOR_COUNT],
     /// A score at or above this raises an alert.
-    pub flag_score_min: f32,
+    pub alert_score_min: f32,
     /// A score at or above this marks the reading quarantined (still stored and
     /// delivered; the oracle leaves it out).
     pub quarantine_score_min: f32,
@@ -199,7 +199,7 @@ impl Default for ScoreConfig {
         weights[Detector::Model.index()] = 0.5;
         ScoreConfig {
             weights,
-            flag_score_min: 0.5,
+            alert_score_min: 0.5,
             quarantine_score_min: 0.9,
         }
     }
@@ -218,7 +218,7 @@ impl Verdict {
     /// Whether the score calls for an alert.
     #[must_use]
     pub fn is_flagged(&self, config: &ScoreConfig) -> bool {
-        self.score >= config.flag_score_min
+        self.score >= config.alert_score_min
     }
 
     /// Whether the reading is to be marked quarantined.
