@@ -6,6 +6,8 @@ mod common;
 use common::*;
 use ingestd::fraud::rebuild::replay_record;
 use ingestd::log::{LogReader, RecordKind};
+use ingestd_codec::envelope::{self, Kind, Reading};
+use ingestd_codec::mqtt::{Protocol, QoS, ReasonCode};
 use ingestd_shards::fraud::engine::{FraudConfig, Scorer};
 use std::collections::HashMap;
 use std::sync::atomic::{AtomicBool, Ordering};
@@ -117,4 +119,89 @@ fn scores_after_a_kill_9_equal_those_of_a_run_without_it() {
     // The test's devices publish a sawtooth and a constant: detectors do fire, so equal
     // scores are not equal zeros.
     assert!(fired_after > 0);
+}
+
+/// A signed binary envelope with the given readings.
+fn envelope_with(fleet: &Fleet, device: &str, seq: u64, readings: &[(Kind, f32)]) -> Vec<u8> {
+    let readings: Vec<Reading> = readings.iter().map(|(k, v)| Reading::new(*k, *v)).collect();
+    let mut scratch = Vec::new();
+    let env = envelope::sign(
+        fleet.key(device),
+        &topic(device),
+        device,
+        seq,
+        now_ms(),
+        &readings,
+        &mut scratch,
+    )
+    .expect("signs");
+    let mut out = Vec::new();
+    env.encode_binary(&mut out);
+    out
+}
+
+/// The acknowledgement's bytes exactly as the server sent them.
+fn raw_reply(client: &mut Client) -> Vec<u8> {
+    use std::io::Read;
+    client
+        .stream
+        .set_read_timeout(Some(Duration::from_secs(5)))
+        .expect("timeout");
+    let mut header = [0u8; 2];
+    client.stream.read_exact(&mut header).expect("ack header");
+    let mut body = vec![0u8; usize::from(header[1])];
+    client.stream.read_exact(&mut body).expect("ack body");
+    [header.to_vec(), body].concat()
+}
+
+#[test]
+fn the_acknowledgement_never_depends_on_the_verdict() {
+    let fleet = Fleet::provision(2);
+    let data = fleet.dir.path().join("data");
+    let mut server = Server::start(&fleet, &data, &[]);
+    for (i, protocol) in [Protocol::V311, Protocol::V5].into_iter().enumerate() {
+        let device = fleet.device(i);
+        let (mut client, reply) = Client::connect(server.addr(), &fleet, &device, protocol);
+        assert_eq!(reply, Reply::ConnAck(ReasonCode::Success, false));
+        let honest = envelope_with(
+            &fleet,
+            &device,
+            1,
+            &[(Kind::Co2Ppm, 431.0), (Kind::HumidityRhPct, 48.2)],
+        );
+        // Out of physics on its first reading: bounds and physics, quarantined.
+        let forged = envelope_with(
+            &fleet,
+            &device,
+            2,
+            &[(Kind::Co2Ppm, 431.0), (Kind::HumidityRhPct, 148.0)],
+        );
+        client.publish(&topic(&device), &honest, QoS::AtLeastOnce, 7);
+        let honest_ack = raw_reply(&mut client);
+        client.publish(&topic(&device), &forged, QoS::AtLeastOnce, 7);
+        let forged_ack = raw_reply(&mut client);
+        assert_eq!(honest_ack, forged_ack, "{protocol:?}");
+    }
+    assert!(server.terminate().success());
+    let verdicts: HashMap<(String, u64), serde_json::Value> = read_log(&data, 2)
+        .into_iter()
+        .filter(|r| r.kind == RecordKind::Reading)
+        .map(|r| {
+            let key = (
+                r.meta["device"].as_str().expect("device").to_string(),
+                r.meta["seq"].as_u64().expect("seq"),
+            );
+            (key, r.meta["fraud"].clone())
+        })
+        .collect();
+    for i in 0..2 {
+        let device = fleet.device(i);
+        let honest = &verdicts[&(device.clone(), 1)];
+        assert!(honest["flagged"].is_null(), "{honest}");
+        let forged = &verdicts[&(device.clone(), 2)];
+        assert_eq!(forged["quarantined"], true, "{forged}");
+        let detectors = forged["detectors"].as_array().expect("detectors");
+        assert!(detectors.iter().any(|d| d == "bounds"), "{forged}");
+        assert!(detectors.iter().any(|d| d == "physics"), "{forged}");
+    }
 }
