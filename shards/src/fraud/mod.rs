@@ -26,6 +26,8 @@ use ingestd_codec::envelope::Kind;
 
 pub mod bounds;
 pub mod clone;
+pub mod model;
+pub mod peers;
 pub mod persistence;
 pub mod physics;
 pub mod rate;
