@@ -44,7 +44,19 @@
 //! So a check sees its peers as they were at the snapshot: values up to
 //! `fresh_ms + bucket_ms` from its own time, and values observed after the snapshot only
 //! from the next bucket on. Fine for climate series (minutes); documented so nobody is
-//! surprised in a test.
+//! surprised in a test (`bucket_ms = 0` rebuilds at every check: exact, O(n log n)).
+//!
+//! Measured in release (`shards/tests/fraud_cost.rs`): observe + check about 0.15 µs per
+//! reading in a group of 20 or 256, about 0.55 µs in a region of 1 000 churning over the
+//! 256 bound.
+//!
+//! # Time
+//!
+//! Every `time_ms` is one clock chosen by the caller, the same for all devices and
+//! shards: "the same time" is within `fresh_ms` of it. Device time is the meaning;
+//! receive time would resist a forged device clock (a past day re-sent with its old
+//! timestamps finds no fresh peers by device time, so passes here; the timing detector is
+//! the one for it).
 //!
 //! # Across shards
 //!
@@ -62,13 +74,14 @@
 //!   or is itself dropped if it is the oldest; counted) and `groups_max` groups per table
 //!   (a new group beyond it is refused, counted). A region larger than the bound keeps its
 //!   most recently seen devices: a sample, at O(`group_devices_max`) per reading of a
-//!   device outside it. Worst-case memory is about `groups_max · group_devices_max · 40`
-//!   bytes; in practice two entries per device of the network.
+//!   device outside it. Worst-case memory is about `groups_max · group_devices_max · 52`
+//!   bytes (a 32-byte entry and a 20-byte snapshot slot); in practice two entries per
+//!   device of the network (its location and its region).
 //! - Missed: a whole group fabricating together (the median moves with them); a fraud
-//!   within the honest spread of the group, or within the small-group limit (a location
-//!   of 5 devices only catches gross lies, 160 spreads out); kinds without a spread floor (batteries: their
-//!   charge is the device's own, and vendor kinds) are never compared; a group with fewer
-//!   than `peers_min` other fresh devices. A local event (a fire next to one sensor) is an
+//!   within the honest spread of the group, or within the small-group limit (a location of
+//!   5 devices only catches gross lies, 160 spreads out); kinds without a spread floor
+//!   (batteries: their charge is the device's own; vendor kinds) are never compared; a
+//!   group with fewer than `peers_min` other fresh devices. A local event (a fire next to one sensor) is an
 //!   honest outlier that fires: peers are evidence, not proof (weight below 1).
 //! - Group keys are a stable 64-bit hash ([`GroupKey::new`]); two groups colliding would
 //!   share a median, with probability about `groups² / 2⁶⁵`.
@@ -321,7 +334,8 @@ pub struct PeerCounters {
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 enum Origin {
     Local,
-    Shard(usize),
+    /// A shard index (saturated at u32::MAX: no machine has that many cores).
+    Shard(u32),
 }
 
 #[derive(Clone, Copy, Debug)]
@@ -585,7 +599,7 @@ impl PeerTable {
                         device: remote.device,
                         time_ms: remote.time_ms,
                         value: remote.value,
-                        origin: Origin::Shard(from_shard),
+                        origin: Origin::Shard(u32::try_from(from_shard).unwrap_or(u32::MAX)),
                         unexported: false,
                     },
                 );
