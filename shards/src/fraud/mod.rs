@@ -27,6 +27,8 @@ use ingestd_codec::envelope::Kind;
 pub mod bounds;
 pub mod clone;
 pub mod engine;
+pub mod model;
+pub mod peers;
 pub mod persistence;
 pub mod physics;
 pub mod rate;
