@@ -37,6 +37,8 @@
 
 use super::bounds::Bounds;
 use super::clone::{CloneConfig, Clones};
+use super::model::{HalfSpaceTrees, ModelConfig, FEATURES, FEATURE_MAX};
+use super::peers::{GroupKey, PeerTable, PeersConfig, Scope};
 use super::persistence::{Persistence, PersistenceLimits};
 use super::physics::{self, PhysicsLimits};
 use super::rate::{Rate, RateLimit};
@@ -87,6 +89,8 @@ pub struct FraudConfig {
     pub physics: PhysicsLimits,
     pub timing: TimingConfig,
     pub clone: CloneConfig,
+    pub peers: PeersConfig,
+    pub model: ModelConfig,
 }
 
 impl Default for FraudConfig {
@@ -100,6 +104,8 @@ impl Default for FraudConfig {
             physics: PhysicsLimits::default(),
             timing: TimingConfig::default(),
             clone: CloneConfig::default(),
+            peers: PeersConfig::default(),
+            model: ModelConfig::default(),
         }
     }
 }
@@ -150,9 +156,9 @@ pub struct DeviceFraud {
     last_device_ms: Option<u64>,
     /// The last verdict, for `fraud explain`.
     pub last: Option<(u64, Verdict)>,
-    /// Hashes of the device's location and region names (0: none), for the peer groups.
+    /// [`GroupKey::base`] of the device's location and region (`None`: no such group).
     #[serde(skip)]
-    groups: (u64, u64),
+    groups: (Option<u64>, Option<u64>),
 }
 
 impl DeviceFraud {
@@ -166,7 +172,10 @@ impl DeviceFraud {
 
     /// The registry changed the device's location or region.
     pub fn set_groups(&mut self, location: &str, region: &str) {
-        self.groups = (fnv1a(location.as_bytes()), fnv1a(region.as_bytes()));
+        self.groups = (
+            GroupKey::base(Scope::Location, location),
+            GroupKey::base(Scope::Region, region),
+        );
     }
 
     /// The series with full state, for `fraud explain`.
@@ -260,6 +269,8 @@ pub fn address_hash(peer: &str) -> u64 {
 /// The per-shard scorer: configuration, the shard's peers table and its learned model.
 pub struct Scorer {
     config: FraudConfig,
+    peers: PeerTable,
+    model: HalfSpaceTrees,
     /// Findings of the last score, kept only when asked ([`Scorer::trace`]).
     trace: Option<Vec<Finding>>,
     /// Replaying the log (start-up, backtest of an export): the peers table is neither
@@ -271,6 +282,8 @@ impl Scorer {
     #[must_use]
     pub fn new(config: FraudConfig) -> Scorer {
         Scorer {
+            peers: PeerTable::new(config.peers),
+            model: HalfSpaceTrees::new(&config.model),
             config,
             trace: None,
             replaying: false,
@@ -287,16 +300,34 @@ impl Scorer {
         self.replaying = replaying;
     }
 
+    /// The shard's peers table (the driver exchanges its summaries with other shards).
+    pub fn peers(&mut self) -> &mut PeerTable {
+        &mut self.peers
+    }
+
+    /// The shard's learned model.
+    #[must_use]
+    pub fn model(&self) -> &HalfSpaceTrees {
+        &self.model
+    }
+
     /// The shard's learned model, encoded for the fraud checkpoint.
     #[must_use]
     pub fn encode_model(&self) -> Vec<u8> {
-        Vec::new()
+        // A struct of numbers and vectors: serialising it into a Vec cannot fail.
+        postcard::to_allocvec(&self.model).unwrap_or_default()
     }
 
     /// Restores [`Scorer::encode_model`]'s bytes; `false` (and the model unchanged) when
-    /// they do not decode.
+    /// they do not decode or were learned with another model configuration.
     pub fn restore_model(&mut self, bytes: &[u8]) -> bool {
-        bytes.is_empty()
+        match postcard::from_bytes::<HalfSpaceTrees>(bytes) {
+            Ok(model) if model.matches(&self.config.model) => {
+                self.model = model;
+                true
+            }
+            _ => false,
+        }
     }
 
     /// From now on, keep every detector's findings per kind ([`Scorer::take_trace`]).
@@ -423,7 +454,21 @@ impl Scorer {
                 None => None,
             };
             note(bounds, code, &mut strengths);
-            let _ = (location, region);
+            if !self.replaying && value.is_finite() {
+                let kind_of = Kind::from_code(code).unwrap_or(Kind::Other(code));
+                for (scope, base) in [(Scope::Location, location), (Scope::Region, region)] {
+                    let Some(base) = base else {
+                        continue;
+                    };
+                    let key = GroupKey::of(base, scope, kind_of);
+                    let found =
+                        self.peers
+                            .check(key, envelope.device, envelope.device_ms, value, kind_of);
+                    self.peers
+                        .observe(key, envelope.device, envelope.device_ms, value);
+                    note(found, code, &mut strengths);
+                }
+            }
             let Some(series) = device.series_mut(code) else {
                 continue;
             };
@@ -438,6 +483,7 @@ impl Scorer {
             );
             let smooth = series.smooth.observe(&kind.smooth, value);
             features.add(&series.stats, &kind.stats, stats.z, value);
+            features.run(series.persistence.run_readings());
             if warm {
                 note(rate, code, &mut strengths);
                 note(stats.deviation, code, &mut strengths);
@@ -448,7 +494,10 @@ impl Scorer {
         }
         features.timing(&device.timing, device.last_device_ms, envelope);
         device.last_device_ms = Some(envelope.device_ms);
-        let _ = features.values();
+        let model = self.model.check(&features.values());
+        if warm {
+            note(model, 0, &mut strengths);
+        }
 
         let mut signals = [Signal {
             detector: Detector::Bounds,
@@ -501,6 +550,8 @@ struct Features {
     /// This envelope's clock offset (receive time - device time) against the device's usual
     /// offset, in seconds.
     offset_s: f32,
+    /// The longest run inside one noise floor among the envelope's kinds (log2 readings).
+    run: f32,
 }
 
 impl Features {
@@ -533,19 +584,27 @@ impl Features {
         }
     }
 
-    fn values(&self) -> [f32; 5] {
-        let mut out = [0.0f32; 5];
-        let all = [
+    fn run(&mut self, readings: u32) {
+        self.run = self.run.max((readings.max(1) as f32).log2());
+    }
+
+    /// Clamped to the model's range, non-finite as 0.
+    fn values(&self) -> [f32; FEATURES] {
+        [
             self.z,
             self.step,
             self.noise_ratio,
             self.pace,
             self.offset_s,
-        ];
-        for (slot, v) in out.iter_mut().zip(all) {
-            *slot = v;
-        }
-        out
+            self.run,
+        ]
+        .map(|v| {
+            if v.is_finite() {
+                v.clamp(-FEATURE_MAX, FEATURE_MAX)
+            } else {
+                0.0
+            }
+        })
     }
 }
 

@@ -189,6 +189,8 @@ fn a_checkpointed_device_scores_exactly_as_one_that_never_stopped() {
     let mut scorer = Scorer::new(FraudConfig::default());
     let mut device = DeviceFraud::new("lab", "eu");
     run(&mut scorer, &mut device, 0, 500, &mut state);
+    let model = scorer.encode_model();
+    assert!(!model.is_empty());
     let bytes = encode_states([("station-1", &device)].into_iter());
     let mut restored = decode_states(&bytes).expect("decodes");
     assert_eq!(restored.len(), 1);
@@ -197,6 +199,8 @@ fn a_checkpointed_device_scores_exactly_as_one_that_never_stopped() {
     restored_device.set_groups("lab", "eu");
     assert_eq!(restored_device, device);
     let mut restored_scorer = Scorer::new(FraudConfig::default());
+    assert!(restored_scorer.restore_model(&model));
+    assert!(!restored_scorer.restore_model(&model[..model.len() / 2]));
 
     let mut state_b = state;
     let unbroken = run(&mut scorer, &mut device, 500, 500, &mut state);

@@ -352,6 +352,20 @@ impl HalfSpaceTrees {
         }
     }
 
+    /// Whether this model has the shape `config` asks for (a restored checkpoint learned
+    /// under another configuration is not used).
+    #[must_use]
+    pub fn matches(&self, config: &ModelConfig) -> bool {
+        (self.trees, self.depth, self.window, self.warm_windows)
+            == (
+                config.trees,
+                config.depth,
+                config.window,
+                config.warm_windows,
+            )
+            && self.score_min.to_bits() == config.score_min.to_bits()
+    }
+
     /// Whether enough windows have completed for the model to fire.
     #[must_use]
     pub fn is_warm(&self) -> bool {

@@ -134,8 +134,8 @@ pub enum Scope {
 
 /// One group: a stable hash of (scope, name, kind code), with the scope in bit 0.
 ///
-/// The hash is FNV-1a 64 over the bytes `[scope tag] [kind code, u16 little-endian]
-/// [name, UTF-8]` (scope tag 1 for a location, 2 for a region), then bit 0 is set to the
+/// The hash is FNV-1a 64 over the bytes `[scope tag] [name, UTF-8] [kind code, u16
+/// little-endian]` (scope tag 1 for a location, 2 for a region), then bit 0 is set to the
 /// scope (0 location, 1 region). Stable across processes and versions: keys travel between
 /// shards in [`Summary`]s, so changing the hash is a breaking change.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, PartialOrd, Ord, Serialize, Deserialize)]
@@ -161,18 +161,32 @@ impl GroupKey {
         if name.is_empty() {
             return None;
         }
+        Some(GroupKey::of(GroupKey::base(scope, name)?, scope, kind))
+    }
+
+    /// The part of a key that depends on the scope and the name only (`None` for an empty
+    /// name), so a device hashes its location once and each reading adds only its kind.
+    #[must_use]
+    pub fn base(scope: Scope, name: &str) -> Option<u64> {
+        if name.is_empty() {
+            return None;
+        }
         let tag: u8 = match scope {
             Scope::Location => 1,
             Scope::Region => 2,
         };
-        let mut hash = fnv1a(FNV_OFFSET, &[tag]);
-        hash = fnv1a(hash, &kind.code().to_le_bytes());
-        hash = fnv1a(hash, name.as_bytes());
+        Some(fnv1a(fnv1a(FNV_OFFSET, &[tag]), name.as_bytes()))
+    }
+
+    /// The key of a kind in a group whose [`GroupKey::base`] is `base`.
+    #[must_use]
+    pub fn of(base: u64, scope: Scope, kind: Kind) -> GroupKey {
+        let hash = fnv1a(base, &kind.code().to_le_bytes());
         let bit = match scope {
             Scope::Location => 0,
             Scope::Region => 1,
         };
-        Some(GroupKey((hash & !1) | bit))
+        GroupKey((hash & !1) | bit)
     }
 
     /// The group's scope (bit 0 of the key).

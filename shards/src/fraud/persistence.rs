@@ -91,6 +91,12 @@ impl Persistence {
         Persistence::default()
     }
 
+    /// Readings in the current run (0 before the first reading).
+    #[must_use]
+    pub fn run_readings(&self) -> u32 {
+        self.run_readings
+    }
+
     /// Feeds one reading; a signal when the run has lasted longer than the span. The
     /// strength is 0.5 at the span and 1 at twice the span.
     pub fn observe(
