@@ -67,7 +67,7 @@
 //! - Per reading one walk of `trees · (depth + 1)` node visits, four trees side by side,
 //!   branch-free; every `window` readings, one pass over all nodes for the swap. About
 //!   0.35 µs per check and 0.3 µs per score with the defaults in release
-//!   (`shards/tests/fraud_cost.rs`).
+//!   (`shards/tests/fraud_cost.rs`; they vary by up to 2x on a shared machine).
 //! - State: `trees · 2^(depth+1)` nodes of 8 bytes plus `trees · window` leaves of 2
 //!   bytes, allocated once by [`HalfSpaceTrees::new`] (72 KiB with the defaults); nothing
 //!   is allocated per reading.
