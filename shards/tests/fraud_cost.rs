@@ -1,6 +1,6 @@
 //! The cost per reading of the peers table and the learned model, printed, not asserted
 //! (timings vary with the machine). Run in release:
-//! `cargo test --release -p ingestd-shards --test fraud_cost -- --ignored --nocapture`.
+//! `cargo test --release -p ingestd-shards --test fraud_cost -- --ignored --nocapture --test-threads=1`.
 //!
 //! Each figure is the best of seven runs, in CPU time of the thread where Linux reports
 //! it: on a shared machine the least disturbed run is the closest to the code's own cost.

@@ -67,7 +67,7 @@
 //! - Per reading one walk of `trees · (depth + 1)` node visits, four trees side by side,
 //!   branch-free; every `window` readings, one pass over all nodes for the swap. About
 //!   0.35 µs per check and 0.3 µs per score with the defaults in release
-//!   (`shards/tests/fraud_cost.rs`).
+//!   (`shards/tests/fraud_cost.rs`; they vary by up to 2x on a shared machine).
 //! - State: `trees · 2^(depth+1)` nodes of 8 bytes plus `trees · window` leaves of 2
 //!   bytes, allocated once by [`HalfSpaceTrees::new`] (72 KiB with the defaults); nothing
 //!   is allocated per reading.
@@ -104,7 +104,8 @@ pub struct ModelConfig {
     /// Levels below the root, 1 to [`DEPTH_MAX`]: more resolve finer regions, at twice the
     /// memory per level.
     pub depth: u32,
-    /// Points per window, [`WINDOW_MIN`] to [`WINDOW_MAX`]: the reference is the previous window.
+    /// Points per window, [`WINDOW_MIN`] to [`WINDOW_MAX`]: the reference is the previous
+    /// window.
     pub window: u32,
     /// Seed of the random splits.
     pub seed: u64,
@@ -118,14 +119,14 @@ pub struct ModelConfig {
 impl Default for ModelConfig {
     fn default() -> Self {
         ModelConfig {
-            // 16 trees of depth 8 keep a check near 0.35 µs (shards/tests/model_cost.rs);
-            // the paper's 25 trees cost about 0.6 µs for a slightly smoother score.
+            // 16 trees of depth 8 keep a check near 0.35 µs (shards/tests/fraud_cost.rs);
+            // the paper's 25 trees cost about 0.55 µs for a slightly smoother score.
             trees: 16,
             depth: 8,
             window: 256,
             seed: 0x6873_7472_6565_7321,
             // Ten times rarer than a typical reference point: standard normal features
-            // reach at most about 0.7 in 20 000 points.
+            // reach at most about 0.78 in 20 000 points.
             score_min: 0.9,
             warm_windows: 2,
         }
@@ -158,7 +159,7 @@ impl Random {
     }
 
     fn below(&mut self, n: usize) -> usize {
-        // n is FEATURES: the modulo bias is 2^-60.
+        // n is FEATURES: the modulo bias, about n / 2^64, is nothing.
         (self.next_u64() % n as u64) as usize
     }
 }
@@ -180,6 +181,8 @@ struct Node {
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
 #[serde(try_from = "HalfSpaceTreesState")]
 pub struct HalfSpaceTrees {
+    /// The shape and thresholds, clamped from the [`ModelConfig`] (kept with the state so a
+    /// checkpoint is self-describing).
     trees: u32,
     depth: u32,
     window: u32,

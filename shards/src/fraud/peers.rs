@@ -214,7 +214,8 @@ pub struct PeersConfig {
     pub bucket_ms: u64,
     /// A peer value counts when its time is within this of the reading's time.
     pub fresh_ms: u64,
-    /// Other fresh devices needed before the detector may fire.
+    /// Other fresh devices needed before the detector may fire (under 4 nothing fires
+    /// anyway: [`honest_z_max`]).
     pub peers_min: u32,
     /// Robust z above which a reading fires against its location.
     pub location_z_max: f32,
@@ -327,14 +328,14 @@ pub struct PeerScore {
     pub z: f64,
     /// The limit z was held to: the scope's, or the small-group correction.
     pub z_limit: f64,
-    /// Set when z is over the scope's limit.
+    /// Set when z is over `z_limit`.
     pub signal: Option<Signal>,
 }
 
 /// Counters of the bounds, for metrics.
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
 pub struct PeerCounters {
-    /// New groups refused at `groups_max`.
+    /// Entries refused because their group would be new and the table is at `groups_max`.
     pub groups_refused: u64,
     /// Entries evicted (or new ones dropped) at `group_devices_max`.
     pub devices_evicted: u64,
@@ -508,10 +509,10 @@ impl PeerTable {
             return None;
         }
         let z = (f64::from(value) - median).abs() / spread.max(spread_floor).max(f64::MIN_POSITIVE);
-        let z_max = config.z_max(key.scope()).max(honest_z_max(peers));
-        let signal = (z > z_max).then(|| Signal {
+        let limit = config.z_max(key.scope()).max(honest_z_max(peers));
+        let signal = (z > limit).then(|| Signal {
             detector: Detector::Peers,
-            strength: strength_over(z, z_max),
+            strength: strength_over(z, limit),
         });
         Some(PeerScore {
             view: PeerView {
@@ -521,7 +522,7 @@ impl PeerTable {
                 peers,
             },
             z,
-            z_limit: z_max,
+            z_limit: limit,
             signal,
         })
     }
@@ -698,7 +699,8 @@ fn snapshot_serves(config: &PeersConfig, snapshot: &Snapshot, joined: u64, time_
     let Some(taken_ms) = snapshot.time_ms else {
         return false;
     };
-    let small = snapshot.values.len() <= config.peers_min as usize;
+    // Small: fewer values than a check needs (its own value may be one of them).
+    let small = snapshot.values.len() <= config.peers_min.max(4) as usize;
     taken_ms.abs_diff(time_ms) < config.bucket_ms && !(small && joined != snapshot.joined)
 }
 
