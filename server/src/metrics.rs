@@ -139,6 +139,8 @@ pub struct ShardMetrics {
     pub fraud_alerts: Counter,
     pub fraud_quarantined: Counter,
     pub fraud_fired: [Counter; ingestd_shards::fraud::DETECTOR_COUNT],
+    /// Peers summaries dropped because the ring to another shard was full.
+    pub fraud_peer_summaries_dropped: Counter,
     pub tls_handshake_failures: Counter,
     /// Durable records the egress ring had no room for (their sinks read them back from
     /// the log).
@@ -374,7 +376,12 @@ impl Registry {
     }
 
     fn render_fraud(&self, out: &mut String) {
-        let counters: [Metric; 3] = [
+        let counters: [Metric; 4] = [
+            (
+                "ingestd_fraud_peer_summaries_dropped_total",
+                "peers summaries dropped on a full ring to another shard",
+                |m| m.fraud_peer_summaries_dropped.get(),
+            ),
             (
                 "ingestd_fraud_scored_total",
                 "readings scored for fraud",

@@ -11,6 +11,7 @@ mod conn;
 mod durable;
 pub mod handoff;
 mod notify;
+mod peers;
 mod shard;
 pub mod tls;
 
@@ -190,6 +191,18 @@ pub fn run_with_stop(
     }
 
     let mut rings = handoff::Rings::new(shards, config.mqtt.handoff_ring_connections_max);
+    // Peers summaries cross shards only when scoring is on.
+    let mut peer_links: Vec<Option<peers::PeerLinks>> = if config.fraud_engine().is_some() {
+        peers::mesh(
+            shards,
+            Duration::from_millis(config.fraud.peers_exchange_interval_ms),
+        )
+        .into_iter()
+        .map(Some)
+        .collect()
+    } else {
+        (0..shards).map(|_| None).collect()
+    };
     let cpus = allowed_cpus();
     let (ready_tx, ready_rx) = mpsc::channel::<Result<usize, String>>();
     let mut handles = Vec::with_capacity(shards);
@@ -204,6 +217,7 @@ pub fn run_with_stop(
         let ready = ready_tx.clone();
         let start = std::mem::take(&mut starts[id]);
         let link = links[id].take();
+        let peers = peer_links[id].take();
         let spawned = LocalExecutorBuilder::new(Placement::Fixed(shard_cpu(&cpus, id)))
             .name(&format!("ingestd-shard-{id}"))
             .io_memory(IO_MEMORY_BYTES)
@@ -215,6 +229,7 @@ pub fn run_with_stop(
                     Wiring {
                         producers,
                         consumers,
+                        peers,
                         link,
                     },
                     start,
@@ -344,6 +359,7 @@ fn shard_cpu(allowed: &[usize], shard: usize) -> usize {
 struct Wiring {
     producers: Vec<Option<rtrb::Producer<handoff::Handoff>>>,
     consumers: Vec<rtrb::Consumer<handoff::Handoff>>,
+    peers: Option<peers::PeerLinks>,
     link: Option<crate::egress::ShardLink>,
 }
 
@@ -358,6 +374,7 @@ async fn shard_main(
     let Wiring {
         producers,
         consumers,
+        peers,
         link,
     } = wiring;
     let dir = log::shard_dir(&config.data_dir, id);
@@ -408,7 +425,7 @@ async fn shard_main(
     durable::restore(&shard, start, now_ms());
     let _ = ready.send(Ok(id));
     let mut tasks = vec![
-        glommio::spawn_local(shard::ticker(Rc::clone(&shard), consumers)),
+        glommio::spawn_local(shard::ticker(Rc::clone(&shard), consumers, peers)),
         glommio::spawn_local(shard::timer(Rc::clone(&shard))),
         glommio::spawn_local(shard::committer(Rc::clone(&shard))),
     ];

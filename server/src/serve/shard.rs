@@ -567,7 +567,11 @@ async fn tls_handshake(
 
 /// Takes handed-in connections, beats the heartbeat, feeds the core the egress's
 /// progress, notices registry changes and the stop flag.
-pub async fn ticker(shard: Rc<Shard>, mut incoming: Vec<rtrb::Consumer<Handoff>>) {
+pub async fn ticker(
+    shard: Rc<Shard>,
+    mut incoming: Vec<rtrb::Consumer<Handoff>>,
+    mut peers: Option<super::peers::PeerLinks>,
+) {
     let mut registry_generation = 0;
     let mut node_failed = false;
     loop {
@@ -579,6 +583,9 @@ pub async fn ticker(shard: Rc<Shard>, mut incoming: Vec<rtrb::Consumer<Handoff>>
         }
         shard.shared.heartbeats[shard.id].fetch_add(1, Ordering::Relaxed);
         shard.egress_tick();
+        if let Some(peers) = peers.as_mut() {
+            peers.exchange(&shard);
+        }
         if !node_failed && shard.shared.metrics.health.failed.load(Ordering::Relaxed) {
             node_failed = true;
             shard.run(Event::NodeFailed);
