@@ -7,13 +7,14 @@ use crate::devices::{self, Device};
 use crate::net;
 use crate::payload::{self, BuildSpec};
 use crate::report::{Report, RunConfig};
-use crate::scenario::{Label, ScenarioGen};
+use crate::scenario::{self, DeviceInfo, DeviceScenario, ScenarioConfig};
 use crate::schedule;
 use crate::stats::{Progress, Stats};
 use glommio::{LocalExecutorBuilder, Placement};
 use ingestd_codec::envelope::telemetry_topic;
 use rand::SeedableRng;
 use std::cell::{Cell, RefCell};
+use std::io::Write;
 use std::net::{SocketAddr, ToSocketAddrs};
 use std::rc::Rc;
 use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
@@ -135,6 +136,31 @@ pub fn run(args: Args) -> Result<Outcome, String> {
     if devices.is_empty() {
         return Err("no devices".to_string());
     }
+    let places = match &args.devices_dir {
+        Some(dir) => devices::load_places(dir)?,
+        None => None,
+    };
+    let infos: Vec<DeviceInfo> = devices
+        .iter()
+        .enumerate()
+        .map(|(i, d)| {
+            let registered = places
+                .as_ref()
+                .and_then(|p| p.get(&d.id))
+                .filter(|(location, _)| !location.is_empty());
+            let (location, region) = match registered {
+                Some((location, region)) => (location.clone(), region.clone()),
+                None => {
+                    scenario::default_place(i, args.devices_per_location, args.locations_per_region)
+                }
+            };
+            DeviceInfo {
+                id: d.id.clone(),
+                location,
+                region,
+            }
+        })
+        .collect();
     let total_messages = if args.idle {
         0
     } else {
@@ -177,6 +203,21 @@ pub fn run(args: Args) -> Result<Outcome, String> {
     let seq_base = args.seq_base.unwrap_or_else(payload::seq_base_now);
     let seed = args.seed.unwrap_or(seq_base);
     let device_ids: Vec<String> = devices.iter().map(|d| d.id.clone()).collect();
+    let scenario_config = ScenarioConfig {
+        seed,
+        day_ms: args.day_ms()?,
+        warmup_readings: args.warmup_readings,
+        onset_span_readings: args.onset_span_readings,
+    };
+    let scenarios = scenario::build(&scenario_config, &mix, &infos);
+    if let Some(path) = &args.truth {
+        let written = std::fs::File::create(path).and_then(|f| {
+            let mut w = std::io::BufWriter::new(f);
+            scenario::write_truth(&mut w, &scenarios, seq_base)?;
+            w.flush()
+        });
+        written.map_err(|e| format!("cannot write {}: {e}", path.display()))?;
+    }
     let plan = Arc::new(Plan {
         target,
         schedule: schedule.clone(),
@@ -197,12 +238,11 @@ pub fn run(args: Args) -> Result<Outcome, String> {
         args: Arc::new(args.clone()),
     });
     let total_devices = devices.len();
-    let mut per_thread: Vec<Vec<(usize, Device, Label)>> =
+    let mut per_thread: Vec<Vec<(usize, Device, DeviceScenario)>> =
         (0..threads).map(|_| Vec::new()).collect();
-    for (i, d) in devices.into_iter().enumerate() {
-        let label = mix.label_for(i, total_devices);
+    for (i, (d, scenario)) in devices.into_iter().zip(scenarios).enumerate() {
         if let Some(bucket) = per_thread.get_mut(i % threads) {
-            bucket.push((i, d, label));
+            bucket.push((i, d, scenario));
         }
     }
     let cores = std::thread::available_parallelism().map_or(1, |n| n.get());
@@ -360,7 +400,7 @@ async fn thread_main(
     plan: Arc<Plan>,
     thread: usize,
     total_devices: usize,
-    devs: Vec<(usize, Device, Label)>,
+    devs: Vec<(usize, Device, DeviceScenario)>,
 ) -> Result<Stats, String> {
     let args = &plan.args;
     let mut rng = rand::rngs::StdRng::seed_from_u64(
@@ -371,11 +411,12 @@ async fn thread_main(
     let mut plans = Vec::with_capacity(devs.len());
     let mut stats = Stats::default();
     let prepared: Result<(), String> = (|| {
-        for (i, dev, label) in devs {
+        for (i, dev, scenario) in devs {
             let i = i as u64;
             let budget = schedule::share(plan.total_messages, i, d);
             let topic = telemetry_topic(&args.topic_prefix, &dev.id);
-            let mut generator = ScenarioGen::new(label, &mut rng);
+            let turns = scenario.turns(budget, plan.seq_base);
+            let label = scenario.label;
             let spec = BuildSpec {
                 device_id: &dev.id,
                 key: dev.key.as_ref(),
@@ -385,15 +426,13 @@ async fn thread_main(
                 format: args.format(),
                 payload_size: args.payload_size,
                 plain: args.plain,
-                seq_base: plan.seq_base,
                 ts_base_ms: plan.ts_base_ms,
             };
             let sched = &plan.schedule;
-            let frames =
-                payload::build_frames(&spec, budget as usize, &mut generator, &mut rng, |k| {
-                    let g = schedule::global_index(k, i, d);
-                    sched.time_of(g + 1).map_or(0, |s| (s * 1000.0) as u64)
-                })?;
+            let frames = payload::build_frames(&spec, &turns, &scenario, &mut rng, |k| {
+                let g = schedule::global_index(k, i, d);
+                sched.time_of(g + 1).map_or(0, |s| (s * 1000.0) as u64)
+            })?;
             stats.payload_bytes += frames.payload_bytes;
             stats.payload_count += frames.len() as u64;
             *stats
@@ -406,7 +445,7 @@ async fn thread_main(
                 key: dev.key,
                 topic,
                 label: label.name(),
-                seq_base: plan.seq_base,
+                turns,
                 frames,
             });
         }
@@ -437,6 +476,7 @@ async fn thread_main(
         duration: plan.duration,
         drain_timeout: Duration::from_secs_f64(args.drain_timeout.max(0.0)),
         keep_acked: args.acked_out.is_some(),
+        clone_source: args.clone_source_addr,
         stats: RefCell::new(stats),
         progress: Arc::clone(&plan.progress),
         t0: Cell::new(epoch),
@@ -463,7 +503,7 @@ async fn thread_main(
                 glommio::timer::sleep(left).await;
             }
             ctx.stats.borrow_mut().connect_attempts += 1;
-            match conn::connect(&ctx, &dev, conn_no).await {
+            match conn::connect(&ctx, &dev, net::source_addr(conn_no, ctx.source_addrs)).await {
                 Ok(session) => {
                     let mut st = ctx.stats.borrow_mut();
                     st.connected += 1;
