@@ -448,6 +448,59 @@ mod tests {
         }
     }
 
+    /// A clone's frames: each turn's writer, sequence counter and readings, in turn order.
+    #[test]
+    fn clone_frames_follow_the_turns() {
+        let mut rng = rand::rngs::StdRng::seed_from_u64(1);
+        let key = SigningKey::from_bytes(&[3; 32]);
+        let topic = "devices/dev-000001/telemetry";
+        let spec = BuildSpec {
+            device_id: "dev-000001",
+            key: Some(&key),
+            topic,
+            protocol: Protocol::V5,
+            qos: QoS::AtLeastOnce,
+            format: Format::Binary,
+            payload_size: 0,
+            plain: false,
+            ts_base_ms: 1_764_201_600_000,
+        };
+        let config = ScenarioConfig {
+            seed: 1,
+            day_ms: 600_000,
+            warmup_readings: 10,
+            onset_span_readings: 10,
+        };
+        let (location, region) = default_place(1, 10, 10);
+        let device = DeviceInfo {
+            id: "dev-000001".into(),
+            location,
+            region,
+        };
+        let scenario = DeviceScenario::new(&config, &device, Label::Clone, None);
+        let turns = scenario.turns(80, 1000);
+        assert!(turns.len() > 2);
+        let frames = build_frames(&spec, &turns, &scenario, &mut rng, |k| k * 100).unwrap();
+        assert_eq!(frames.len(), 80);
+        for turn in &turns {
+            for k in turn.k_start..turn.k_end {
+                let frame = &frames.bytes[frames.range(k as usize).unwrap()];
+                let Decoded::Packet {
+                    packet: Packet::Publish(p),
+                    ..
+                } = decode(frame, Protocol::V5, 1 << 20).unwrap()
+                else {
+                    panic!("not a publish");
+                };
+                let env = envelope::decode(p.payload, 1024).unwrap();
+                assert_eq!(env.seq, turn.seq(k));
+                let emit = scenario.emit(k, turn.writer, &|k| spec.ts_base_ms + k * 100);
+                assert_eq!(env.ts_ms, emit.ts_ms);
+                assert_eq!(env.readings.as_slice(), &emit.readings[..]);
+            }
+        }
+    }
+
     #[test]
     fn plain_payloads_have_the_natural_size() {
         let mut rng = rand::rngs::StdRng::seed_from_u64(2);
