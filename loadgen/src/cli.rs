@@ -330,8 +330,10 @@ pub enum Command {
         /// Directory holding registry.json (from `ingestd devices provision`).
         #[arg(long)]
         devices_dir: PathBuf,
+        /// Devices per location (`loc-NNNNN`).
         #[arg(long, default_value_t = 10)]
         devices_per_location: usize,
+        /// Locations per region (`region-NNN`).
         #[arg(long, default_value_t = 10)]
         locations_per_region: usize,
     },

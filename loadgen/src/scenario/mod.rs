@@ -331,6 +331,7 @@ impl DeviceScenario {
             return single_turn(budget, seq_base);
         };
         let onset = onset.min(budget);
+        // The original connects first even with an onset at 0 (an empty turn).
         let mut turns = single_turn(onset, seq_base);
         let mut d = Draw::new(hash(&[self.key, 6]));
         // Next sequence number of each unit.
@@ -399,10 +400,9 @@ impl DeviceScenario {
     }
 }
 
+/// One turn of the original writer (empty when `budget` is 0: the device still connects
+/// and disconnects).
 fn single_turn(budget: u64, seq_base: u64) -> Vec<Turn> {
-    if budget == 0 {
-        return Vec::new();
-    }
     vec![Turn {
         k_start: 0,
         k_end: budget,

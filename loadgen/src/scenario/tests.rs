@@ -406,7 +406,8 @@ fn clone_alternates_two_units_with_their_own_counters() {
             seq_start: 7
         }]
     );
-    assert!(scenario(Label::Normal).turns(0, 7).is_empty());
+    assert_eq!(scenario(Label::Normal).turns(0, 7).len(), 1);
+    assert_eq!(scenario(Label::Normal).turns(0, 7)[0].k_end, 0);
 }
 
 #[test]
