@@ -96,9 +96,12 @@ struct RegistryEntry {
     region: String,
 }
 
-/// Device id -> (location, region) from `DIR/registry.json`; `None` when there is no such
-/// file. Empty fields stay empty (the caller places those devices itself).
-pub fn load_places(dir: &Path) -> Result<Option<HashMap<String, (String, String)>>, String> {
+/// Device id -> (location, region).
+pub type Places = HashMap<String, (String, String)>;
+
+/// Where `DIR/registry.json` places each device; `None` when there is no such file. Empty
+/// fields stay empty (the caller places those devices itself).
+pub fn load_places(dir: &Path) -> Result<Option<Places>, String> {
     let path = dir.join("registry.json");
     let text = match std::fs::read_to_string(&path) {
         Ok(text) => text,

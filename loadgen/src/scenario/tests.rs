@@ -248,8 +248,8 @@ fn stuck_freezes_its_kinds() {
     let at_onset = s.emit(onset, Writer::Original, &ts_of);
     for k in onset..onset + 300 {
         let e = s.emit(k, Writer::Original, &ts_of);
-        for kind in 0..3 {
-            if kinds[kind] {
+        for (kind, stuck) in kinds.iter().enumerate() {
+            if *stuck {
                 assert_eq!(e.readings[kind], at_onset.readings[kind]);
             }
         }
@@ -263,7 +263,7 @@ fn smooth_has_no_noise() {
     let s = scenario(Label::Smooth);
     let normal = scenario(Label::Normal);
     let onset = s.onset.unwrap();
-    for kind in 0..3 {
+    for (kind, floor) in NOISE_FLOOR.iter().enumerate() {
         let rms = |sc: &DeviceScenario| {
             let xs: Vec<f64> = (onset..onset + 400)
                 .map(|k| values(&sc.emit(k, Writer::Original, &ts_of))[kind])
@@ -277,7 +277,7 @@ fn smooth_has_no_noise() {
             fabricated < 0.6 * honest,
             "kind {kind}: {fabricated} vs {honest}"
         );
-        assert!(honest >= 2.0 * NOISE_FLOOR[kind], "kind {kind}: {honest}");
+        assert!(honest >= 2.0 * floor, "kind {kind}: {honest}");
     }
 }
 
