@@ -3,7 +3,7 @@
 use crate::payload::Format;
 use crate::scenario::Mix;
 use crate::schedule::Schedule;
-use clap::Parser;
+use clap::{Parser, Subcommand};
 use ingestd_codec::mqtt::{Protocol, QoS};
 use std::path::PathBuf;
 
@@ -17,8 +17,13 @@ use std::path::PathBuf;
 /// Exit code: 0 when the run completed (even with refusals), 1 on setup errors (bad flags,
 /// unreadable devices, no connection at all), 2 with --fail-on-loss when messages were lost.
 #[derive(Parser, Debug, Clone)]
-#[command(name = "loadgen", version)]
+#[command(name = "loadgen", version, args_conflicts_with_subcommands = true)]
 pub struct Args {
+    /// A tool instead of a run: `fraud-eval` (score a run against its truth file) or
+    /// `place` (give a registry's devices locations and regions).
+    #[command(subcommand)]
+    pub command: Option<Command>,
+
     /// Broker address HOST:PORT.
     #[arg(long, default_value = "127.0.0.1:1883")]
     pub target: String,
@@ -137,13 +142,53 @@ pub struct Args {
     #[arg(long, requires = "tls")]
     pub server_name: Option<String>,
 
-    /// Scenario mix as label=weight,...; devices are assigned labels in proportion.
-    /// Labels available now: normal (CO2 400-2000 ppm random walk, temperature, humidity).
-    /// Fraud-injection labels (spike, flatline, clone, ...) do not exist yet.
+    /// Scenario mix as label=weight,...; devices get labels in exact proportion, scattered
+    /// by the seed. Labels: normal, spike, drift, level_shift, stuck, smooth,
+    /// neighbour_copy, out_of_bounds, rate_burst, clock_drift, clone, past_day
+    /// (loadgen/README.md describes each and its parameters).
     #[arg(long, default_value = "normal=1.0")]
     pub scenario: String,
 
-    /// Random seed for readings and payloads (default: from the clock).
+    /// Instead of --scenario: this share of the devices (0..=1) spread evenly over every
+    /// fraud label, the rest normal.
+    #[arg(long, conflicts_with = "scenario")]
+    pub fraud_share: Option<f64>,
+
+    /// Length of the simulated day in seconds of device time: every device's daily cycle
+    /// repeats this often (device time must stay near real time, so the day is compressed;
+    /// 600 s puts a whole day in a 10-minute run). "Per hour" in the scenarios means per
+    /// day-s / 24.
+    #[arg(long, default_value_t = 600.0)]
+    pub day_s: f64,
+
+    /// Fraud onsets are drawn per device in [warmup, warmup + span] messages of the run.
+    #[arg(long, default_value_t = 300)]
+    pub warmup_readings: u64,
+
+    /// See --warmup-readings.
+    #[arg(long, default_value_t = 300)]
+    pub onset_span_readings: u64,
+
+    /// Devices the registry gives no location are placed this many to a location
+    /// (loc-NNNNN, in secrets.json order); `loadgen place` writes the same into a registry.
+    #[arg(long, default_value_t = 10)]
+    pub devices_per_location: usize,
+
+    /// ... and this many locations to a region (region-NNN).
+    #[arg(long, default_value_t = 10)]
+    pub locations_per_region: usize,
+
+    /// Write the ground truth here: CSV `device,scenario,onset_seq,params`, one line per
+    /// device (onset empty for normal devices), the same for the same --seed and --seq-base.
+    #[arg(long)]
+    pub truth: Option<PathBuf>,
+
+    /// Local address the second unit of a `clone` device connects from (the target must
+    /// be reachable from it: loopback by default).
+    #[arg(long, default_value = "127.0.0.2")]
+    pub clone_source_addr: std::net::Ipv4Addr,
+
+    /// Random seed for readings, labels and payloads (default: from the clock).
     #[arg(long)]
     pub seed: Option<u64>,
 
@@ -212,7 +257,18 @@ impl Args {
     }
 
     pub fn mix(&self) -> Result<Mix, String> {
-        Mix::parse(&self.scenario)
+        match self.fraud_share {
+            Some(share) => Mix::fraud_share(share),
+            None => Mix::parse(&self.scenario),
+        }
+    }
+
+    /// The simulated day in ms.
+    pub fn day_ms(&self) -> Result<u64, String> {
+        if !self.day_s.is_finite() || self.day_s < 1.0 {
+            return Err("--day-s must be >= 1".to_string());
+        }
+        Ok((self.day_s * 1000.0) as u64)
     }
 
     /// The rate schedule from the flags.
@@ -260,6 +316,48 @@ impl Args {
     }
 }
 
+/// The tools.
+#[derive(Subcommand, Debug, Clone)]
+pub enum Command {
+    /// Score a run: read its truth file and `ingestd log export` output and print, per
+    /// scenario, the share of devices detected and the delay, and the false alerts on
+    /// normal readings and devices (a Markdown table).
+    FraudEval(EvalArgs),
+    /// Give the devices of DIR/registry.json locations and regions: in file order,
+    /// --devices-per-location to a location, --locations-per-region to a region. Other
+    /// fields are kept.
+    Place {
+        /// Directory holding registry.json (from `ingestd devices provision`).
+        #[arg(long)]
+        devices_dir: PathBuf,
+        /// Devices per location (`loc-NNNNN`).
+        #[arg(long, default_value_t = 10)]
+        devices_per_location: usize,
+        /// Locations per region (`region-NNN`).
+        #[arg(long, default_value_t = 10)]
+        locations_per_region: usize,
+    },
+}
+
+/// `loadgen fraud-eval` flags.
+#[derive(clap::Args, Debug, Clone)]
+pub struct EvalArgs {
+    /// The truth file written by `loadgen --truth`.
+    #[arg(long)]
+    pub truth: PathBuf,
+    /// `ingestd log export` output (JSON lines); `-` reads standard input.
+    #[arg(long)]
+    pub export: PathBuf,
+    /// A device counts as detected when one of its first WINDOW readings from the onset
+    /// (onset included) is flagged.
+    #[arg(long, default_value_t = 30)]
+    pub window: u64,
+    /// Count a reading as flagged when its score is at least this, instead of the server's
+    /// `flagged` mark (to try thresholds on one run).
+    #[arg(long)]
+    pub score_min: Option<f32>,
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -298,5 +396,39 @@ mod tests {
         assert!(Args::try_parse_from(["loadgen", "--qos", "3"]).is_err());
         assert!(Args::try_parse_from(["loadgen", "--mqtt-version", "4"]).is_err());
         assert!(Args::try_parse_from(["loadgen", "--burst-rate", "5"]).is_err());
+    }
+
+    #[test]
+    fn scenario_flags_and_tools() {
+        let a = parse(&["--fraud-share", "0.11", "--day-s", "60", "--truth", "t.csv"]);
+        assert_eq!(a.mix().unwrap(), Mix::fraud_share(0.11).unwrap());
+        assert_eq!(a.day_ms().unwrap(), 60_000);
+        assert!(a.command.is_none());
+        assert!(parse(&["--day-s", "0"]).day_ms().is_err());
+        assert!(
+            Args::try_parse_from(["loadgen", "--fraud-share", "0.1", "--scenario", "normal"])
+                .is_err()
+        );
+        let a = parse(&["fraud-eval", "--truth", "t.csv", "--export", "-"]);
+        match a.command {
+            Some(Command::FraudEval(e)) => {
+                assert_eq!(e.window, 30);
+                assert_eq!(e.export, PathBuf::from("-"));
+            }
+            other => panic!("{other:?}"),
+        }
+        let a = parse(&["place", "--devices-dir", "d", "--devices-per-location", "4"]);
+        assert!(matches!(
+            a.command,
+            Some(Command::Place {
+                devices_per_location: 4,
+                locations_per_region: 10,
+                ..
+            })
+        ));
+        assert!(
+            Args::try_parse_from(["loadgen", "--rate", "5", "place", "--devices-dir", "d"])
+                .is_err()
+        );
     }
 }

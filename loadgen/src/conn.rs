@@ -3,6 +3,7 @@
 
 use crate::net::{self, Io, TlsSetup};
 use crate::payload::{self, Frames};
+use crate::scenario::{Turn, Writer};
 use crate::schedule::{self, Schedule};
 use crate::stats::{Event, Progress, Stats};
 use futures_lite::io::{AsyncReadExt, AsyncWriteExt, ReadHalf, WriteHalf};
@@ -15,7 +16,7 @@ use rand::Rng;
 use std::cell::{Cell, RefCell};
 use std::collections::HashMap;
 use std::future::Future;
-use std::net::SocketAddr;
+use std::net::{Ipv4Addr, SocketAddr};
 use std::pin::Pin;
 use std::rc::Rc;
 use std::sync::Arc;
@@ -49,6 +50,8 @@ pub struct Ctx {
     pub duration: Option<f64>,
     pub drain_timeout: Duration,
     pub keep_acked: bool,
+    /// Where a clone's second unit connects from.
+    pub clone_source: Ipv4Addr,
     pub stats: RefCell<Stats>,
     pub progress: Arc<Progress>,
     /// Start of the timed phase.
@@ -71,7 +74,9 @@ pub struct DevicePlan {
     pub key: Option<SigningKey>,
     pub topic: String,
     pub label: &'static str,
-    pub seq_base: u64,
+    /// Who sends which frames with which sequence numbers: one turn, or a clone's units
+    /// taking turns (each turn is one connection).
+    pub turns: Vec<Turn>,
     pub frames: Frames,
 }
 
@@ -86,10 +91,14 @@ pub struct Session {
     keep_alive: u16,
 }
 
-/// Opens the connection and completes CONNECT / CONNACK. Records connect latency.
-pub async fn connect(ctx: &Ctx, dev: &DevicePlan, conn_no: usize) -> Result<Session, String> {
+/// Opens the connection from `source` (the OS's choice when `None`) and completes
+/// CONNECT / CONNACK. Records connect latency.
+pub async fn connect(
+    ctx: &Ctx,
+    dev: &DevicePlan,
+    source: Option<Ipv4Addr>,
+) -> Result<Session, String> {
     let started = Instant::now();
-    let source = net::source_addr(conn_no, ctx.source_addrs);
     let io = net::open(ctx.target, source, ctx.tls.as_ref(), ctx.connect_timeout).await?;
     let (mut reader, mut writer) = futures_lite::io::split(io);
     let client_id = dev.id.as_str();
@@ -259,8 +268,57 @@ async fn wait(shared: &RefCell<Shared>, until: Instant) {
 }
 
 /// Runs the timed phase for one connected device: publishes on schedule, reads
-/// acknowledgements, drains, disconnects. Updates the thread's stats.
+/// acknowledgements, drains, disconnects. A clone's units take turns: at the end of a turn
+/// the connection drains and disconnects, and the other unit connects from its own address.
+/// Updates the thread's stats.
 pub async fn publish(ctx: Rc<Ctx>, mut dev: DevicePlan, session: Session) {
+    let budget = dev.frames.len() as u64;
+    let end_at = ctx
+        .duration
+        .map(|s| ctx.t0.get() + Duration::from_secs_f64(s) + END_GRACE);
+    let turns = std::mem::take(&mut dev.turns);
+    let mut session = Some(session);
+    let mut k = turns.first().map_or(0, |t| t.k_start);
+    for turn in &turns {
+        let session = match session.take() {
+            Some(session) => session,
+            None => {
+                if end_at.is_some_and(|e| Instant::now() >= e) {
+                    break;
+                }
+                let source = match turn.writer {
+                    Writer::Original => net::source_addr(dev.index as usize, ctx.source_addrs),
+                    Writer::Twin => Some(ctx.clone_source),
+                };
+                match connect(&ctx, &dev, source).await {
+                    Ok(session) => session,
+                    Err(kind) => {
+                        ctx.stats.borrow_mut().error(&format!("handover_{kind}"));
+                        break;
+                    }
+                }
+            }
+        };
+        let (reached, closed) = publish_turn(&ctx, &mut dev, session, turn, end_at).await;
+        k = reached;
+        if closed || k < turn.k_end {
+            break;
+        }
+    }
+    let mut st = ctx.stats.borrow_mut();
+    st.unsent += budget.saturating_sub(k);
+    *st.scenario_sent.entry(dev.label.to_string()).or_default() += k;
+}
+
+/// Publishes frames `turn.k_start..turn.k_end` over one session on schedule, drains and
+/// disconnects. Returns the next unsent frame and whether the connection was lost.
+async fn publish_turn(
+    ctx: &Rc<Ctx>,
+    dev: &mut DevicePlan,
+    session: Session,
+    turn: &Turn,
+    end_at: Option<Instant>,
+) -> (u64, bool) {
     let Session {
         reader,
         mut writer,
@@ -269,29 +327,26 @@ pub async fn publish(ctx: Rc<Ctx>, mut dev: DevicePlan, session: Session) {
         keep_alive,
     } = session;
     let shared = Rc::new(RefCell::new(Shared::default()));
+    // The reader names acknowledged messages by sequence: seq = base + k in this turn.
+    let seq_base = turn.seq_start.wrapping_sub(turn.k_start);
     let reader_task = glommio::spawn_local(read_loop(
-        Rc::clone(&ctx),
+        Rc::clone(ctx),
         Rc::clone(&shared),
         reader,
         leftover,
         dev.index,
-        dev.seq_base,
+        seq_base,
         true,
     ));
-    let budget = dev.frames.len() as u64;
+    let budget = turn.k_end.min(dev.frames.len() as u64);
     let d = ctx.total_devices;
     let i = dev.index;
     let qos = ctx.qos;
     let ka = Duration::from_secs(u64::from(keep_alive.max(1)));
-    let mut k: u64 = 0;
+    let mut k: u64 = turn.k_start;
     let mut next_pkid: u16 = 0;
     let mut out: Vec<u8> = Vec::with_capacity(64 * 1024);
     let mut last_write = Instant::now();
-    // The last message of a duration-bound run is due exactly at the end: allow a little
-    // grace so it is sent; what is still behind schedule after that is unsent.
-    let end_at = ctx
-        .duration
-        .map(|s| ctx.t0.get() + Duration::from_secs_f64(s) + END_GRACE);
     let mut drain_deadline: Option<Instant> = None;
     loop {
         let now = Instant::now();
@@ -409,16 +464,14 @@ pub async fn publish(ctx: Rc<Ctx>, mut dev: DevicePlan, session: Session) {
         let _ = writer.close().await;
     }
     reader_task.cancel().await;
-    let mut st = ctx.stats.borrow_mut();
     let lost = shared
         .borrow()
         .inflight
         .values()
         .filter(|s| !s.released)
         .count() as u64;
-    st.lost += lost;
-    st.unsent += budget - k;
-    *st.scenario_sent.entry(dev.label.to_string()).or_default() += k;
+    ctx.stats.borrow_mut().lost += lost;
+    (k, closed)
 }
 
 /// Keeps a connection open with PINGREQ until `end`; counts it as stayed up if it is still
@@ -438,7 +491,7 @@ pub async fn idle(ctx: Rc<Ctx>, dev: DevicePlan, session: Session, end: Instant)
         reader,
         leftover,
         dev.index,
-        dev.seq_base,
+        0,
         false,
     ));
     let ka = Duration::from_secs(u64::from(keep_alive.max(1)));

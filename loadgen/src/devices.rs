@@ -1,7 +1,11 @@
-//! Simulated devices: ids and signing keys from `ingestd devices provision` output.
+//! Simulated devices: ids and signing keys from `ingestd devices provision` output, and
+//! where the registry places them (`location`, `region`), which the scenarios' climate
+//! follows so that the server's peers see the same groups as loadgen.
 
+use crate::scenario::default_place;
 use ingestd_codec::envelope::SigningKey;
 use serde::Deserialize;
+use std::collections::HashMap;
 use std::path::Path;
 
 /// One device.
@@ -78,6 +82,75 @@ pub fn load(dir: &Path, count: Option<usize>) -> Result<Vec<Device>, String> {
         .collect()
 }
 
+#[derive(Deserialize)]
+struct RegistryFile {
+    devices: Vec<RegistryEntry>,
+}
+
+#[derive(Deserialize)]
+struct RegistryEntry {
+    id: String,
+    #[serde(default)]
+    location: String,
+    #[serde(default)]
+    region: String,
+}
+
+/// Device id -> (location, region).
+pub type Places = HashMap<String, (String, String)>;
+
+/// Where `DIR/registry.json` places each device; `None` when there is no such file. Empty
+/// fields stay empty (the caller places those devices itself).
+pub fn load_places(dir: &Path) -> Result<Option<Places>, String> {
+    let path = dir.join("registry.json");
+    let text = match std::fs::read_to_string(&path) {
+        Ok(text) => text,
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(None),
+        Err(e) => return Err(format!("cannot read {}: {e}", path.display())),
+    };
+    let file: RegistryFile = serde_json::from_str(&text)
+        .map_err(|e| format!("{} is not a registry file: {e}", path.display()))?;
+    Ok(Some(
+        file.devices
+            .into_iter()
+            .map(|d| (d.id, (d.location, d.region)))
+            .collect(),
+    ))
+}
+
+/// Rewrites `DIR/registry.json` so that its devices, in file order, sit `per_location` to a
+/// location (`loc-NNNNN`) and `per_region` locations to a region (`region-NNN`). Every
+/// other field is kept as it was. Returns the number of devices placed.
+pub fn place(dir: &Path, per_location: usize, per_region: usize) -> Result<usize, String> {
+    if per_location == 0 || per_region == 0 {
+        return Err("--devices-per-location and --locations-per-region must be >= 1".into());
+    }
+    let path = dir.join("registry.json");
+    let text = std::fs::read_to_string(&path)
+        .map_err(|e| format!("cannot read {}: {e}", path.display()))?;
+    let mut file: serde_json::Value =
+        serde_json::from_str(&text).map_err(|e| format!("{} is not JSON: {e}", path.display()))?;
+    let devices = file
+        .get_mut("devices")
+        .and_then(serde_json::Value::as_array_mut)
+        .ok_or_else(|| format!("{} has no \"devices\" array", path.display()))?;
+    for (i, device) in devices.iter_mut().enumerate() {
+        let entry = device
+            .as_object_mut()
+            .ok_or_else(|| format!("{}: device #{i} is not an object", path.display()))?;
+        let (location, region) = default_place(i, per_location, per_region);
+        entry.insert("location".into(), location.into());
+        entry.insert("region".into(), region.into());
+    }
+    let count = devices.len();
+    let text = serde_json::to_string_pretty(&file).map_err(|e| e.to_string())?;
+    // Write beside and rename: a reader never sees half a registry.
+    let tmp = dir.join("registry.json.tmp");
+    std::fs::write(&tmp, text).map_err(|e| format!("cannot write {}: {e}", tmp.display()))?;
+    std::fs::rename(&tmp, &path).map_err(|e| format!("cannot replace {}: {e}", path.display()))?;
+    Ok(count)
+}
+
 /// Keyless devices `dev-000000`.. for `--plain` runs without a devices directory (the same
 /// ids `ingestd devices provision` writes).
 pub fn anonymous(count: usize) -> Vec<Device> {
@@ -115,5 +188,47 @@ mod tests {
         assert_eq!(all[1].id, "dev-000001");
         assert_eq!(load(dir.path(), Some(1)).unwrap().len(), 1);
         assert!(load(dir.path(), Some(3)).is_err());
+    }
+
+    #[test]
+    fn places_devices_and_keeps_other_fields() {
+        let dir = tempfile::tempdir().unwrap();
+        assert_eq!(load_places(dir.path()).unwrap(), None);
+        let devices: Vec<String> = (0..25)
+            .map(|i| {
+                format!(
+                    r#"{{"id":"dev-{i:06}","public_key":"ab","status":"active","location":"site-0000","project":"p"}}"#
+                )
+            })
+            .collect();
+        let text = format!(r#"{{"version":1,"devices":[{}]}}"#, devices.join(","));
+        std::fs::write(dir.path().join("registry.json"), text).unwrap();
+        let before = load_places(dir.path()).unwrap().unwrap();
+        assert_eq!(
+            before["dev-000003"],
+            ("site-0000".to_string(), String::new())
+        );
+        assert_eq!(place(dir.path(), 10, 2).unwrap(), 25);
+        let after = load_places(dir.path()).unwrap().unwrap();
+        assert_eq!(
+            after["dev-000009"],
+            ("loc-00000".into(), "region-000".into())
+        );
+        assert_eq!(
+            after["dev-000010"],
+            ("loc-00001".into(), "region-000".into())
+        );
+        assert_eq!(
+            after["dev-000024"],
+            ("loc-00002".into(), "region-001".into())
+        );
+        let raw: serde_json::Value = serde_json::from_str(
+            &std::fs::read_to_string(dir.path().join("registry.json")).unwrap(),
+        )
+        .unwrap();
+        assert_eq!(raw["version"], 1);
+        assert_eq!(raw["devices"][24]["project"], "p");
+        assert_eq!(raw["devices"][24]["public_key"], "ab");
+        assert!(place(dir.path(), 0, 1).is_err());
     }
 }

@@ -3,6 +3,7 @@
 pub mod cli;
 pub mod conn;
 pub mod devices;
+pub mod eval;
 pub mod net;
 pub mod payload;
 pub mod report;

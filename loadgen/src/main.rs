@@ -1,13 +1,51 @@
 //! `loadgen` command line entry point.
 
 use clap::Parser;
-use loadgen::cli::Args;
+use loadgen::cli::{Args, Command};
 use loadgen::report::svg_plot;
 use std::io::Write;
 use std::process::ExitCode;
 
 fn main() -> ExitCode {
     let args = Args::parse();
+    match &args.command {
+        Some(Command::FraudEval(eval)) => {
+            return match loadgen::eval::run(eval) {
+                Ok(table) => {
+                    print!("{table}");
+                    ExitCode::SUCCESS
+                }
+                Err(e) => {
+                    eprintln!("loadgen fraud-eval: {e}");
+                    ExitCode::from(1)
+                }
+            };
+        }
+        Some(Command::Place {
+            devices_dir,
+            devices_per_location,
+            locations_per_region,
+        }) => {
+            return match loadgen::devices::place(
+                devices_dir,
+                *devices_per_location,
+                *locations_per_region,
+            ) {
+                Ok(n) => {
+                    eprintln!(
+                        "loadgen place: {n} devices in {}, {devices_per_location} per location, {locations_per_region} locations per region",
+                        devices_dir.join("registry.json").display()
+                    );
+                    ExitCode::SUCCESS
+                }
+                Err(e) => {
+                    eprintln!("loadgen place: {e}");
+                    ExitCode::from(1)
+                }
+            };
+        }
+        None => {}
+    }
     let outcome = match loadgen::run::run(args.clone()) {
         Ok(o) => o,
         Err(e) => {

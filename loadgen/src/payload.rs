@@ -2,7 +2,7 @@
 //! envelopes signed with fresh sequence numbers, and whole PUBLISH frames encoded so the
 //! timed phase only patches the packet identifier and writes bytes.
 
-use crate::scenario::ScenarioGen;
+use crate::scenario::{DeviceScenario, Turn};
 use ingestd_codec::envelope::{self, Kind, Reading, SigningKey, VENDOR_KIND_START};
 use ingestd_codec::mqtt::{Packet, Properties, Protocol, Publish, QoS};
 use rand::Rng;
@@ -23,7 +23,8 @@ pub fn seq_base_now() -> u64 {
 
 /// The sequence number of a device's `k`-th message in a run.
 pub fn seq_of(base: u64, k: u64) -> u64 {
-    base + k
+    // Wrapping: a clone's turn may carry a base below its first index (see conn.rs).
+    base.wrapping_add(k)
 }
 
 /// Wall clock in ms since the Unix epoch.
@@ -240,29 +241,39 @@ pub struct BuildSpec<'a> {
     pub payload_size: usize,
     /// Unsigned random payloads (`--plain`).
     pub plain: bool,
-    pub seq_base: u64,
-    /// Device timestamp of message `k` is `ts_base_ms + ts_offsets_ms(k)`.
+    /// Message `k` is planned for device time `ts_base_ms + ts_offset_ms(k)`.
     pub ts_base_ms: u64,
 }
 
-/// Signs and encodes `count` messages; `ts_offset_ms(k)` is when message `k` is planned to be
-/// sent (ms after the start of the timed phase), so device times match send times.
+/// Signs and encodes the messages of `turns` (every message of the device, in order: turn
+/// `i + 1` starts where turn `i` ends). `ts_offset_ms(k)` is when message `k` is planned to
+/// be sent (ms after the start of the timed phase); the scenario stamps its device time from
+/// that, so device times match send times (unless the scenario drifts the clock).
 pub fn build_frames(
     spec: &BuildSpec<'_>,
-    count: usize,
-    generator: &mut ScenarioGen,
+    turns: &[Turn],
+    scenario: &DeviceScenario,
     rng: &mut impl Rng,
     ts_offset_ms: impl Fn(u64) -> u64,
 ) -> Result<Frames, String> {
     let mut frames = Frames::default();
     let mut scratch = Vec::with_capacity(512);
     let mut payload = Vec::with_capacity(512);
-    let first = generator.next(rng);
-    let natural = binary_len(spec.device_id.len(), first.len());
+    let ts_of = |k: u64| spec.ts_base_ms + ts_offset_ms(k);
+    let Some(first_turn) = turns.first() else {
+        return Ok(frames);
+    };
+    let first = scenario.emit(first_turn.k_start, first_turn.writer, &ts_of);
+    let natural = binary_len(spec.device_id.len(), first.readings.len());
     let extra = if spec.plain {
         0
     } else {
-        padding_for(spec.format, spec.device_id, &first, spec.payload_size)?
+        padding_for(
+            spec.format,
+            spec.device_id,
+            &first.readings,
+            spec.payload_size,
+        )?
     };
     let padding = padding_readings(extra);
     let plain_size = if spec.payload_size > 0 {
@@ -270,46 +281,46 @@ pub fn build_frames(
     } else {
         natural
     };
-    for k in 0..count as u64 {
-        payload.clear();
-        let readings = if k == 0 {
-            first.clone()
-        } else {
-            generator.next(rng)
-        };
-        match (spec.plain, spec.key) {
-            (true, _) => {
-                payload.resize(plain_size, 0);
-                rng.fill(payload.as_mut_slice());
+    let mut all: Vec<Reading> = Vec::with_capacity(first.readings.len() + padding.len());
+    for turn in turns {
+        for k in turn.k_start..turn.k_end {
+            payload.clear();
+            match (spec.plain, spec.key) {
+                (true, _) => {
+                    payload.resize(plain_size, 0);
+                    rng.fill(payload.as_mut_slice());
+                }
+                (false, Some(key)) => {
+                    let emit = scenario.emit(k, turn.writer, &ts_of);
+                    all.clear();
+                    all.extend_from_slice(&emit.readings);
+                    all.extend_from_slice(&padding);
+                    sign_payload(
+                        key,
+                        spec.topic,
+                        spec.device_id,
+                        turn.seq(k),
+                        emit.ts_ms,
+                        &all,
+                        spec.format,
+                        &mut scratch,
+                        &mut payload,
+                    )?;
+                }
+                (false, None) => return Err(format!("no key for device {}", spec.device_id)),
             }
-            (false, Some(key)) => {
-                let mut all = readings;
-                all.extend_from_slice(&padding);
-                sign_payload(
-                    key,
-                    spec.topic,
-                    spec.device_id,
-                    seq_of(spec.seq_base, k),
-                    spec.ts_base_ms + ts_offset_ms(k),
-                    &all,
-                    spec.format,
-                    &mut scratch,
-                    &mut payload,
-                )?;
-            }
-            (false, None) => return Err(format!("no key for device {}", spec.device_id)),
+            let start = u32::try_from(frames.bytes.len())
+                .map_err(|_| "more than 4 GiB of messages on one connection".to_string())?;
+            frames.starts.push(start);
+            frames.payload_bytes += payload.len() as u64;
+            encode_publish(
+                spec.protocol,
+                spec.qos,
+                spec.topic,
+                &payload,
+                &mut frames.bytes,
+            )?;
         }
-        let start = u32::try_from(frames.bytes.len())
-            .map_err(|_| "more than 4 GiB of messages on one connection".to_string())?;
-        frames.starts.push(start);
-        frames.payload_bytes += payload.len() as u64;
-        encode_publish(
-            spec.protocol,
-            spec.qos,
-            spec.topic,
-            &payload,
-            &mut frames.bytes,
-        )?;
     }
     Ok(frames)
 }
@@ -317,9 +328,25 @@ pub fn build_frames(
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::scenario::{Label, ScenarioGen};
+    use crate::scenario::{default_place, DeviceInfo, DeviceScenario, Label, ScenarioConfig};
     use ingestd_codec::mqtt::{decode, Decoded};
     use rand::SeedableRng;
+
+    fn normal_scenario(id: &str) -> DeviceScenario {
+        let config = ScenarioConfig {
+            seed: 1,
+            day_ms: 600_000,
+            warmup_readings: 10,
+            onset_span_readings: 10,
+        };
+        let (location, region) = default_place(0, 10, 10);
+        let device = DeviceInfo {
+            id: id.to_string(),
+            location,
+            region,
+        };
+        DeviceScenario::new(&config, &device, Label::Normal, None)
+    }
 
     #[test]
     fn seq_numbers_are_fresh_and_increasing() {
@@ -391,11 +418,11 @@ mod tests {
             format: Format::Binary,
             payload_size: 200,
             plain: false,
-            seq_base: 1000,
             ts_base_ms: 1_764_201_600_000,
         };
-        let mut generator = ScenarioGen::new(Label::Normal, &mut rng);
-        let mut frames = build_frames(&spec, 5, &mut generator, &mut rng, |k| k * 10).unwrap();
+        let scenario = normal_scenario("dev-000001");
+        let turns = scenario.turns(5, 1000);
+        let mut frames = build_frames(&spec, &turns, &scenario, &mut rng, |k| k * 10).unwrap();
         assert_eq!(frames.len(), 5);
         for k in 0..5 {
             let range = frames.range(k).unwrap();
@@ -421,6 +448,59 @@ mod tests {
         }
     }
 
+    /// A clone's frames: each turn's writer, sequence counter and readings, in turn order.
+    #[test]
+    fn clone_frames_follow_the_turns() {
+        let mut rng = rand::rngs::StdRng::seed_from_u64(1);
+        let key = SigningKey::from_bytes(&[3; 32]);
+        let topic = "devices/dev-000001/telemetry";
+        let spec = BuildSpec {
+            device_id: "dev-000001",
+            key: Some(&key),
+            topic,
+            protocol: Protocol::V5,
+            qos: QoS::AtLeastOnce,
+            format: Format::Binary,
+            payload_size: 0,
+            plain: false,
+            ts_base_ms: 1_764_201_600_000,
+        };
+        let config = ScenarioConfig {
+            seed: 1,
+            day_ms: 600_000,
+            warmup_readings: 10,
+            onset_span_readings: 10,
+        };
+        let (location, region) = default_place(1, 10, 10);
+        let device = DeviceInfo {
+            id: "dev-000001".into(),
+            location,
+            region,
+        };
+        let scenario = DeviceScenario::new(&config, &device, Label::Clone, None);
+        let turns = scenario.turns(80, 1000);
+        assert!(turns.len() > 2);
+        let frames = build_frames(&spec, &turns, &scenario, &mut rng, |k| k * 100).unwrap();
+        assert_eq!(frames.len(), 80);
+        for turn in &turns {
+            for k in turn.k_start..turn.k_end {
+                let frame = &frames.bytes[frames.range(k as usize).unwrap()];
+                let Decoded::Packet {
+                    packet: Packet::Publish(p),
+                    ..
+                } = decode(frame, Protocol::V5, 1 << 20).unwrap()
+                else {
+                    panic!("not a publish");
+                };
+                let env = envelope::decode(p.payload, 1024).unwrap();
+                assert_eq!(env.seq, turn.seq(k));
+                let emit = scenario.emit(k, turn.writer, &|k| spec.ts_base_ms + k * 100);
+                assert_eq!(env.ts_ms, emit.ts_ms);
+                assert_eq!(env.readings.as_slice(), &emit.readings[..]);
+            }
+        }
+    }
+
     #[test]
     fn plain_payloads_have_the_natural_size() {
         let mut rng = rand::rngs::StdRng::seed_from_u64(2);
@@ -433,11 +513,11 @@ mod tests {
             format: Format::Binary,
             payload_size: 0,
             plain: true,
-            seq_base: 0,
             ts_base_ms: 0,
         };
-        let mut generator = ScenarioGen::new(Label::Normal, &mut rng);
-        let frames = build_frames(&spec, 3, &mut generator, &mut rng, |_| 0).unwrap();
+        let scenario = normal_scenario("dev-000002");
+        let frames =
+            build_frames(&spec, &scenario.turns(3, 0), &scenario, &mut rng, |_| 0).unwrap();
         assert_eq!(frames.payload_bytes, 3 * 112);
     }
 

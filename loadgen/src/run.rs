@@ -7,13 +7,14 @@ use crate::devices::{self, Device};
 use crate::net;
 use crate::payload::{self, BuildSpec};
 use crate::report::{Report, RunConfig};
-use crate::scenario::{Label, ScenarioGen};
+use crate::scenario::{self, DeviceInfo, DeviceScenario, ScenarioConfig};
 use crate::schedule;
 use crate::stats::{Progress, Stats};
 use glommio::{LocalExecutorBuilder, Placement};
 use ingestd_codec::envelope::telemetry_topic;
 use rand::SeedableRng;
 use std::cell::{Cell, RefCell};
+use std::io::Write;
 use std::net::{SocketAddr, ToSocketAddrs};
 use std::rc::Rc;
 use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
@@ -135,6 +136,31 @@ pub fn run(args: Args) -> Result<Outcome, String> {
     if devices.is_empty() {
         return Err("no devices".to_string());
     }
+    let places = match &args.devices_dir {
+        Some(dir) => devices::load_places(dir)?,
+        None => None,
+    };
+    let infos: Vec<DeviceInfo> = devices
+        .iter()
+        .enumerate()
+        .map(|(i, d)| {
+            let registered = places
+                .as_ref()
+                .and_then(|p| p.get(&d.id))
+                .filter(|(location, _)| !location.is_empty());
+            let (location, region) = match registered {
+                Some((location, region)) => (location.clone(), region.clone()),
+                None => {
+                    scenario::default_place(i, args.devices_per_location, args.locations_per_region)
+                }
+            };
+            DeviceInfo {
+                id: d.id.clone(),
+                location,
+                region,
+            }
+        })
+        .collect();
     let total_messages = if args.idle {
         0
     } else {
@@ -174,9 +200,31 @@ pub fn run(args: Args) -> Result<Outcome, String> {
     } else {
         0.0
     };
+    let signing_secs = if args.plain || args.idle {
+        0.0
+    } else {
+        predicted_signing_secs(total_messages, threads)
+    };
+    let lead_secs = signing_secs + connect_secs;
+    let planned_start = Instant::now() + Duration::from_secs_f64(lead_secs);
     let seq_base = args.seq_base.unwrap_or_else(payload::seq_base_now);
     let seed = args.seed.unwrap_or(seq_base);
     let device_ids: Vec<String> = devices.iter().map(|d| d.id.clone()).collect();
+    let scenario_config = ScenarioConfig {
+        seed,
+        day_ms: args.day_ms()?,
+        warmup_readings: args.warmup_readings,
+        onset_span_readings: args.onset_span_readings,
+    };
+    let scenarios = scenario::build(&scenario_config, &mix, &infos);
+    if let Some(path) = &args.truth {
+        let written = std::fs::File::create(path).and_then(|f| {
+            let mut w = std::io::BufWriter::new(f);
+            scenario::write_truth(&mut w, &scenarios, seq_base)?;
+            w.flush()
+        });
+        written.map_err(|e| format!("cannot write {}: {e}", path.display()))?;
+    }
     let plan = Arc::new(Plan {
         target,
         schedule: schedule.clone(),
@@ -185,10 +233,11 @@ pub fn run(args: Args) -> Result<Outcome, String> {
         seq_base,
         seed,
         threads,
-        // Messages are stamped with their planned send time: now, plus the connect phase,
-        // plus their offset in the schedule. Signing time shifts this a little: well inside
-        // the server's ±5 min window.
-        ts_base_ms: payload::now_unix_ms() + (connect_secs * 1000.0) as u64,
+        // Messages are stamped with their planned send time: the planned start of the timed
+        // phase (after signing and connecting) plus their offset in the schedule. The timed
+        // phase does not start before it, so device time tracks real time however long a
+        // big run takes to sign (the server refuses skew beyond a few minutes).
+        ts_base_ms: payload::now_unix_ms() + (lead_secs * 1000.0) as u64,
         tls,
         connect_gate: Gate::default(),
         start_gate: Gate::default(),
@@ -197,12 +246,11 @@ pub fn run(args: Args) -> Result<Outcome, String> {
         args: Arc::new(args.clone()),
     });
     let total_devices = devices.len();
-    let mut per_thread: Vec<Vec<(usize, Device, Label)>> =
+    let mut per_thread: Vec<Vec<(usize, Device, DeviceScenario)>> =
         (0..threads).map(|_| Vec::new()).collect();
-    for (i, d) in devices.into_iter().enumerate() {
-        let label = mix.label_for(i, total_devices);
+    for (i, (d, scenario)) in devices.into_iter().zip(scenarios).enumerate() {
         if let Some(bucket) = per_thread.get_mut(i % threads) {
-            bucket.push((i, d, label));
+            bucket.push((i, d, scenario));
         }
     }
     let cores = std::thread::available_parallelism().map_or(1, |n| n.get());
@@ -230,7 +278,7 @@ pub fn run(args: Args) -> Result<Outcome, String> {
     let signing = Instant::now();
     if !quiet {
         eprintln!(
-            "loadgen: preparing {total_messages} messages for {total_devices} devices on {threads} threads ({})",
+            "loadgen: preparing {total_messages} messages for {total_devices} devices on {threads} threads ({}); timed phase planned in {lead_secs:.1} s",
             if args.pin { "Placement::Fixed" } else { "Placement::Unbound" }
         );
     }
@@ -249,8 +297,10 @@ pub fn run(args: Args) -> Result<Outcome, String> {
         );
     }
     let started = if connect_open.is_some() {
-        plan.start_gate
-            .open_when(threads, Duration::from_millis(20), &plan.running)
+        let lead = planned_start
+            .saturating_duration_since(Instant::now())
+            .max(Duration::from_millis(20));
+        plan.start_gate.open_when(threads, lead, &plan.running)
     } else {
         plan.start_gate.abort.store(true, Ordering::SeqCst);
         None
@@ -327,6 +377,36 @@ pub fn run(args: Args) -> Result<Outcome, String> {
     })
 }
 
+/// How long signing `messages` on `threads` threads will take, from the cost of a sample
+/// measured here, with a margin: the planned start of the timed phase.
+fn predicted_signing_secs(messages: u64, threads: usize) -> f64 {
+    const SAMPLE: u32 = 500;
+    let key = ingestd_codec::envelope::SigningKey::from_bytes(&[9; 32]);
+    let readings = [ingestd_codec::envelope::Reading::new(
+        ingestd_codec::envelope::Kind::Co2Ppm,
+        420.0,
+    )];
+    let (mut scratch, mut out) = (Vec::new(), Vec::new());
+    let started = Instant::now();
+    for seq in 0..SAMPLE {
+        out.clear();
+        let _ = payload::sign_payload(
+            &key,
+            "devices/dev-000000/telemetry",
+            "dev-000000",
+            u64::from(seq),
+            1,
+            &readings,
+            payload::Format::Binary,
+            &mut scratch,
+            &mut out,
+        );
+    }
+    let per_message = started.elapsed().as_secs_f64() / f64::from(SAMPLE);
+    // Frames are encoded and scenarios computed too, and the cores are shared: 1.5 ×.
+    messages as f64 * per_message * 1.5 / threads.max(1) as f64
+}
+
 fn progress_loop(plan: &Plan, t0: Instant, quiet: bool) {
     let p = &plan.progress;
     let mut last = (0u64, 0u64);
@@ -360,7 +440,7 @@ async fn thread_main(
     plan: Arc<Plan>,
     thread: usize,
     total_devices: usize,
-    devs: Vec<(usize, Device, Label)>,
+    devs: Vec<(usize, Device, DeviceScenario)>,
 ) -> Result<Stats, String> {
     let args = &plan.args;
     let mut rng = rand::rngs::StdRng::seed_from_u64(
@@ -371,11 +451,12 @@ async fn thread_main(
     let mut plans = Vec::with_capacity(devs.len());
     let mut stats = Stats::default();
     let prepared: Result<(), String> = (|| {
-        for (i, dev, label) in devs {
+        for (i, dev, scenario) in devs {
             let i = i as u64;
             let budget = schedule::share(plan.total_messages, i, d);
             let topic = telemetry_topic(&args.topic_prefix, &dev.id);
-            let mut generator = ScenarioGen::new(label, &mut rng);
+            let turns = scenario.turns(budget, plan.seq_base);
+            let label = scenario.label;
             let spec = BuildSpec {
                 device_id: &dev.id,
                 key: dev.key.as_ref(),
@@ -385,15 +466,13 @@ async fn thread_main(
                 format: args.format(),
                 payload_size: args.payload_size,
                 plain: args.plain,
-                seq_base: plan.seq_base,
                 ts_base_ms: plan.ts_base_ms,
             };
             let sched = &plan.schedule;
-            let frames =
-                payload::build_frames(&spec, budget as usize, &mut generator, &mut rng, |k| {
-                    let g = schedule::global_index(k, i, d);
-                    sched.time_of(g + 1).map_or(0, |s| (s * 1000.0) as u64)
-                })?;
+            let frames = payload::build_frames(&spec, &turns, &scenario, &mut rng, |k| {
+                let g = schedule::global_index(k, i, d);
+                sched.time_of(g + 1).map_or(0, |s| (s * 1000.0) as u64)
+            })?;
             stats.payload_bytes += frames.payload_bytes;
             stats.payload_count += frames.len() as u64;
             *stats
@@ -406,7 +485,7 @@ async fn thread_main(
                 key: dev.key,
                 topic,
                 label: label.name(),
-                seq_base: plan.seq_base,
+                turns,
                 frames,
             });
         }
@@ -437,6 +516,7 @@ async fn thread_main(
         duration: plan.duration,
         drain_timeout: Duration::from_secs_f64(args.drain_timeout.max(0.0)),
         keep_acked: args.acked_out.is_some(),
+        clone_source: args.clone_source_addr,
         stats: RefCell::new(stats),
         progress: Arc::clone(&plan.progress),
         t0: Cell::new(epoch),
@@ -463,7 +543,7 @@ async fn thread_main(
                 glommio::timer::sleep(left).await;
             }
             ctx.stats.borrow_mut().connect_attempts += 1;
-            match conn::connect(&ctx, &dev, conn_no).await {
+            match conn::connect(&ctx, &dev, net::source_addr(conn_no, ctx.source_addrs)).await {
                 Ok(session) => {
                     let mut st = ctx.stats.borrow_mut();
                     st.connected += 1;

@@ -70,24 +70,15 @@ fn http_get_status(addr: &str, path: &str) -> Option<u16> {
     text.split_whitespace().nth(1)?.parse().ok()
 }
 
-#[test]
-fn against_ingestd_qos1_nothing_lost() {
-    let ingestd = ingestd_binary();
-    let tmp = tempfile::tempdir().unwrap();
-    let devices = tmp.path().join("devices");
-    let status = Command::new(&ingestd)
-        .args(["devices", "provision", "--count", "20", "--out"])
-        .arg(&devices)
-        .stdout(Stdio::null())
-        .status()
-        .unwrap();
-    assert!(status.success());
+/// Starts `ingestd serve` (2 shards, log under `dir/data`) on free ports and waits until it
+/// is ready; returns its guard and MQTT address.
+fn start_ingestd(ingestd: &Path, dir: &Path, devices: &Path) -> (Guard, String) {
     let port = free_port();
     let mport = free_port();
     let listen = format!("127.0.0.1:{port}");
     let metrics = format!("127.0.0.1:{mport}");
-    let _server = Guard(
-        Command::new(&ingestd)
+    let server = Guard(
+        Command::new(ingestd)
             .args([
                 "serve",
                 "--listen",
@@ -98,7 +89,7 @@ fn against_ingestd_qos1_nothing_lost() {
                 "2",
             ])
             .arg("--data-dir")
-            .arg(tmp.path().join("data"))
+            .arg(dir.join("data"))
             .arg("--registry")
             .arg(devices.join("registry.json"))
             .stdout(Stdio::null())
@@ -111,6 +102,22 @@ fn against_ingestd_qos1_nothing_lost() {
         assert!(Instant::now() < deadline, "ingestd not ready");
         std::thread::sleep(Duration::from_millis(50));
     }
+    (server, listen)
+}
+
+#[test]
+fn against_ingestd_qos1_nothing_lost() {
+    let ingestd = ingestd_binary();
+    let tmp = tempfile::tempdir().unwrap();
+    let devices = tmp.path().join("devices");
+    let status = Command::new(&ingestd)
+        .args(["devices", "provision", "--count", "20", "--out"])
+        .arg(&devices)
+        .stdout(Stdio::null())
+        .status()
+        .unwrap();
+    assert!(status.success());
+    let (_server, listen) = start_ingestd(&ingestd, tmp.path(), &devices);
     let json = tmp.path().join("report.json");
     let acked = tmp.path().join("acked.txt");
     let out = run(loadgen()
@@ -186,6 +193,136 @@ fn against_ingestd_qos1_nothing_lost() {
     assert_eq!(r["acked"], 200, "{r}");
     assert_eq!(r["refused"], 0, "{r}");
     assert_eq!(r["lost"], 0);
+}
+
+/// Every fraud scenario through a real ingestd: the truth file lists every device, the
+/// clone's second unit really connects from 127.0.0.2 with its own counter, the records
+/// carry the registry's locations from `loadgen place`, and `fraud-eval` reads the export
+/// (no verdicts yet without scoring: nothing detected, every scenario listed).
+#[test]
+fn fraud_scenarios_against_ingestd() {
+    let ingestd = ingestd_binary();
+    let tmp = tempfile::tempdir().unwrap();
+    let devices = tmp.path().join("devices");
+    let status = Command::new(&ingestd)
+        .args(["devices", "provision", "--count", "44", "--out"])
+        .arg(&devices)
+        .stdout(Stdio::null())
+        .status()
+        .unwrap();
+    assert!(status.success());
+    let out = run(loadgen()
+        .args(["place", "--devices-per-location", "4", "--devices-dir"])
+        .arg(&devices));
+    assert_eq!(out.status.code(), Some(0));
+    let (server, listen) = start_ingestd(&ingestd, tmp.path(), &devices);
+    let truth = tmp.path().join("truth.csv");
+    let json = tmp.path().join("report.json");
+    let out = run(loadgen()
+        .args(["--target", &listen, "--rate", "1000", "--messages", "3520"])
+        .args([
+            "--fraud-share",
+            "0.5",
+            "--seed",
+            "7",
+            "--seq-base",
+            "1000000",
+        ])
+        .args(["--warmup-readings", "10", "--onset-span-readings", "10"])
+        .args(["--threads", "1", "--drain-timeout", "30", "--quiet"])
+        .arg("--devices-dir")
+        .arg(&devices)
+        .arg("--truth")
+        .arg(&truth)
+        .arg("--json")
+        .arg(&json));
+    assert_eq!(out.status.code(), Some(0));
+    let r = report(&json);
+    assert_eq!(r["sent"], 3520, "{r}");
+    assert_eq!(r["lost"], 0, "{r}");
+    assert_eq!(r["errors"], serde_json::json!({}), "{r}");
+    let text = std::fs::read_to_string(&truth).unwrap();
+    let rows: Vec<Vec<&str>> = text
+        .lines()
+        .skip(1)
+        .map(|l| l.split(',').collect())
+        .collect();
+    assert_eq!(rows.len(), 44);
+    let clones: Vec<&str> = rows
+        .iter()
+        .filter(|r| r[1] == "clone")
+        .map(|r| r[0])
+        .collect();
+    assert!(!clones.is_empty());
+    drop(server);
+
+    let export = Command::new(&ingestd)
+        .args(["log", "export", "--data-dir"])
+        .arg(tmp.path().join("data"))
+        .output()
+        .unwrap();
+    assert!(export.status.success());
+    let export_path = tmp.path().join("export.jsonl");
+    std::fs::write(&export_path, &export.stdout).unwrap();
+    // The records: every clone wrote from two addresses; locations are the placed ones.
+    let mut peers: std::collections::HashMap<String, std::collections::HashSet<String>> =
+        std::collections::HashMap::new();
+    let mut readings = 0;
+    for line in String::from_utf8(export.stdout).unwrap().lines() {
+        let entry: serde_json::Value = serde_json::from_str(line).unwrap();
+        if entry["kind"] != "reading" {
+            continue;
+        }
+        let hex = entry["payload_hex"].as_str().unwrap();
+        let bytes: Vec<u8> = (0..hex.len())
+            .step_by(2)
+            .map(|i| u8::from_str_radix(&hex[i..i + 2], 16).unwrap())
+            .collect();
+        let len = u32::from_le_bytes(bytes[1..5].try_into().unwrap()) as usize;
+        let meta: serde_json::Value = serde_json::from_slice(&bytes[5..5 + len]).unwrap();
+        let device = meta["device"].as_str().unwrap();
+        let index: usize = device[4..].parse().unwrap();
+        assert_eq!(meta["location"], format!("loc-{:05}", index / 4));
+        let peer = meta["peer"].as_str().unwrap_or("");
+        let ip = peer.rsplit_once(':').map_or(peer, |(ip, _)| ip);
+        peers
+            .entry(device.to_string())
+            .or_default()
+            .insert(ip.to_string());
+        readings += 1;
+    }
+    assert!(readings > 3000, "{readings}");
+    for clone in &clones {
+        let seen = &peers[*clone];
+        assert!(seen.contains("127.0.0.2"), "{clone}: {seen:?}");
+        assert!(seen.len() == 2, "{clone}: {seen:?}");
+    }
+    let eval = run(loadgen()
+        .args(["fraud-eval", "--truth"])
+        .arg(&truth)
+        .arg("--export")
+        .arg(&export_path));
+    assert_eq!(eval.status.code(), Some(0));
+    let table = String::from_utf8(eval.stdout).unwrap();
+    for label in [
+        "spike",
+        "drift",
+        "level_shift",
+        "stuck",
+        "smooth",
+        "neighbour_copy",
+        "out_of_bounds",
+        "rate_burst",
+        "clock_drift",
+        "clone",
+        "past_day",
+    ] {
+        assert!(
+            table.contains(&format!("| {label} | ")),
+            "{label} missing:\n{table}"
+        );
+    }
+    assert!(table.contains("| normal devices | "), "{table}");
 }
 
 fn mosquitto() -> Option<(Guard, u16, tempfile::TempDir)> {
