@@ -205,3 +205,72 @@ fn the_acknowledgement_never_depends_on_the_verdict() {
         assert!(detectors.iter().any(|d| d == "physics"), "{forged}");
     }
 }
+
+#[test]
+fn a_device_keeps_its_scoring_state_when_the_shard_count_changes() {
+    let fleet = Fleet::provision(8);
+    let data = fleet.dir.path().join("data");
+    // Devices whose home changes from 2 shards to 3.
+    let moved: Vec<String> = (0..8)
+        .map(|i| fleet.device(i))
+        .filter(|d| ingestd_shards::home_shard(d, 2) != ingestd_shards::home_shard(d, 3))
+        .take(3)
+        .collect();
+    assert!(!moved.is_empty());
+    let publish = |server: &Server,
+                   device: &str,
+                   seqs: std::ops::RangeInclusive<u64>,
+                   co2: &dyn Fn(u64) -> f32| {
+        let (mut client, reply) = Client::connect(server.addr(), &fleet, device, Protocol::V5);
+        assert_eq!(reply, Reply::ConnAck(ReasonCode::Success, false));
+        for seq in seqs {
+            let payload = envelope_with(
+                &fleet,
+                device,
+                seq,
+                &[
+                    (Kind::Co2Ppm, co2(seq)),
+                    (Kind::TemperatureC, 21.0 + (seq % 7) as f32 * 0.03),
+                ],
+            );
+            client.publish(&topic(device), &payload, QoS::AtLeastOnce, 1);
+            assert_eq!(client.read(), Reply::PubAck(1, ReasonCode::Success));
+        }
+    };
+    let honest = |seq: u64| 420.0 + ((seq * 37) % 11) as f32;
+    let mut server = Server::start_with_shards(&fleet, &data, 2, &[]);
+    for device in &moved {
+        publish(&server, device, 1..=80, &honest);
+    }
+    assert!(server.terminate().success());
+    let server = Server::start_with_shards(&fleet, &data, 3, &[]);
+    // A jump that only a device past its warm-up can be flagged for (a fresh state would
+    // be learning: bounds, physics and peers only, and 2,000 ppm is inside bounds).
+    for device in &moved {
+        publish(&server, device, 81..=81, &|_| 2_000.0);
+    }
+    drop(server);
+    let records = read_log(&data, 3);
+    for device in &moved {
+        let jump = records
+            .iter()
+            .find(|r| {
+                r.kind == RecordKind::Reading
+                    && r.meta["device"] == device.as_str()
+                    && r.meta["seq"] == 81
+            })
+            .expect("the jump is in the log");
+        assert_eq!(
+            jump.shard,
+            ingestd_shards::home_shard(device, 3),
+            "{device} on its new home"
+        );
+        let fraud = &jump.meta["fraud"];
+        assert_eq!(fraud["flagged"], true, "{device}: {fraud}");
+        let detectors = fraud["detectors"].as_array().expect("detectors");
+        assert!(
+            detectors.iter().any(|d| d == "deviation"),
+            "{device}: {fraud}"
+        );
+    }
+}
