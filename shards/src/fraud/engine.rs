@@ -472,7 +472,13 @@ impl Scorer {
             let Some(series) = device.series_mut(code) else {
                 continue;
             };
-            let rate = series.rate.observe(&kind.rate, envelope.device_ms, value);
+            // The noise as learned before this reading: a spike must not widen its own
+            // tolerance.
+            let (_, noise_before) = series.stats.level_and_noise(&kind.stats);
+            let rate =
+                series
+                    .rate
+                    .observe_with_noise(&kind.rate, envelope.device_ms, value, noise_before);
             let stats = series.stats.observe(&kind.stats, value);
             let (_, noise) = series.stats.level_and_noise(&kind.stats);
             let persistence = series.persistence.observe_with_noise(

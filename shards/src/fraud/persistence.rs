@@ -64,8 +64,8 @@ impl PersistenceLimits {
             noise_floor: noise_floor_default(kind),
             stuck_span_ms_max,
             stuck_readings_min: 5,
-            stuck_readings_max: 15,
-            noisy_floor_ratio_min: 3.0,
+            stuck_readings_max: 16,
+            noisy_floor_ratio_min: 1.5,
         }
     }
 }
@@ -275,7 +275,7 @@ mod tests {
                     .is_some()
             })
             .collect();
-        assert_eq!(fired.first(), Some(&114));
+        assert_eq!(fired.first(), Some(&115));
         // A device whose own noise is at the floor is judged by the span only.
         let mut quiet = Persistence::new();
         for i in 0..60u64 {

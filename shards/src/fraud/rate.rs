@@ -17,6 +17,10 @@ pub struct RateLimit {
     pub rate_per_s_max: Option<f32>,
     /// A step up to this is never counted (sensor jitter), in the kind's unit.
     pub step_tolerance: f32,
+    /// Nor a step up to this many of the device's own noise (standard deviations): the
+    /// difference of two honest readings exceeds 6 sigma about once in 10^5 (1.4 sigma of
+    /// difference noise per reading noise).
+    pub noise_sigmas: f32,
 }
 
 impl RateLimit {
@@ -41,6 +45,7 @@ impl RateLimit {
         RateLimit {
             rate_per_s_max,
             step_tolerance: noise_floor_default(kind),
+            noise_sigmas: 6.0,
         }
     }
 }
@@ -62,6 +67,19 @@ impl Rate {
     /// Feeds one reading; a signal when the rate from the previous one exceeds the limit.
     /// The strength is 0.5 at the limit and 1 at twice the limit.
     pub fn observe(&mut self, limit: &RateLimit, time_ms: u64, value: f32) -> Option<Signal> {
+        self.observe_with_noise(limit, time_ms, value, 0.0)
+    }
+
+    /// [`Rate::observe`] knowing the device's own noise (standard deviation in the kind's
+    /// unit): the step is reduced by `noise_sigmas` of it as well, so a device that
+    /// publishes many times a second does not turn its jitter over a few ms into a rate.
+    pub fn observe_with_noise(
+        &mut self,
+        limit: &RateLimit,
+        time_ms: u64,
+        value: f32,
+        device_noise: f64,
+    ) -> Option<Signal> {
         if !value.is_finite() {
             return None;
         }
@@ -72,11 +90,22 @@ impl Rate {
             return None;
         }
         let elapsed_s = (time_ms - previous_ms) as f64 / 1000.0;
-        let tolerance = if limit.step_tolerance.is_finite() {
+        let floor = if limit.step_tolerance.is_finite() {
             f64::from(limit.step_tolerance).max(0.0)
         } else {
             0.0
         };
+        let sigmas = if limit.noise_sigmas.is_finite() {
+            f64::from(limit.noise_sigmas).max(0.0)
+        } else {
+            0.0
+        };
+        let noise = if device_noise.is_finite() {
+            device_noise.max(0.0)
+        } else {
+            0.0
+        };
+        let tolerance = floor.max(sigmas * noise);
         let step = ((f64::from(value) - f64::from(previous_value)).abs() - tolerance).max(0.0);
         let rate_per_s = step / elapsed_s;
         if rate_per_s > rate_per_s_max {
@@ -162,5 +191,32 @@ mod tests {
         let mut r = Rate::new();
         r.observe(&limit, T0_MS, 30.0);
         assert_eq!(r.observe(&limit, T0_MS + 1, 130.0), None);
+    }
+
+    #[test]
+    fn jitter_over_a_few_ms_is_not_a_rate_for_a_noisy_device() {
+        let limit = RateLimit::default_for(Kind::TemperatureC);
+        let mut r = Rate::new();
+        // 0.05 °C of noise, a reading every 60 ms: steps of 0.15 °C are 2.5 °C/s raw.
+        let series = [20.0, 20.15, 20.0, 20.12, 19.98, 20.1];
+        for (i, v) in series.into_iter().enumerate() {
+            assert_eq!(
+                r.observe_with_noise(&limit, T0_MS + i as u64 * 60, v, 0.05),
+                None,
+                "{i}"
+            );
+        }
+        // Far beyond its noise: fires all the same.
+        assert!(r
+            .observe_with_noise(&limit, T0_MS + 6 * 60, 21.5, 0.05)
+            .is_some());
+        // The plain rule (noise unknown) fires on the jitter.
+        let mut plain = Rate::new();
+        let fired = series
+            .into_iter()
+            .enumerate()
+            .filter(|(i, v)| plain.observe(&limit, T0_MS + *i as u64 * 60, *v).is_some())
+            .count();
+        assert!(fired > 0);
     }
 }
