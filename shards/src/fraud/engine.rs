@@ -480,12 +480,11 @@ impl Scorer {
                     .rate
                     .observe_with_noise(&kind.rate, envelope.device_ms, value, noise_before);
             let stats = series.stats.observe(&kind.stats, value);
-            let (_, noise) = series.stats.level_and_noise(&kind.stats);
             let persistence = series.persistence.observe_with_noise(
                 &kind.persistence,
                 envelope.device_ms,
                 value,
-                noise,
+                series.stats.raw_noise(),
             );
             let smooth = series.smooth.observe(&kind.smooth, value);
             features.add(&series.stats, &kind.stats, stats.z, value);

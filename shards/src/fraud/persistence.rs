@@ -27,6 +27,10 @@ pub struct PersistenceLimits {
     /// independent readings the chance is below `(1 / ratio)^(readings - 1)`). 0: off.
     pub stuck_readings_max: u32,
     pub noisy_floor_ratio_min: f32,
+    /// The same value, bit for bit, this many times in a row fires when the device's own
+    /// noise is at least one floor (an honest reading repeats its predecessor's rounded
+    /// value with a chance of about 0.4 then, so 16 in a row is about 1e-6). 0: off.
+    pub repeats_max: u32,
 }
 
 /// The smallest variation an honest sensor of the kind shows between readings, in the
@@ -66,6 +70,7 @@ impl PersistenceLimits {
             stuck_readings_min: 5,
             stuck_readings_max: 16,
             noisy_floor_ratio_min: 1.5,
+            repeats_max: 16,
         }
     }
 }
@@ -82,6 +87,17 @@ pub struct Persistence {
     band_max: f32,
     /// Readings in the run; 0 before the first reading.
     run_readings: u32,
+    /// Readings in a row with exactly the same value (bit for bit), and that value.
+    #[serde(default)]
+    repeats: u32,
+    #[serde(default)]
+    repeated: f32,
+    /// The device's noise when the run and the repeats began: a frozen value makes the
+    /// noise estimate decay, and the run is judged by the noise the device had before.
+    #[serde(default)]
+    run_noise: f32,
+    #[serde(default)]
+    repeat_noise: f32,
 }
 
 impl Persistence {
@@ -141,11 +157,30 @@ impl Persistence {
             self.band_min = value;
             self.band_max = value;
             self.run_readings = 1;
+            self.run_noise = device_noise as f32;
         }
         self.last_ms = time_ms;
+        if self.repeats > 0 && value.to_bits() == self.repeated.to_bits() {
+            self.repeats = self.repeats.saturating_add(1);
+        } else {
+            self.repeats = 1;
+            self.repeated = value;
+            self.repeat_noise = device_noise as f32;
+        }
         let span_ms_max = limits.stuck_span_ms_max?;
+        if limits.repeats_max > 0
+            && self.repeats >= limits.repeats_max
+            && f64::from(floor) > 0.0
+            && f64::from(self.repeat_noise) >= f64::from(floor)
+        {
+            return Some(Signal {
+                detector: Detector::Persistence,
+                strength: strength_over(f64::from(self.repeats), f64::from(limits.repeats_max)),
+            });
+        }
         let noisy = f64::from(floor) > 0.0
-            && device_noise >= f64::from(limits.noisy_floor_ratio_min) * f64::from(floor);
+            && f64::from(self.run_noise)
+                >= f64::from(limits.noisy_floor_ratio_min) * f64::from(floor);
         if noisy && limits.stuck_readings_max > 0 && self.run_readings >= limits.stuck_readings_max
         {
             return Some(Signal {
@@ -276,11 +311,40 @@ mod tests {
             })
             .collect();
         assert_eq!(fired.first(), Some(&115));
-        // A device whose own noise is at the floor is judged by the span only.
+        // A device whose own noise is below the floor is judged by the span only.
         let mut quiet = Persistence::new();
         for i in 0..60u64 {
             assert_eq!(
-                quiet.observe_with_noise(&limits, T0_MS + i * MINUTE_MS, 21.0, floor),
+                quiet.observe_with_noise(&limits, T0_MS + i * MINUTE_MS, 21.0, 0.5 * floor),
+                None
+            );
+        }
+    }
+
+    #[test]
+    fn the_same_value_sixteen_times_from_a_device_with_noise_fires() {
+        let limits = limits();
+        let floor = f64::from(limits.noise_floor);
+        let mut p = Persistence::new();
+        for i in 0..50u64 {
+            let value = 20.0 + 0.01 * ((i * 7) % 5) as f32;
+            assert_eq!(
+                p.observe_with_noise(&limits, T0_MS + i * MINUTE_MS, value, 1.2 * floor),
+                None
+            );
+        }
+        let fired: Vec<u64> = (50..80u64)
+            .filter(|i| {
+                p.observe_with_noise(&limits, T0_MS + i * MINUTE_MS, 20.02, 1.2 * floor)
+                    .is_some()
+            })
+            .collect();
+        assert_eq!(fired.first(), Some(&65));
+        // A device whose values honestly repeat (its noise below the floor): span only.
+        let mut coarse = Persistence::new();
+        for i in 0..60u64 {
+            assert_eq!(
+                coarse.observe_with_noise(&limits, T0_MS + i * MINUTE_MS, 20.0, 0.2 * floor),
                 None
             );
         }

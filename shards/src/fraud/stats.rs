@@ -140,6 +140,12 @@ impl Stats {
         (self.level, self.sigma(config))
     }
 
+    /// The noise standard deviation as measured, without the floor (0 before two readings).
+    #[must_use]
+    pub fn raw_noise(&self) -> f64 {
+        self.noise_var.max(0.0).sqrt()
+    }
+
     fn sigma(&self, config: &StatsConfig) -> f64 {
         let floor = non_negative(config.noise_floor, 0.0).max(1e-9);
         self.noise_var.sqrt().max(floor)
