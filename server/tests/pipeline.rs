@@ -372,7 +372,12 @@ fn log_verdicts(data: &Path) -> BTreeMap<(String, u64), Verdict> {
             detectors: detector_list(&fraud["detectors"]),
             flagged: fraud["flagged"] == true,
             quarantined: fraud["quarantined"] == true,
-            kinds: meta["readings"].as_object().unwrap().keys().cloned().collect(),
+            kinds: meta["readings"]
+                .as_object()
+                .unwrap()
+                .keys()
+                .cloned()
+                .collect(),
         };
         let key = (
             meta["device"].as_str().unwrap().to_string(),
@@ -381,6 +386,49 @@ fn log_verdicts(data: &Path) -> BTreeMap<(String, u64), Verdict> {
         assert!(verdicts.insert(key, verdict).is_none(), "{meta}: twice");
     }
     verdicts
+}
+
+/// Fails naming the first differences when a sink's view differs from the log's (the whole
+/// maps, thousands of entries, would bury them).
+fn assert_same<K: Ord + std::fmt::Debug, V: PartialEq + std::fmt::Debug>(
+    actual: &BTreeMap<K, V>,
+    expected: &BTreeMap<K, V>,
+    what: &str,
+) {
+    let missing: Vec<_> = expected
+        .iter()
+        .filter(|(k, _)| !actual.contains_key(k))
+        .take(5)
+        .collect();
+    let extra: Vec<_> = actual
+        .iter()
+        .filter(|(k, _)| !expected.contains_key(k))
+        .take(5)
+        .collect();
+    let differing: Vec<_> = expected
+        .iter()
+        .filter_map(|(k, v)| Some((k, actual.get(k)?, v)))
+        .filter(|(_, a, e)| a != e)
+        .take(5)
+        .map(|(k, a, e)| format!("{k:?}: {a:?}, the log has {e:?}"))
+        .collect();
+    assert!(
+        missing.is_empty() && extra.is_empty() && differing.is_empty(),
+        "{what}: {} entries, the log says {}; missing {missing:?}; not in the log {extra:?}; \
+         differing {differing:#?}",
+        actual.len(),
+        expected.len()
+    );
+}
+
+/// [`assert_same`] for sets.
+fn assert_same_set<K: Ord + Clone + std::fmt::Debug>(
+    actual: &BTreeSet<K>,
+    expected: &BTreeSet<K>,
+    what: &str,
+) {
+    let as_map = |set: &BTreeSet<K>| set.iter().map(|k| (k.clone(), ())).collect();
+    assert_same(&as_map(actual), &as_map(expected), what);
 }
 
 #[test]
@@ -436,7 +484,7 @@ fn a_labelled_fraud_run_lands_alerts_in_every_sink() {
     // The log is the reference: every reading scored once, nothing refused.
     let log = log_verdicts(&data);
     let in_log: BTreeSet<(String, u64)> = log.keys().cloned().collect();
-    assert_eq!(acked, in_log, "acknowledged = the log's readings");
+    assert_same_set(&acked, &in_log, "acknowledged readings");
     let flagged: BTreeMap<&(String, u64), &Verdict> =
         log.iter().filter(|(_, v)| v.flagged).collect();
     let quarantined: BTreeSet<&(String, u64)> = log
@@ -449,7 +497,11 @@ fn a_labelled_fraud_run_lands_alerts_in_every_sink() {
     // PUBACKs: loadgen counts every acknowledgement with a v5 reason code >= 0x80 as
     // refused, by code; everything else as acked. Nothing refused, nothing lost, and each
     // scenario's devices had every message they sent acknowledged.
-    assert_eq!(report["refused"], 0, "refused: {}", report["refused_reasons"]);
+    assert_eq!(
+        report["refused"], 0,
+        "refused: {}",
+        report["refused_reasons"]
+    );
     assert_eq!(report["refused_reasons"], serde_json::json!({}));
     assert_eq!(report["lost"], 0, "lost");
     assert_eq!(report["errors"], serde_json::json!({}), "loadgen errors");
@@ -514,7 +566,11 @@ fn a_labelled_fraud_run_lands_alerts_in_every_sink() {
         .iter()
         .map(|(k, v)| ((*k).clone(), (v.score, v.detectors.clone(), v.quarantined)))
         .collect();
-    assert_eq!(in_pg, expected_pg, "PostgreSQL alerts = the log's flagged readings");
+    assert_same(
+        &in_pg,
+        &expected_pg,
+        "PostgreSQL alerts (score, detectors, quarantined)",
+    );
     for (device, onset) in &fraudulent {
         let bounds_alerts = services.pg.query_i64(&format!(
             "SELECT count(*) FROM alerts WHERE device_id = '{device}' AND seq >= {onset} \
@@ -524,7 +580,10 @@ fn a_labelled_fraud_run_lands_alerts_in_every_sink() {
             "SELECT count(*) FROM alerts WHERE device_id = '{device}' AND seq >= {onset} \
              AND quarantined"
         ));
-        assert!(bounds_alerts > 0 && quarantined_alerts > 0, "{device} in PostgreSQL");
+        assert!(
+            bounds_alerts > 0 && quarantined_alerts > 0,
+            "{device} in PostgreSQL"
+        );
     }
     for device in truth.keys() {
         let count = |what: fn(&Verdict) -> bool| {
@@ -562,7 +621,10 @@ fn a_labelled_fraud_run_lands_alerts_in_every_sink() {
         assert!(verdict.flagged, "alert for an unflagged reading {key:?}");
         let value = &alert.value;
         assert_eq!(
-            (value["device"].as_str().unwrap(), value["seq"].as_u64().unwrap()),
+            (
+                value["device"].as_str().unwrap(),
+                value["seq"].as_u64().unwrap()
+            ),
             (key.0.as_str(), key.1)
         );
         assert_eq!(alert.key, key.0, "alerts are keyed by device");
@@ -572,18 +634,21 @@ fn a_labelled_fraud_run_lands_alerts_in_every_sink() {
                 detector_list(&value["detectors"]),
                 value["quarantined"] == true,
             ),
-            (verdict.score, verdict.detectors.clone(), verdict.quarantined),
+            (
+                verdict.score,
+                verdict.detectors.clone(),
+                verdict.quarantined
+            ),
             "Kafka alert {key:?}: {value}"
         );
         alerted.insert(key);
     }
     let expected_alerts: BTreeSet<(String, u64)> = flagged.keys().map(|k| (*k).clone()).collect();
-    assert_eq!(alerted, expected_alerts, "Kafka alerts = the log's flagged readings");
+    assert_same_set(&alerted, &expected_alerts, "Kafka alerts");
     for device in fraudulent.keys() {
         assert!(
-            alerts
-                .iter()
-                .any(|a| a.device == *device && detector_list(&a.value["detectors"]).contains(&"bounds".to_string())),
+            alerts.iter().any(|a| a.device == *device
+                && detector_list(&a.value["detectors"]).contains(&"bounds".to_string())),
             "{device}: no bounds alert in Kafka"
         );
     }
@@ -599,13 +664,21 @@ fn a_labelled_fraud_run_lands_alerts_in_every_sink() {
         assert_eq!(record.value["fraud"], verdict.json, "Kafka reading {key:?}");
         in_kafka.insert(key);
     }
-    assert_eq!(in_kafka, in_log, "Kafka readings = the log's");
+    assert_same_set(&in_kafka, &in_log, "Kafka readings");
     let marked: BTreeSet<&(String, u64)> = records
         .iter()
         .filter(|r| r.value["fraud"]["quarantined"] == true)
-        .map(|r| log.get_key_value(&(r.device.clone(), r.seq.unwrap())).unwrap().0)
+        .map(|r| {
+            log.get_key_value(&(r.device.clone(), r.seq.unwrap()))
+                .unwrap()
+                .0
+        })
         .collect();
-    assert_eq!(marked, quarantined, "quarantined on the Kafka readings topic");
+    assert_same_set(
+        &marked,
+        &quarantined,
+        "quarantined on the Kafka readings topic",
+    );
 
     // InfluxDB: every point has its reading's score; the quarantined ones, and only they,
     // are marked; the detectors are on every point whose reading had any.
@@ -627,36 +700,37 @@ fn a_labelled_fraud_run_lands_alerts_in_every_sink() {
             Some(of_kind(|_| true).len() as u64),
             "InfluxDB {kind}: points with fraud_score"
         );
-        let points = |filter: &str| -> BTreeMap<(String, u64), serde_json::Map<String, serde_json::Value>> {
-            let q = format!(
-                "SELECT \"device\", \"seq\", \"fraud_score\", \"fraud_detectors\", \
+        let points =
+            |filter: &str| -> BTreeMap<(String, u64), serde_json::Map<String, serde_json::Value>> {
+                let q = format!(
+                    "SELECT \"device\", \"seq\", \"fraud_score\", \"fraud_detectors\", \
                  \"quarantined\" FROM {measurement} WHERE {filter}"
-            );
-            services
-                .influx
-                .rows("ingestd", &q)
-                .into_iter()
-                .map(|row| {
-                    let key = (
-                        row["device"].as_str().unwrap().to_string(),
-                        row["seq"].as_u64().unwrap(),
-                    );
-                    (key, row)
-                })
-                .collect()
-        };
+                );
+                services
+                    .influx
+                    .rows("ingestd", &q)
+                    .into_iter()
+                    .map(|row| {
+                        let key = (
+                            row["device"].as_str().unwrap().to_string(),
+                            row["seq"].as_u64().unwrap(),
+                        );
+                        (key, row)
+                    })
+                    .collect()
+            };
         let marked = points("\"quarantined\" = true");
-        assert_eq!(
-            marked.keys().collect::<Vec<_>>(),
-            of_kind(|v| v.quarantined).keys().collect::<Vec<_>>(),
-            "InfluxDB {kind}: quarantined points"
+        assert_same_set(
+            &marked.keys().collect(),
+            &of_kind(|v| v.quarantined).keys().collect(),
+            &format!("InfluxDB {kind}: quarantined points"),
         );
         let with_detectors = points("\"fraud_detectors\" =~ /./");
         let expected = of_kind(|v| !v.detectors.is_empty());
-        assert_eq!(
-            with_detectors.keys().collect::<Vec<_>>(),
-            expected.keys().collect::<Vec<_>>(),
-            "InfluxDB {kind}: points with detectors"
+        assert_same_set(
+            &with_detectors.keys().collect(),
+            &expected.keys().collect(),
+            &format!("InfluxDB {kind}: points with detectors"),
         );
         for (key, row) in &with_detectors {
             let verdict = expected[key];
@@ -680,9 +754,17 @@ fn a_labelled_fraud_run_lands_alerts_in_every_sink() {
         );
         let counts = marked["results"][0]["series"]
             .as_array()
-            .map(|series| series.iter().map(|s| s["values"][0][1].as_u64().unwrap()).sum())
+            .map(|series| {
+                series
+                    .iter()
+                    .map(|s| s["values"][0][1].as_u64().unwrap())
+                    .sum()
+            })
             .unwrap_or(0u64);
-        assert!(counts > 0, "{device}: no quarantined point with a score in InfluxDB");
+        assert!(
+            counts > 0,
+            "{device}: no quarantined point with a score in InfluxDB"
+        );
     }
 
     // What the engine made of the honest devices: not asserted here (scripts/fraud-eval
