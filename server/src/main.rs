@@ -2,9 +2,11 @@
 
 use clap::{Parser, Subcommand};
 use ingestd::config::{Config, PostgresConfig};
+use ingestd::fraud::backtest;
 use ingestd::log::{self, LogReader};
 use ingestd::pg;
 use ingestd::registry::{self, DeviceStatus, Registry};
+use ingestd_shards::fraud::engine::FraudConfig;
 use std::io::Write;
 use std::path::{Path, PathBuf};
 use std::process::ExitCode;
@@ -43,6 +45,83 @@ enum Command {
     Log {
         #[command(subcommand)]
         command: LogCommand,
+    },
+    /// Fraud scoring for operators: score history, explain a device's verdict
+    /// (docs/FRAUD.md).
+    Fraud {
+        #[command(subcommand)]
+        command: FraudCommand,
+    },
+}
+
+#[derive(Subcommand)]
+enum FraudCommand {
+    /// Score past readings with the live engine, deterministically, to tune thresholds.
+    ///
+    /// Runs the same scoring engine the shards run over a file of history and writes one
+    /// CSV row per reading: same input and config, same output, byte for byte. The input
+    /// format is detected from its first line:
+    ///
+    /// - The JSON lines of `ingestd log export`: every reading record is replayed exactly
+    ///   as it was scored live (device and receive time, sequence, connection, readings
+    ///   from the record; dead letters of `replayed` / `stale_sequence` sequences count as
+    ///   clone evidence), in file order, one engine per shard. A summary on stderr says
+    ///   how many recorded verdicts the replay reproduced.
+    ///
+    /// - A CSV whose header has `timestamp` and `value` columns, optionally `device`
+    ///   (default "device") and `kind` (a name from docs/PROTOCOL.md section 6, default
+    ///   --kind), in any order; other columns are ignored. timestamp: ms since the Unix
+    ///   epoch, or RFC 3339 (2024-05-01T12:00:00.250Z). Rows of one device with the same
+    ///   timestamp in a row form one envelope; its sequence number counts the device's
+    ///   envelopes from 1 in row order, and its receive time is its timestamp.
+    ///
+    /// Output: `device,seq,timestamp,score,flagged,quarantined,detectors`, timestamp the
+    /// device time in ms, score with 6 decimals, flagged/quarantined true or false,
+    /// detectors joined by `|`. A line that cannot be read stops the run with an error
+    /// naming it, and --out is left untouched. The peers detector needs the other devices'
+    /// live values: its part of a score can differ from the live one.
+    #[command(verbatim_doc_comment)]
+    Backtest {
+        /// The history: a CSV file or a `log export` file; `-` reads stdin.
+        #[arg(long)]
+        input: PathBuf,
+        /// Where to write the scores (CSV); `-` writes stdout.
+        #[arg(long)]
+        out: PathBuf,
+        /// The server config whose [fraud] section sets weights, thresholds and per-kind
+        /// parameters (default: the built-in defaults). Scoring runs even when
+        /// fraud.enabled is false.
+        #[arg(long)]
+        config: Option<PathBuf>,
+        /// The kind of CSV rows without a kind column or cell.
+        #[arg(long, default_value = "co2_ppm")]
+        kind: String,
+    },
+    /// Explain a device's fraud state and why one of its readings scored what it did.
+    ///
+    /// Replays the node's durable log (every shard, in order) through a fresh engine and
+    /// prints the device's current state (per series: kind, level, noise, readings learned;
+    /// clock offset and pace; readings scored, warm or learning), then for the reading
+    /// --seq (default: its last) the score, whether it is flagged or quarantined, and
+    /// every detector that fired with its kind, strength, weight and meaning. The verdict
+    /// recorded in the log for that reading is printed beside the replayed one, and
+    /// whether they are equal (the peers part can differ: it depends on the other
+    /// devices' live values).
+    #[command(verbatim_doc_comment)]
+    Explain {
+        /// The device id.
+        #[arg(long)]
+        device: String,
+        /// The reading's sequence number (default: the device's last reading in the log).
+        #[arg(long)]
+        seq: Option<u64>,
+        /// The server config: its data_dir and [fraud] section (default: the built-in
+        /// defaults).
+        #[arg(long)]
+        config: Option<PathBuf>,
+        /// The data directory (default: the config's data_dir).
+        #[arg(long)]
+        data_dir: Option<PathBuf>,
     },
 }
 
@@ -253,6 +332,20 @@ fn main() -> ExitCode {
         Command::Log { command } => match command {
             LogCommand::Tail { source, last } => print_log(&source, Start::Last(last), false),
             LogCommand::Export { source, from } => print_log(&source, Start::From(from), true),
+        },
+        Command::Fraud { command } => match command {
+            FraudCommand::Backtest {
+                input,
+                out,
+                config,
+                kind,
+            } => fraud_backtest(&input, &out, config.as_deref(), &kind),
+            FraudCommand::Explain {
+                device,
+                seq,
+                config,
+                data_dir,
+            } => fraud_explain(&device, seq, config.as_deref(), data_dir),
         },
     };
     match result {
@@ -574,4 +667,87 @@ fn print_log(source: &LogSource, start: Start, full: bool) -> Result<(), String>
         }
     }
     out.flush().map_err(|e| e.to_string())
+}
+
+/// The [fraud] section of a config file (or the defaults) as the engine's configuration,
+/// whether or not scoring is enabled there.
+fn fraud_config(path: Option<&Path>) -> Result<(Config, FraudConfig), String> {
+    let config = load_config(path)?;
+    let engine = config.fraud.engine().map_err(|e| e.to_string())?;
+    Ok((config, engine))
+}
+
+fn fraud_backtest(
+    input: &Path,
+    out: &Path,
+    config: Option<&Path>,
+    kind: &str,
+) -> Result<(), String> {
+    let (_, engine) = fraud_config(config)?;
+    let default_kind = ingestd_codec::envelope::Kind::from_name(kind).ok_or_else(|| {
+        format!("--kind {kind:?}: not a reading kind (docs/PROTOCOL.md section 6)")
+    })?;
+    let options = backtest::BacktestOptions { default_kind };
+    let reader: Box<dyn std::io::BufRead> = if input == Path::new("-") {
+        Box::new(std::io::stdin().lock())
+    } else {
+        let file = std::fs::File::open(input).map_err(|e| format!("{}: {e}", input.display()))?;
+        Box::new(std::io::BufReader::new(file))
+    };
+    let name = input.display();
+    let summary = if out == Path::new("-") {
+        backtest::backtest(&engine, options, reader, std::io::stdout().lock())
+            .map_err(|e| format!("{name}: {e}"))?
+    } else {
+        // Written beside the target and renamed once complete: a failed run leaves --out
+        // as it was.
+        let mut partial = out.as_os_str().to_owned();
+        partial.push(".partial");
+        let partial = PathBuf::from(partial);
+        let file =
+            std::fs::File::create(&partial).map_err(|e| format!("{}: {e}", partial.display()))?;
+        let result = backtest::backtest(&engine, options, reader, &file)
+            .map_err(|e| format!("{name}: {e}"))
+            .and_then(|summary| {
+                file.sync_all()
+                    .and_then(|()| std::fs::rename(&partial, out))
+                    .map_err(|e| format!("{}: {e}", out.display()))?;
+                Ok(summary)
+            });
+        if result.is_err() {
+            let _ = std::fs::remove_file(&partial);
+        }
+        result?
+    };
+    let mut line = format!(
+        "fraud backtest: {} row(s) of {} scored: {} flagged, {} quarantined",
+        summary.rows,
+        summary.format.name(),
+        summary.flagged,
+        summary.quarantined
+    );
+    if summary.format == backtest::Format::LogExport {
+        line.push_str(&format!(
+            "; {} of {} recorded verdict(s) reproduced",
+            summary.reproduced, summary.recorded
+        ));
+        if let Some(first) = &summary.first_difference {
+            line.push_str(&format!("; first difference at {first}"));
+        }
+    }
+    eprintln!("{line}");
+    Ok(())
+}
+
+fn fraud_explain(
+    device: &str,
+    seq: Option<u64>,
+    config: Option<&Path>,
+    data_dir: Option<PathBuf>,
+) -> Result<(), String> {
+    let (config, engine) = fraud_config(config)?;
+    let data_dir = data_dir.unwrap_or(config.data_dir);
+    let text = backtest::explain(&engine, &data_dir, device, seq).map_err(|e| e.to_string())?;
+    print!("{text}");
+    Ok(())
 }
