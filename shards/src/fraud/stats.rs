@@ -9,7 +9,10 @@
 //!   not from the residuals: a slow trend or a daily cycle barely moves the differences,
 //!   so the estimate stays the sensor's own jitter and a drift cannot hide by inflating it.
 //!   It is floored at the kind's noise floor, so a very quiet sensor cannot make a tiny
-//!   honest change look like a huge z-score.
+//!   honest change look like a huge z-score, and at the RMS of the model's own recent
+//!   prediction errors (EWMA of the clipped squared residual), so a series whose level
+//!   moves faster than its sensor jitters (weather seen by a quiet sensor) is judged
+//!   against how well it can be predicted, not against the jitter alone.
 //! - [`Detector::Deviation`] fires on `|z| > deviation_z_max` (a spike, the first readings
 //!   of a level shift).
 //! - [`Detector::Drift`] is a two-sided CUSUM of the residual z-scores with a slack of
@@ -100,6 +103,11 @@ pub struct Stats {
     /// CUSUM of positive and of negative residuals, in noise units.
     cusum_high: f64,
     cusum_low: f64,
+    /// EWMA of the squared (clipped) prediction error: how well the model predicts this
+    /// series. A series whose level moves faster than its sensor's jitter (weather on a
+    /// quiet sensor) is judged against that, not against the jitter alone.
+    #[serde(default)]
+    error_var: f64,
 }
 
 /// A weight in (0, 1]; anything else (NaN, 0, negative, > 1) is a configuration bug that
@@ -148,7 +156,7 @@ impl Stats {
 
     fn sigma(&self, config: &StatsConfig) -> f64 {
         let floor = non_negative(config.noise_floor, 0.0).max(1e-9);
-        self.noise_var.sqrt().max(floor)
+        self.noise_var.sqrt().max(self.error_var.sqrt()).max(floor)
     }
 
     /// Feeds one reading (device time does not enter this model).
@@ -219,6 +227,8 @@ impl Stats {
         self.trend += beta * (level - self.level - self.trend);
         self.level = level;
         self.noise_var += noise_alpha * (difference * difference / 2.0 - self.noise_var);
+        let error = (x - predicted).clamp(-band, band);
+        self.error_var += noise_alpha * (error * error - self.error_var);
         self.previous = x;
         outcome
     }
