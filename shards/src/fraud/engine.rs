@@ -271,6 +271,8 @@ pub struct Scorer {
     config: FraudConfig,
     peers: PeerTable,
     model: HalfSpaceTrees,
+    /// The shard's own lag: see [`ShardLag`].
+    lag: ShardLag,
     /// Findings of the last score, kept only when asked ([`Scorer::trace`]).
     trace: Option<Vec<Finding>>,
     /// Replaying the log (start-up, backtest of an export): the peers table is neither
@@ -284,6 +286,7 @@ impl Scorer {
         Scorer {
             peers: PeerTable::new(config.peers),
             model: HalfSpaceTrees::new(&config.model),
+            lag: ShardLag::default(),
             config,
             trace: None,
             replaying: false,
@@ -314,16 +317,17 @@ impl Scorer {
     /// The shard's learned model, encoded for the fraud checkpoint.
     #[must_use]
     pub fn encode_model(&self) -> Vec<u8> {
-        // A struct of numbers and vectors: serialising it into a Vec cannot fail.
-        postcard::to_allocvec(&self.model).unwrap_or_default()
+        // Structs of numbers and vectors: serialising them into a Vec cannot fail.
+        postcard::to_allocvec(&(&self.model, &self.lag)).unwrap_or_default()
     }
 
     /// Restores [`Scorer::encode_model`]'s bytes; `false` (and the model unchanged) when
     /// they do not decode or were learned with another model configuration.
     pub fn restore_model(&mut self, bytes: &[u8]) -> bool {
-        match postcard::from_bytes::<HalfSpaceTrees>(bytes) {
-            Ok(model) if model.matches(&self.config.model) => {
+        match postcard::from_bytes::<(HalfSpaceTrees, ShardLag)>(bytes) {
+            Ok((model, lag)) if model.matches(&self.config.model) => {
                 self.model = model;
+                self.lag = lag;
                 true
             }
             _ => false,
@@ -427,10 +431,14 @@ impl Scorer {
             connection,
             envelope.received_ms,
         );
+        if device.readings == 1 {
+            self.lag.devices = self.lag.devices.saturating_add(1);
+        }
+        let received_ms = self.lag.observe(envelope.device_ms, envelope.received_ms);
         let timing = device.timing.observe(
             &self.config.timing,
             envelope.device_ms,
-            envelope.received_ms,
+            received_ms,
             envelope.seq,
         );
         if warm {
@@ -497,7 +505,12 @@ impl Scorer {
                 note(smooth, code, &mut strengths);
             }
         }
-        features.timing(&device.timing, device.last_device_ms, envelope);
+        features.timing(
+            &device.timing,
+            device.last_device_ms,
+            envelope.device_ms,
+            received_ms,
+        );
         device.last_device_ms = Some(envelope.device_ms);
         let model = self.model.check(&features.values());
         if warm {
@@ -522,6 +535,55 @@ impl Scorer {
             self.trace = Some(trace);
         }
         Scored { verdict, strengths }
+    }
+}
+
+/// The shard's own lag behind its devices: an EWMA over every envelope of the shard of
+/// `receive - device time`. When the server falls behind (a burst, a stall), every device's
+/// receive time moves at once; a device's clock moves alone. The timing detector sees
+/// receive times less the lag's change since it was first learned, so a server backlog is
+/// not read as every device's clock jumping. Applied once the shard has seen
+/// [`ShardLag::DEVICES_MIN`] devices: with fewer, one device's own clock would move the
+/// average it is compared with.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Serialize, Deserialize)]
+struct ShardLag {
+    /// Devices scored on this shard (saturating).
+    devices: u32,
+    /// The EWMA, and its first settled value (the reference the change is taken from).
+    ewma_ms: Option<f64>,
+    reference_ms: Option<f64>,
+    envelopes: u32,
+}
+
+impl ShardLag {
+    const DEVICES_MIN: u32 = 8;
+    const ALPHA: f64 = 0.01;
+    /// Envelopes before the EWMA is taken as the reference.
+    const SETTLE: u32 = 500;
+
+    /// Feeds one envelope; the receive time the timing detector should see.
+    fn observe(&mut self, device_ms: u64, received_ms: u64) -> u64 {
+        let sample = received_ms as f64 - device_ms as f64;
+        let ewma = match self.ewma_ms {
+            Some(previous) => previous + Self::ALPHA * (sample - previous),
+            None => sample,
+        };
+        self.ewma_ms = Some(ewma);
+        self.envelopes = self.envelopes.saturating_add(1);
+        if self.reference_ms.is_none() && self.envelopes >= Self::SETTLE {
+            self.reference_ms = Some(ewma);
+        }
+        match self.reference_ms {
+            Some(reference) if self.devices >= Self::DEVICES_MIN => {
+                let shift = (ewma - reference).round();
+                if shift.is_finite() {
+                    (received_ms as i128 - shift as i128).clamp(0, i128::from(u64::MAX)) as u64
+                } else {
+                    received_ms
+                }
+            }
+            _ => received_ms,
+        }
     }
 }
 
@@ -578,13 +640,19 @@ impl Features {
         self.any = true;
     }
 
-    fn timing(&mut self, timing: &Timing, last_device_ms: Option<u64>, envelope: &Envelope<'_>) {
+    fn timing(
+        &mut self,
+        timing: &Timing,
+        last_device_ms: Option<u64>,
+        device_ms: u64,
+        received_ms: u64,
+    ) {
         if let Some(offset) = timing.offset_ms() {
-            let sample = envelope.received_ms as f64 - envelope.device_ms as f64;
+            let sample = received_ms as f64 - device_ms as f64;
             self.offset_s = ((sample - offset) / 1000.0) as f32;
         }
         if let (Some(pace), Some(last)) = (timing.pace_ms(), last_device_ms) {
-            let interval = envelope.device_ms.saturating_sub(last) as f64;
+            let interval = device_ms.saturating_sub(last) as f64;
             self.pace = (interval.max(1.0) / pace.max(1.0)).log2() as f32;
         }
     }

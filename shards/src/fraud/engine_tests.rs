@@ -240,3 +240,38 @@ fn refused_sequences_from_a_second_writer_are_clone_evidence() {
     }
     assert!(fired);
 }
+
+#[test]
+fn a_server_backlog_is_not_every_device_s_clock_jumping() {
+    let mut scorer = Scorer::new(FraudConfig::default());
+    let mut devices: Vec<DeviceFraud> = (0..20).map(|_| DeviceFraud::new("", "")).collect();
+    let mut state = 31;
+    let mut timing_fired = 0;
+    for i in 0..600u64 {
+        for (d, device) in devices.iter_mut().enumerate() {
+            let t_ms = T0_MS + i * 60_000 + d as u64 * 100;
+            // From reading 400 to 420 the server falls 90 s behind every device: a backlog.
+            let lag_ms = 150 + i.clamp(400, 420).saturating_sub(400) * 4_500;
+            let readings = honest(i, t_ms, &mut state);
+            let mut env = envelope(i + 1, t_ms, &readings);
+            env.device = d as u64;
+            env.received_ms = t_ms + lag_ms;
+            let scored = scorer.score(device, &env);
+            timing_fired += usize::from(scored.verdict.fired.contains(Detector::Timing));
+        }
+    }
+    // Without the shard's lag every device would fire once (its offset moved 90 s).
+    assert_eq!(timing_fired, 0);
+    // One device's own clock jumping still fires.
+    let d = 3;
+    let t_ms = T0_MS + 600 * 60_000;
+    let readings = honest(600, t_ms, &mut state);
+    let mut env = envelope(601, t_ms - 300_000, &readings);
+    env.device = d as u64;
+    env.received_ms = t_ms + 90_000;
+    let scored = scorer.score(&mut devices[d], &env);
+    assert!(
+        scored.verdict.fired.contains(Detector::Timing),
+        "{scored:?}"
+    );
+}
