@@ -194,9 +194,10 @@ impl Default for ScoreConfig {
         // Honest clocks get reset and honest devices get new links: timing is evidence, not proof.
         weights[Detector::Timing.index()] = 0.5;
         weights[Detector::Clone.index()] = 0.8;
-        // Peers can be wrong together (a local event), and one device can honestly sit
-        // somewhere its peers do not: strong evidence, not proof.
-        weights[Detector::Peers.index()] = 0.7;
+        // Peers can be wrong together (a local event), one device can honestly sit somewhere
+        // its peers do not, and peer values are a little older than the reading: evidence
+        // that needs another detector or twice its limit to raise an alert.
+        weights[Detector::Peers.index()] = 0.5;
         // A learned model's rarity is a hint: alone it flags, it never quarantines.
         weights[Detector::Model.index()] = 0.5;
         ScoreConfig {

@@ -232,7 +232,7 @@ pub struct PeersConfig {
 impl Default for PeersConfig {
     fn default() -> Self {
         PeersConfig {
-            bucket_ms: 60_000,
+            bucket_ms: 5_000,
             fresh_ms: 120_000,
             peers_min: 4,
             location_z_max: 6.0,
