@@ -70,11 +70,11 @@
 //!
 //! # Limits
 //!
-//! - Bounds: `group_devices_max` entries per group (a new device evicts the oldest entry,
-//!   or is itself dropped if it is the oldest; counted) and `groups_max` groups per table
-//!   (a new group beyond it is refused, counted). A region larger than the bound keeps its
-//!   most recently seen devices: a sample, at O(`group_devices_max`) per reading of a
-//!   device outside it. Worst-case memory is about `groups_max · group_devices_max · 52`
+//! - Bounds: `group_devices_max` entries per group and `groups_max` groups per table (a new
+//!   group beyond it is refused, counted). A group larger than the bound keeps a stable
+//!   sample, the devices with the smallest ids (hashes): a newcomer above all of them is
+//!   not kept (counted), at the cost of a binary search; a smaller one replaces the
+//!   largest. A sampled device that stops reporting leaves its place at the next `prune`. Worst-case memory is about `groups_max · group_devices_max · 52`
 //!   bytes (a 32-byte entry and a 20-byte snapshot slot); in practice two entries per
 //!   device of the network (its location and its region).
 //! - Missed: a whole group fabricating together (the median moves with them); a fraud
@@ -664,23 +664,17 @@ impl PeerTable {
             }
             Err(mut i) => {
                 if entries.len() >= devices_max {
-                    // The oldest entry goes, ties to the smallest device; the newcomer
-                    // itself when it is older than all of them.
-                    let oldest = entries
-                        .iter()
-                        .enumerate()
-                        .min_by_key(|(_, e)| (e.time_ms, e.device))
-                        .map(|(j, e)| (j, e.time_ms));
+                    // A group larger than the bound keeps a stable sample: the devices with
+                    // the smallest ids (hashes), so a newcomer above all of them is not
+                    // kept, at O(1), and a smaller one replaces the largest. Each device of
+                    // a big region then costs a binary search, not a scan for the oldest
+                    // (which churned on every reading). A sampled device that stops
+                    // reporting leaves its place at the next `prune`.
                     self.counters.devices_evicted += 1;
-                    match oldest {
-                        Some((j, time_ms)) if time_ms <= entry.time_ms => {
-                            entries.remove(j);
-                            if j < i {
-                                i -= 1;
-                            }
-                        }
-                        _ => return,
+                    if i >= entries.len() {
+                        return;
                     }
+                    entries.pop();
                 }
                 entries.insert(i, entry);
                 group.joined += 1;
