@@ -662,7 +662,7 @@ impl PeerTable {
                 }
                 entries[i] = entry;
             }
-            Err(mut i) => {
+            Err(i) => {
                 if entries.len() >= devices_max {
                     // A group larger than the bound keeps a stable sample: the devices with
                     // the smallest ids (hashes), so a newcomer above all of them is not
