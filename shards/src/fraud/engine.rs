@@ -544,7 +544,9 @@ impl Scorer {
 /// receive times less the lag's change since it was first learned, so a server backlog is
 /// not read as every device's clock jumping. Applied once the shard has seen
 /// [`ShardLag::DEVICES_MIN`] devices: with fewer, one device's own clock would move the
-/// average it is compared with.
+/// average it is compared with. The EWMA's weight is the larger of [`ShardLag::ALPHA`] and
+/// one over the shard's devices, so it follows a backlog within about one reading of each
+/// device.
 #[derive(Clone, Copy, Debug, Default, PartialEq, Serialize, Deserialize)]
 struct ShardLag {
     /// Devices scored on this shard (saturating).
@@ -565,7 +567,13 @@ impl ShardLag {
     fn observe(&mut self, device_ms: u64, received_ms: u64) -> u64 {
         let sample = received_ms as f64 - device_ms as f64;
         let ewma = match self.ewma_ms {
-            Some(previous) => previous + Self::ALPHA * (sample - previous),
+            // About one envelope per device in the average: a shard of few devices must
+            // follow a backlog within a round of their readings, not a hundred envelopes
+            // (minutes), or a growing backlog reads as every clock slowing down.
+            Some(previous) => {
+                let alpha = Self::ALPHA.max(1.0 / f64::from(self.devices.max(1)));
+                previous + alpha * (sample - previous)
+            }
             None => sample,
         };
         self.ewma_ms = Some(ewma);

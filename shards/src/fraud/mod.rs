@@ -191,8 +191,11 @@ impl Default for ScoreConfig {
         weights[Detector::Persistence.index()] = 0.7;
         weights[Detector::TooSmooth.index()] = 0.6;
         weights[Detector::Physics.index()] = 0.9;
-        // Honest clocks get reset and honest devices get new links: timing is evidence, not proof.
-        weights[Detector::Timing.index()] = 0.5;
+        // Full weight: a clock measurably running fast or slow, or going back while the
+        // sequence grows, makes every timestamp wrong. The rules an honest device can trip
+        // (a clock reset, a backlog, a reconfigured interval) report half strength
+        // (`timing.rs`), so alone they alert only at twice their limits.
+        weights[Detector::Timing.index()] = 1.0;
         weights[Detector::Clone.index()] = 0.8;
         // Peers can be wrong together (a local event), one device can honestly sit somewhere
         // its peers do not, and peer values are a little older than the reading: evidence

@@ -1,17 +1,32 @@
 //! Timing: one device's clock against the receive time, and against itself.
 //!
-//! Three rules, all reported as [`Detector::Timing`] (the outcome says which):
+//! Four rules, all reported as [`Detector::Timing`] (the outcome says which):
+//! - **Clock rate.** A device clock that runs fast or slow moves the offset
+//!   `receive_ms - device_ms` along a straight line; latency only ever adds to the offset,
+//!   so its *lower envelope* (the smallest offset of each block of `rate_block_readings`
+//!   readings) is what the device clock alone decides. Over the last [`RATE_BLOCKS`] block
+//!   minima the robust (Theil-Sen) slope, in ms of offset per ms of receive time, is the
+//!   clock's rate error. It fires when the rate is over `clock_rate_max` (0.2 %, 7 s an
+//!   hour: twenty times a cheap crystal's 100 ppm) and the line explains the envelope: the
+//!   offset it moved over the blocks' span is at least `clock_rate_shift_ms_min` and
+//!   `clock_rate_noise_factor` times the scatter of the minima around the line (1.4826 ·
+//!   MAD of the residuals). A step (an NTP correction, a reconnection after buffering) is
+//!   no line: its residuals are a quarter of the step, so it does not fire here (the clock
+//!   shift rule judges it). Full strength: a clock that is measurably wrong makes every
+//!   timestamp it sends wrong.
 //! - **Clock shift.** The offset `receive_ms - device_ms` is smoothed by an EWMA (network
 //!   latency jitters it). A steady offset is fine, devices have skewed clocks; the
 //!   smoothed offset moving by more than `offset_shift_ms_max` from where it stood at the
 //!   start of the current span of `offset_span_ms` (receive time) fires, then the new
 //!   offset becomes the reference. So a jump fires once, and a drift faster than about
-//!   `offset_shift_ms_max / offset_span_ms` fires once per span.
+//!   `offset_shift_ms_max / offset_span_ms` fires once per span. Half strength: a server
+//!   backlog or a buffered reconnection moves the offset too, so alone it alerts only at
+//!   twice its limit and more.
 //! - **Burst.** An EWMA of the interval between readings by device time is the device's
 //!   own pace; `burst_readings` readings in a row each closer than
 //!   `burst_interval_fraction_max` of that pace fire (and keep firing while the burst lasts).
 //!   The pace keeps learning, so a device whose interval was really reconfigured fires for a
-//!   few readings only.
+//!   few readings only. Half strength, as a reconfigured device does this honestly.
 //! - **Backwards.** Device time going back by more than `backwards_tolerance_ms` while the
 //!   sequence number grows: one clock cannot do that, a replay with fresh sequences can.
 //!
@@ -21,6 +36,9 @@
 //! not a burst). Times are any u64: arithmetic is in i128/f64, nothing overflows.
 
 use super::{strength_over, Detector, Signal};
+
+/// Block minima the clock rate rule fits its line through.
+pub const RATE_BLOCKS: usize = 8;
 
 /// Parameters of the timing rules.
 #[derive(Clone, Copy, Debug, PartialEq)]
@@ -41,6 +59,14 @@ pub struct TimingConfig {
     pub burst_interval_fraction_max: f32,
     /// Device time may step back by up to this (clock sync) while the sequence grows.
     pub backwards_tolerance_ms: u64,
+    /// Readings per block of the clock rate rule (the block's smallest offset is its point).
+    pub rate_block_readings: u32,
+    /// A clock running faster or slower than this fraction fires (0.002: 0.2 %).
+    pub clock_rate_max: f32,
+    /// The line must move the offset by at least this over its blocks.
+    pub clock_rate_shift_ms_min: u64,
+    /// ... and by at least this many times the scatter of the block minima around it.
+    pub clock_rate_noise_factor: f32,
 }
 
 impl Default for TimingConfig {
@@ -55,6 +81,10 @@ impl Default for TimingConfig {
             burst_readings: 5,
             burst_interval_fraction_max: 0.2,
             backwards_tolerance_ms: 2_000,
+            rate_block_readings: 3,
+            clock_rate_max: 0.002,
+            clock_rate_shift_ms_min: 20,
+            clock_rate_noise_factor: 6.0,
         }
     }
 }
@@ -62,6 +92,8 @@ impl Default for TimingConfig {
 /// What the timing rules saw in one reading; [`TimingOutcome::signal`] folds it.
 #[derive(Clone, Copy, Debug, Default, PartialEq)]
 pub struct TimingOutcome {
+    /// The device clock runs measurably fast or slow.
+    pub clock_rate: Option<Signal>,
     /// The clock offset jumped or drifted.
     pub clock_shift: Option<Signal>,
     /// A burst far faster than the device's pace.
@@ -74,7 +106,7 @@ impl TimingOutcome {
     /// The strongest of the rules that fired, as the one [`Detector::Timing`] signal.
     #[must_use]
     pub fn signal(&self) -> Option<Signal> {
-        [self.clock_shift, self.burst, self.backwards]
+        [self.clock_rate, self.clock_shift, self.burst, self.backwards]
             .into_iter()
             .flatten()
             .reduce(|a, b| if b.strength > a.strength { b } else { a })
@@ -96,12 +128,135 @@ pub struct Timing {
     intervals: u32,
     /// Readings in a row faster than the burst fraction.
     burst_run: u32,
+    /// The clock rate rule's state.
+    rate: ClockRate,
+}
+
+/// The clock rate rule's state: block minima of the offset and the last verdict.
+#[derive(Clone, Copy, Debug, Default, PartialEq, serde::Serialize, serde::Deserialize)]
+struct ClockRate {
+    /// Completed blocks, oldest first once full: (smallest offset, its receive time).
+    blocks: [(f64, u64); RATE_BLOCKS],
+    filled: u8,
+    /// The block being filled: readings so far and its smallest offset.
+    current: (u32, f64, u64),
+    /// The strength of the last fit (0: did not fire); reported on every reading until
+    /// the next block completes.
+    strength: f32,
+    /// The fitted rate, for `fraud explain`.
+    rate: f32,
+}
+
+impl ClockRate {
+    fn clear(&mut self) {
+        *self = ClockRate::default();
+    }
+
+    fn observe(&mut self, config: &TimingConfig, offset_ms: f64, receive_ms: u64) -> Option<Signal> {
+        let (count, min, at) = self.current;
+        self.current = if count == 0 || offset_ms < min {
+            (count + 1, offset_ms, receive_ms)
+        } else {
+            (count + 1, min, at)
+        };
+        if self.current.0 >= config.rate_block_readings.max(1) {
+            let point = (self.current.1, self.current.2);
+            self.current = (0, 0.0, 0);
+            let filled = usize::from(self.filled);
+            if filled < RATE_BLOCKS {
+                self.blocks[filled] = point;
+                self.filled += 1;
+            } else {
+                self.blocks.copy_within(1.., 0);
+                self.blocks[RATE_BLOCKS - 1] = point;
+            }
+            self.fit(config);
+        }
+        (self.strength > 0.0).then_some(Signal {
+            detector: Detector::Timing,
+            strength: self.strength,
+        })
+    }
+
+    /// The Theil-Sen line through the block minima, and whether it fires.
+    fn fit(&mut self, config: &TimingConfig) {
+        self.strength = 0.0;
+        let n = usize::from(self.filled);
+        // Fewer points leave a step and a line too alike.
+        if n < RATE_BLOCKS / 2 + 1 {
+            return;
+        }
+        let points = &self.blocks[..n];
+        let t0 = points[0].1;
+        let x = |p: &(f64, u64)| p.1.wrapping_sub(t0) as i64 as f64;
+        let mut slopes = [0.0f64; RATE_BLOCKS * (RATE_BLOCKS - 1) / 2];
+        let mut k = 0;
+        for i in 0..n {
+            for j in i + 1..n {
+                let dx = x(&points[j]) - x(&points[i]);
+                if dx > 0.0 {
+                    slopes[k] = (points[j].0 - points[i].0) / dx;
+                    k += 1;
+                }
+            }
+        }
+        let Some(slope) = median(&mut slopes[..k]) else {
+            return;
+        };
+        let mut residuals = [0.0f64; RATE_BLOCKS];
+        for (r, p) in residuals.iter_mut().zip(points) {
+            *r = p.0 - slope * x(p);
+        }
+        let Some(intercept) = median(&mut residuals[..n]) else {
+            return;
+        };
+        for r in &mut residuals[..n] {
+            *r = (*r - intercept).abs();
+        }
+        let Some(mad) = median(&mut residuals[..n]) else {
+            return;
+        };
+        let span_ms = x(&points[n - 1]) - x(&points[0]);
+        let moved_ms = slope.abs() * span_ms;
+        let limit = f64::from(config.clock_rate_max);
+        let noise = f64::from(config.clock_rate_noise_factor) * 1.4826 * mad;
+        self.rate = slope as f32;
+        if slope.is_finite()
+            && slope.abs() > limit
+            && moved_ms >= config.clock_rate_shift_ms_min as f64
+            && moved_ms >= noise
+        {
+            self.strength = strength_over(slope.abs(), limit);
+        }
+    }
+}
+
+/// The median of a few values (sorted in place); `None` when empty or not a number.
+fn median(values: &mut [f64]) -> Option<f64> {
+    if values.is_empty() || values.iter().any(|v| v.is_nan()) {
+        return None;
+    }
+    values.sort_unstable_by(f64::total_cmp);
+    let n = values.len();
+    Some(if n % 2 == 1 {
+        values[n / 2]
+    } else {
+        (values[n / 2 - 1] + values[n / 2]) / 2.0
+    })
 }
 
 fn signal(measure: f64, limit: f64) -> Option<Signal> {
     Some(Signal {
         detector: Detector::Timing,
         strength: strength_over(measure, limit),
+    })
+}
+
+/// Half strength: evidence that alone alerts only at twice its limit.
+fn half(signal: Option<Signal>) -> Option<Signal> {
+    signal.map(|s| Signal {
+        strength: s.strength * 0.5,
+        ..s
     })
 }
 
@@ -124,6 +279,13 @@ impl Timing {
     #[must_use]
     pub fn offset_ms(&self) -> Option<f64> {
         self.offset_ms
+    }
+
+    /// The clock's rate error as last fitted (ms of offset per ms; negative: the device
+    /// clock runs fast), for `fraud explain`.
+    #[must_use]
+    pub fn clock_rate(&self) -> f32 {
+        self.rate.rate
     }
 
     /// The device's learnt interval between readings in ms, for `fraud explain`.
@@ -172,6 +334,7 @@ impl Timing {
         outcome: &mut TimingOutcome,
     ) {
         let sample = (i128::from(receive_ms) - i128::from(device_ms)) as f64;
+        outcome.clock_rate = self.rate.observe(config, sample, receive_ms);
         let Some(previous) = self.offset_ms else {
             self.offset_ms = Some(sample);
             self.reference = (sample, receive_ms);
@@ -184,7 +347,9 @@ impl Timing {
         let moved_ms = (offset - reference).abs();
         let limit_ms = config.offset_shift_ms_max as f64;
         if moved_ms > limit_ms {
-            outcome.clock_shift = signal(moved_ms, limit_ms);
+            outcome.clock_shift = half(signal(moved_ms, limit_ms));
+            // A new level: the rate rule starts over rather than fit a line through a step.
+            self.rate.clear();
             // The sample is the new level: a jump fires once, not while the EWMA catches up.
             self.offset_ms = Some(sample);
             self.reference = (sample, receive_ms);
@@ -211,7 +376,7 @@ impl Timing {
             if self.burst_run >= config.burst_readings {
                 // How many times faster than the pace, against 1 / fraction.
                 let speedup = pace / interval_ms.max(1.0);
-                out.burst = signal(speedup, 1.0 / fraction);
+                out.burst = half(signal(speedup, 1.0 / fraction));
             }
         } else {
             self.burst_run = 0;
@@ -273,7 +438,8 @@ mod tests {
             let o = feed(&mut t, &c, device, receive, i);
             if let Some(s) = o.clock_shift {
                 assert!(i >= 100, "{i}");
-                assert!(s.strength >= 0.5);
+                // Half strength: alone it alerts at twice its limit.
+                assert!(s.strength >= 0.25);
                 fired += 1;
             }
         }
@@ -369,6 +535,65 @@ mod tests {
         assert!(out.iter().all(|o| o.signal().is_none()), "{out:?}");
     }
 
+    /// Readings 600 ms apart received after 2 ms plus a jitter of up to 30 ms, with every
+    /// 5 s a stall of 150 ms (a server falling behind); from reading `onset` the device
+    /// clock runs `ratio` fast (device time = t + ratio (t - onset)). The first reading at
+    /// which the clock rate rule fired, counted from the onset.
+    fn rate_fired_after(ratio: f64, onset: u64, step_ms: i64) -> Option<u64> {
+        let c = TimingConfig::default();
+        let mut t = Timing::new();
+        for i in 0..onset + 200 {
+            let true_ms = T0_MS + i * 600;
+            let jitter = (i.wrapping_mul(2_654_435_761) >> 9) % 30;
+            let stall = if true_ms % 5_000 < 600 { 150 } else { 0 };
+            let receive = true_ms + 2 + jitter + stall;
+            let skew = if i >= onset {
+                ratio * (i - onset) as f64 * 600.0
+            } else {
+                0.0
+            } + if i >= onset { step_ms as f64 } else { 0.0 };
+            let device = (true_ms as f64 + skew) as u64;
+            if t.observe(&c, device, receive, i).clock_rate.is_some() {
+                assert!(i >= onset, "fired at {i}, before the onset {onset}");
+                return Some(i - onset);
+            }
+        }
+        None
+    }
+
+    #[test]
+    fn a_clock_running_fast_or_slow_fires_within_thirty_readings() {
+        for ratio in [0.005, -0.005, 0.02, -0.02, 0.1, -0.1] {
+            let after = rate_fired_after(ratio, 300, 0);
+            assert!(after.is_some_and(|n| n <= 30), "ratio {ratio}: {after:?}");
+        }
+    }
+
+    #[test]
+    fn a_clock_in_the_crystal_range_or_a_step_does_not_fire_the_rate_rule() {
+        // 100 ppm, a cheap crystal.
+        assert_eq!(rate_fired_after(0.0001, 300, 0), None);
+        assert_eq!(rate_fired_after(-0.0001, 300, 0), None);
+        // An NTP step of 5 s either way, under the clock shift rule's limit.
+        assert_eq!(rate_fired_after(0.0, 300, 5_000), None);
+        assert_eq!(rate_fired_after(0.0, 300, -5_000), None);
+        // No fraud at all, stalls included.
+        assert_eq!(rate_fired_after(0.0, 300, 0), None);
+    }
+
+    #[test]
+    fn a_clock_rate_under_heavy_latency_jitter_does_not_fire() {
+        // A cellular link: latency 50-2,000 ms, one reading a minute, a 20 ppm clock.
+        let c = TimingConfig::default();
+        let mut t = Timing::new();
+        for i in 0..3_000u64 {
+            let true_ms = T0_MS + i * MINUTE_MS;
+            let device = true_ms + i * MINUTE_MS / 50_000;
+            let o = t.observe(&c, device, true_ms + latency_ms(i), i);
+            assert_eq!(o.clock_rate, None, "{i}: rate {}", t.clock_rate());
+        }
+    }
+
     fn any_time_ms() -> impl Strategy<Value = u64> {
         prop_oneof![
             Just(0u64),
@@ -398,6 +623,10 @@ mod tests {
                     burst_readings: 0,
                     burst_interval_fraction_max: fraction,
                     backwards_tolerance_ms: tolerance,
+                    rate_block_readings: shift as u32,
+                    clock_rate_max: fraction,
+                    clock_rate_shift_ms_min: tolerance,
+                    clock_rate_noise_factor: alpha,
                 },
             ];
             for c in configs {
