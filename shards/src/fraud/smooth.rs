@@ -7,9 +7,12 @@
 //!   spread is about 2.4 times the noise. More than `quiet_readings_max` readings in a row
 //!   with `|second difference| < residual_noise_min` while the values span more than the
 //!   noise floor fires: a computed curve, not a measurement. A constant value is left to
-//!   the persistence detector (its span stays within the floor). With the defaults
-//!   (half a floor, 20 readings) jitter of a twentieth of the floor fires within about 25
-//!   readings; jitter of a tenth of the floor fires only sometimes; at the floor, never.
+//!   the persistence detector (its span stays within the floor). Why 10: jitter at the
+//!   floor makes a second difference that small with probability about 0.16 (|N(0, 2.45)|
+//!   under 0.5), so 10 in a row about 1e-8 for an honest sensor; the strength reaches an
+//!   alert alone (0.84) at about 17 quiet readings. With the defaults (half a floor, 10
+//!   readings) jitter of a twentieth of the floor fires within about 15 readings; jitter of
+//!   a tenth of the floor fires only sometimes; at the floor, never.
 //! - **Trailing digits.** The last digit at the kind's resolution (`round(x / res) mod 10`)
 //!   of a measured value whose jitter covers many steps is uniform; a generator that
 //!   rounds to a pattern is not. Over a sliding window of `digit_window_readings` the
@@ -84,7 +87,7 @@ impl SmoothConfig {
         SmoothConfig {
             // Honest jitter at the floor gives second differences of about 2.4 floors.
             residual_noise_min: noise_floor * 0.5,
-            quiet_readings_max: 20,
+            quiet_readings_max: 10,
             noise_floor,
             digit_resolution: digit_resolution_default(kind),
             digit_window_readings: 60,
@@ -345,8 +348,8 @@ mod tests {
                 first.get_or_insert(i);
             }
         }
-        // Quiet from the third reading; the run passes 20 at the 23rd (index 22).
-        assert_eq!(first, Some(22));
+        // Quiet from the third reading; the run passes 10 at the 13th (index 12).
+        assert_eq!(first, Some(12));
     }
 
     #[test]
