@@ -28,6 +28,7 @@ pub mod bounds;
 pub mod clone;
 pub mod engine;
 pub mod model;
+pub mod offset;
 pub mod peers;
 pub mod persistence;
 pub mod physics;
