@@ -38,6 +38,7 @@
 use super::bounds::Bounds;
 use super::clone::{CloneConfig, Clones};
 use super::model::{HalfSpaceTrees, ModelConfig, FEATURES, FEATURE_MAX};
+use super::offset::{OffsetConfig, PeerOffset};
 use super::peers::{GroupKey, PeerTable, PeersConfig, Scope};
 use super::persistence::{Persistence, PersistenceLimits};
 use super::physics::{self, PhysicsLimits};
@@ -61,6 +62,7 @@ pub struct KindConfig {
     pub stats: StatsConfig,
     pub persistence: PersistenceLimits,
     pub smooth: SmoothConfig,
+    pub offset: OffsetConfig,
 }
 
 impl KindConfig {
@@ -73,6 +75,7 @@ impl KindConfig {
             stats: StatsConfig::default_for(kind),
             persistence: PersistenceLimits::default_for(kind),
             smooth: SmoothConfig::default_for(kind),
+            offset: OffsetConfig::with_floor(super::persistence::noise_floor_default(kind)),
         }
     }
 }
@@ -127,6 +130,8 @@ pub struct Series {
     stats: Stats,
     persistence: Persistence,
     smooth: Smooth,
+    /// The device's offset from its location's median (drift against the neighbours).
+    offset: PeerOffset,
 }
 
 impl Series {
@@ -462,6 +467,8 @@ impl Scorer {
                 None => None,
             };
             note(bounds, code, &mut strengths);
+            // The median of the device's location: the reference of the offset rule.
+            let mut location_median = None;
             if !self.replaying && value.is_finite() {
                 let kind_of = Kind::from_code(code).unwrap_or(Kind::Other(code));
                 for (scope, base) in [(Scope::Location, location), (Scope::Region, region)] {
@@ -469,12 +476,21 @@ impl Scorer {
                         continue;
                     };
                     let key = GroupKey::of(base, scope, kind_of);
-                    let found =
-                        self.peers
-                            .check(key, envelope.device, envelope.device_ms, value, kind_of);
+                    let found = self.peers.evaluate(
+                        key,
+                        envelope.device,
+                        envelope.device_ms,
+                        value,
+                        kind_of,
+                    );
                     self.peers
                         .observe(key, envelope.device, envelope.device_ms, value);
-                    note(found, code, &mut strengths);
+                    if let Some(found) = found {
+                        if scope == Scope::Location {
+                            location_median = Some(found.view.median as f32);
+                        }
+                        note(found.signal, code, &mut strengths);
+                    }
                 }
             }
             let Some(series) = device.series_mut(code) else {
@@ -495,6 +511,8 @@ impl Scorer {
                 series.stats.raw_noise(),
             );
             let smooth = series.smooth.observe(&kind.smooth, value);
+            let offset = location_median
+                .and_then(|median| series.offset.observe(&kind.offset, value, median));
             features.add(&series.stats, &kind.stats, stats.z, value);
             features.run(series.persistence.run_readings());
             if warm {
@@ -503,6 +521,7 @@ impl Scorer {
                 note(stats.drift, code, &mut strengths);
                 note(persistence, code, &mut strengths);
                 note(smooth, code, &mut strengths);
+                note(offset, code, &mut strengths);
             }
         }
         features.timing(

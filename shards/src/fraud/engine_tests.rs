@@ -275,3 +275,35 @@ fn a_server_backlog_is_not_every_device_s_clock_jumping() {
         "{scored:?}"
     );
 }
+
+#[test]
+fn a_device_drifting_away_from_its_location_fires_drift_and_its_neighbours_do_not() {
+    // Ten stations of one location sharing the weather, each with its own calibration
+    // offset; from reading 400, station 0's temperature drifts by 0.004 °C a reading (a
+    // ramp the Holt trend would learn as weather).
+    let mut scorer = Scorer::new(FraudConfig::default());
+    let mut devices: Vec<DeviceFraud> = (0..10)
+        .map(|_| DeviceFraud::new("roof-north", "city"))
+        .collect();
+    let mut state = 41;
+    let mut fired_at = None;
+    for i in 0..700u64 {
+        for (d, device) in devices.iter_mut().enumerate() {
+            let t_ms = T0_MS + i * 60_000 + d as u64 * 500;
+            let mut readings = honest(i, t_ms, &mut state);
+            readings[1].value += d as f32 * 0.1;
+            if d == 0 && i >= 400 {
+                readings[1].value += 0.004 * (i - 400) as f32;
+            }
+            let mut env = envelope(i + 1, t_ms, &readings);
+            env.device = device_hash(&format!("roof-{d}"));
+            let scored = scorer.score(device, &env);
+            if scored.verdict.fired.contains(Detector::Drift) {
+                assert_eq!(d, 0, "honest station {d} fired drift at reading {i}");
+                fired_at.get_or_insert(i);
+            }
+        }
+    }
+    let fired_at = fired_at.expect("the drift never fired");
+    assert!((400..=520).contains(&fired_at), "{fired_at}");
+}
