@@ -1057,9 +1057,11 @@ fn render(
     ));
     let (offset_ms, pace_ms) = state.clock();
     line(format!(
-        "  clock: offset {} (receive time - device time, smoothed), pace {} between readings",
+        "  clock: offset {} (receive time - device time, smoothed), pace {} between readings, rate {:+.3} % (positive: the clock runs fast; fires beyond ±{:.3} %)",
         offset_ms.map_or_else(|| "not known yet".to_string(), |v| format!("{v:.1} ms")),
-        pace_ms.map_or_else(|| "not known yet".to_string(), |v| format!("{v:.1} ms"))
+        pace_ms.map_or_else(|| "not known yet".to_string(), |v| format!("{v:.1} ms")),
+        -100.0 * state.clock_rate(),
+        100.0 * config.timing.clock_rate_max
     ));
     let mut series = state.series().peekable();
     if series.peek().is_none() {

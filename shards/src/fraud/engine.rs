@@ -195,6 +195,13 @@ impl DeviceFraud {
         (self.timing.offset_ms(), self.timing.pace_ms())
     }
 
+    /// The device clock's rate error as last fitted by the clock rate rule (a fraction;
+    /// negative: the clock runs fast).
+    #[must_use]
+    pub fn clock_rate(&self) -> f32 {
+        self.timing.clock_rate()
+    }
+
     fn series_mut(&mut self, code: u16) -> Option<&mut Series> {
         let slot = self
             .series
