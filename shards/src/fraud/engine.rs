@@ -446,11 +446,13 @@ impl Scorer {
         if device.readings == 1 {
             self.lag.devices = self.lag.devices.saturating_add(1);
         }
-        let received_ms = self.lag.observe(envelope.device_ms, envelope.received_ms);
-        let timing = device.timing.observe(
+        let (received_ms, rate_received_ms) =
+            self.lag.observe(envelope.device_ms, envelope.received_ms);
+        let timing = device.timing.observe_with(
             &self.config.timing,
             envelope.device_ms,
             received_ms,
+            rate_received_ms,
             envelope.seq,
         );
         if warm {
@@ -581,6 +583,9 @@ struct ShardLag {
     ewma_ms: Option<f64>,
     reference_ms: Option<f64>,
     envelopes: u32,
+    /// The shift as it stood at least a second ago, and the shift and receive time of the
+    /// latest sample taken (one a second): see [`ShardLag::observe`].
+    held: (f64, f64, u64),
 }
 
 impl ShardLag {
@@ -589,8 +594,13 @@ impl ShardLag {
     /// Envelopes before the EWMA is taken as the reference.
     const SETTLE: u32 = 500;
 
-    /// Feeds one envelope; the receive time the timing detector should see.
-    fn observe(&mut self, device_ms: u64, received_ms: u64) -> u64 {
+    /// Feeds one envelope; the receive time the timing rules should see, and the one the
+    /// clock rate rule should see. The latter is corrected only by as much of the shift as
+    /// has lasted a second (the one of shift now and a second ago closer to 0): after a
+    /// stall (every envelope late at once, then none) the average is high for a moment,
+    /// and correcting the prompt envelopes just after it by that much would make them
+    /// look early, which the rate rule's lower envelope would take for a fast clock.
+    fn observe(&mut self, device_ms: u64, received_ms: u64) -> (u64, u64) {
         let sample = received_ms as f64 - device_ms as f64;
         let ewma = match self.ewma_ms {
             // About one envelope per device in the average: a shard of few devices must
@@ -607,17 +617,27 @@ impl ShardLag {
         if self.reference_ms.is_none() && self.envelopes >= Self::SETTLE {
             self.reference_ms = Some(ewma);
         }
-        match self.reference_ms {
-            Some(reference) if self.devices >= Self::DEVICES_MIN => {
-                let shift = (ewma - reference).round();
-                if shift.is_finite() {
-                    (received_ms as i128 - shift as i128).clamp(0, i128::from(u64::MAX)) as u64
-                } else {
-                    received_ms
-                }
-            }
-            _ => received_ms,
+        let shift = match self.reference_ms {
+            Some(reference) if self.devices >= Self::DEVICES_MIN => (ewma - reference).round(),
+            _ => 0.0,
+        };
+        let shift = if shift.is_finite() { shift } else { 0.0 };
+        let (_, latest, at_ms) = self.held;
+        if received_ms >= at_ms.saturating_add(1_000) {
+            self.held = (latest, shift, received_ms);
         }
+        let before = self.held.0;
+        let lasting = if shift * before <= 0.0 {
+            0.0
+        } else if shift.abs() < before.abs() {
+            shift
+        } else {
+            before
+        };
+        let correct = |shift: f64| {
+            (received_ms as i128 - shift as i128).clamp(0, i128::from(u64::MAX)) as u64
+        };
+        (correct(shift), correct(lasting))
     }
 }
 

@@ -307,3 +307,33 @@ fn a_device_drifting_away_from_its_location_fires_drift_and_its_neighbours_do_no
     let fired_at = fired_at.expect("the drift never fired");
     assert!((400..=520).contains(&fired_at), "{fired_at}");
 }
+
+#[test]
+fn short_server_stalls_do_not_read_as_fast_clocks() {
+    // 400 devices reading every 600 ms into one shard; every 5 s the server stalls for
+    // 150 ms and receives what arrived meanwhile at once. The shard's lag average jumps
+    // for a moment after each stall: the clock rate rule must not take the prompt
+    // envelopes just after it for early ones.
+    let mut scorer = Scorer::new(FraudConfig::default());
+    let mut devices: Vec<DeviceFraud> = (0..400).map(|_| DeviceFraud::new("", "")).collect();
+    let mut state = 57;
+    let mut fired = 0;
+    for i in 0..300u64 {
+        for (d, device) in devices.iter_mut().enumerate() {
+            let t_ms = T0_MS + i * 600 + d as u64 * 600 / 400;
+            let since = (t_ms - T0_MS) % 5_000;
+            let received_ms = if since < 150 {
+                t_ms - since + 150
+            } else {
+                t_ms + 3
+            };
+            let readings = honest(i, t_ms, &mut state);
+            let mut env = envelope(i + 1, t_ms, &readings);
+            env.device = d as u64;
+            env.received_ms = received_ms;
+            let scored = scorer.score(device, &env);
+            fired += usize::from(scored.verdict.fired.contains(Detector::Timing));
+        }
+    }
+    assert_eq!(fired, 0);
+}

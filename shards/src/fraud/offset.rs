@@ -58,7 +58,7 @@ impl OffsetConfig {
     #[must_use]
     pub fn with_floor(noise_floor: f32) -> OffsetConfig {
         OffsetConfig {
-            warmup_readings: 120,
+            warmup_readings: 300,
             // A time constant of about 500 readings: the calibration offset, not the weather.
             offset_alpha: 1.0 / 512.0,
             // About 1,000 readings, clipped: the scale must cover the device's micro-climate
@@ -167,12 +167,19 @@ mod tests {
                 + 7.5
                 + wander * (i as f64 * std::f64::consts::TAU / period + seed as f64).sin()
                 + 1.2 * rng.gauss()
-                + if i >= onset { drift * (i - onset) as f64 } else { 0.0 };
+                + if i >= onset {
+                    drift * (i - onset) as f64
+                } else {
+                    0.0
+                };
             if offset
                 .observe(&config, own.round() as f32, median as f32)
                 .is_some()
             {
-                assert!(i >= onset, "seed {seed}: fired at {i} before the onset {onset}");
+                assert!(
+                    i >= onset,
+                    "seed {seed}: fired at {i} before the onset {onset}"
+                );
                 return Some(i - onset);
             }
         }
@@ -194,7 +201,10 @@ mod tests {
             assert!(after.is_some_and(|n| n <= 40), "seed {seed}: {after:?}");
             // Downwards, and a slow one eventually.
             assert!(run(-0.5, 1_000, 3.0, 80.0, seed).is_some(), "seed {seed}");
-            assert!(run(0.1, 1_000, 3.0, 80.0, seed).is_some_and(|n| n <= 200), "seed {seed}");
+            assert!(
+                run(0.1, 1_000, 3.0, 80.0, seed).is_some_and(|n| n <= 200),
+                "seed {seed}"
+            );
         }
     }
 
@@ -202,7 +212,7 @@ mod tests {
     fn non_finite_inputs_change_nothing() {
         let config = OffsetConfig::with_floor(1.0);
         let mut offset = PeerOffset::default();
-        for i in 0..200 {
+        for i in 0..400 {
             let _ = offset.observe(&config, 400.0 + (i % 3) as f32, 395.0);
         }
         let before = offset;

@@ -106,10 +106,15 @@ impl TimingOutcome {
     /// The strongest of the rules that fired, as the one [`Detector::Timing`] signal.
     #[must_use]
     pub fn signal(&self) -> Option<Signal> {
-        [self.clock_rate, self.clock_shift, self.burst, self.backwards]
-            .into_iter()
-            .flatten()
-            .reduce(|a, b| if b.strength > a.strength { b } else { a })
+        [
+            self.clock_rate,
+            self.clock_shift,
+            self.burst,
+            self.backwards,
+        ]
+        .into_iter()
+        .flatten()
+        .reduce(|a, b| if b.strength > a.strength { b } else { a })
     }
 }
 
@@ -152,7 +157,13 @@ impl ClockRate {
         *self = ClockRate::default();
     }
 
-    fn observe(&mut self, config: &TimingConfig, offset_ms: f64, receive_ms: u64) -> Option<Signal> {
+    /// Feeds one offset; the signal while the last fit fires.
+    fn observe(
+        &mut self,
+        config: &TimingConfig,
+        offset_ms: f64,
+        receive_ms: u64,
+    ) -> Option<Signal> {
         let (count, min, at) = self.current;
         self.current = if count == 0 || offset_ms < min {
             (count + 1, offset_ms, receive_ms)
@@ -179,12 +190,12 @@ impl ClockRate {
     }
 
     /// The Theil-Sen line through the block minima, and whether it fires.
-    fn fit(&mut self, config: &TimingConfig) {
+    fn fit(&mut self, config: &TimingConfig) -> Option<()> {
         self.strength = 0.0;
         let n = usize::from(self.filled);
         // Fewer points leave a step and a line too alike.
         if n < RATE_BLOCKS / 2 + 1 {
-            return;
+            return None;
         }
         let points = &self.blocks[..n];
         let t0 = points[0].1;
@@ -200,22 +211,16 @@ impl ClockRate {
                 }
             }
         }
-        let Some(slope) = median(&mut slopes[..k]) else {
-            return;
-        };
+        let slope = median(&mut slopes[..k])?;
         let mut residuals = [0.0f64; RATE_BLOCKS];
         for (r, p) in residuals.iter_mut().zip(points) {
             *r = p.0 - slope * x(p);
         }
-        let Some(intercept) = median(&mut residuals[..n]) else {
-            return;
-        };
+        let intercept = median(&mut residuals[..n])?;
         for r in &mut residuals[..n] {
             *r = (*r - intercept).abs();
         }
-        let Some(mad) = median(&mut residuals[..n]) else {
-            return;
-        };
+        let mad = median(&mut residuals[..n])?;
         let span_ms = x(&points[n - 1]) - x(&points[0]);
         let moved_ms = slope.abs() * span_ms;
         let limit = f64::from(config.clock_rate_max);
@@ -228,6 +233,7 @@ impl ClockRate {
         {
             self.strength = strength_over(slope.abs(), limit);
         }
+        Some(())
     }
 }
 
@@ -303,7 +309,23 @@ impl Timing {
         receive_ms: u64,
         seq: u64,
     ) -> TimingOutcome {
+        self.observe_with(config, device_ms, receive_ms, receive_ms, seq)
+    }
+
+    /// As [`Timing::observe`], with the clock rate rule fed `rate_receive_ms` (the receive
+    /// time corrected for the shard's lag only where that lag lasted: see the engine's
+    /// `ShardLag`).
+    pub fn observe_with(
+        &mut self,
+        config: &TimingConfig,
+        device_ms: u64,
+        receive_ms: u64,
+        rate_receive_ms: u64,
+        seq: u64,
+    ) -> TimingOutcome {
         let mut outcome = TimingOutcome::default();
+        let offset = (i128::from(rate_receive_ms) - i128::from(device_ms)) as f64;
+        outcome.clock_rate = self.rate.observe(config, offset, rate_receive_ms);
         self.observe_offset(config, device_ms, receive_ms, &mut outcome);
         let Some((last_ms, last_seq)) = self.last else {
             self.last = Some((device_ms, seq));
@@ -334,7 +356,6 @@ impl Timing {
         outcome: &mut TimingOutcome,
     ) {
         let sample = (i128::from(receive_ms) - i128::from(device_ms)) as f64;
-        outcome.clock_rate = self.rate.observe(config, sample, receive_ms);
         let Some(previous) = self.offset_ms else {
             self.offset_ms = Some(sample);
             self.reference = (sample, receive_ms);
