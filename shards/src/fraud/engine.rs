@@ -446,8 +446,11 @@ impl Scorer {
         if device.readings == 1 {
             self.lag.devices = self.lag.devices.saturating_add(1);
         }
-        let (received_ms, rate_received_ms) =
-            self.lag.observe(envelope.device_ms, envelope.received_ms);
+        let (received_ms, rate_received_ms) = self.lag.observe(
+            envelope.device_ms,
+            envelope.received_ms,
+            !device.timing.clock_rate_fires(),
+        );
         let timing = device.timing.observe_with(
             &self.config.timing,
             envelope.device_ms,
@@ -600,9 +603,14 @@ impl ShardLag {
     /// stall (every envelope late at once, then none) the average is high for a moment,
     /// and correcting the prompt envelopes just after it by that much would make them
     /// look early, which the rate rule's lower envelope would take for a fast clock.
-    fn observe(&mut self, device_ms: u64, received_ms: u64) -> (u64, u64) {
+    ///
+    /// A device whose clock is known to be wrong (`learn` false) is corrected but not
+    /// learned from: a clock running 10 % fast is seconds off within a minute, and one
+    /// such envelope would move the shard's average by a hundredth of that.
+    fn observe(&mut self, device_ms: u64, received_ms: u64, learn: bool) -> (u64, u64) {
         let sample = received_ms as f64 - device_ms as f64;
         let ewma = match self.ewma_ms {
+            Some(previous) if !learn => previous,
             // About one envelope per device in the average: a shard of few devices must
             // follow a backlog within a round of their readings, not a hundred envelopes
             // (minutes), or a growing backlog reads as every clock slowing down.

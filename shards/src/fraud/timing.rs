@@ -294,6 +294,13 @@ impl Timing {
         self.rate.rate
     }
 
+    /// Whether the clock rate rule currently fires on this device (its clock is known to
+    /// be wrong: the shard's lag is not learned from it).
+    #[must_use]
+    pub fn clock_rate_fires(&self) -> bool {
+        self.rate.strength > 0.0
+    }
+
     /// The device's learnt interval between readings in ms, for `fraud explain`.
     #[must_use]
     pub fn pace_ms(&self) -> Option<f64> {
