@@ -38,7 +38,7 @@
 use super::bounds::Bounds;
 use super::clone::{CloneConfig, Clones};
 use super::model::{HalfSpaceTrees, ModelConfig, FEATURES, FEATURE_MAX};
-use super::offset::{OffsetConfig, PeerOffset};
+use super::offset::{OffsetConfig, PeerOffset, ShardScales};
 use super::peers::{GroupKey, PeerTable, PeersConfig, Scope};
 use super::persistence::{Persistence, PersistenceLimits};
 use super::physics::{self, PhysicsLimits};
@@ -282,6 +282,8 @@ pub fn address_hash(peer: &str) -> u64 {
 pub struct Scorer {
     config: FraudConfig,
     peers: PeerTable,
+    /// The warm devices' offset scales per kind (the offset rule's prior).
+    scales: ShardScales,
     model: HalfSpaceTrees,
     /// The shard's own lag: see [`ShardLag`].
     lag: ShardLag,
@@ -299,6 +301,7 @@ impl Scorer {
             peers: PeerTable::new(config.peers),
             model: HalfSpaceTrees::new(&config.model),
             lag: ShardLag::default(),
+            scales: ShardScales::default(),
             config,
             trace: None,
             replaying: false,
@@ -330,14 +333,15 @@ impl Scorer {
     #[must_use]
     pub fn encode_model(&self) -> Vec<u8> {
         // Structs of numbers and vectors: serialising them into a Vec cannot fail.
-        postcard::to_allocvec(&(&self.model, &self.lag)).unwrap_or_default()
+        postcard::to_allocvec(&(&self.model, &self.lag, &self.scales)).unwrap_or_default()
     }
 
     /// Restores [`Scorer::encode_model`]'s bytes; `false` (and the model unchanged) when
     /// they do not decode or were learned with another model configuration.
     pub fn restore_model(&mut self, bytes: &[u8]) -> bool {
-        match postcard::from_bytes::<(HalfSpaceTrees, ShardLag)>(bytes) {
-            Ok((model, lag)) if model.matches(&self.config.model) => {
+        match postcard::from_bytes::<(HalfSpaceTrees, ShardLag, ShardScales)>(bytes) {
+            Ok((model, lag, scales)) if model.matches(&self.config.model) => {
+                self.scales = scales;
                 self.model = model;
                 self.lag = lag;
                 true
@@ -523,8 +527,16 @@ impl Scorer {
                 series.stats.raw_noise(),
             );
             let smooth = series.smooth.observe(&kind.smooth, value);
-            let offset = location_median
-                .and_then(|median| series.offset.observe(&kind.offset, value, median));
+            let offset = location_median.and_then(|median| {
+                let found =
+                    series
+                        .offset
+                        .observe(&kind.offset, value, median, self.scales.scale_min(code));
+                if let Some(scale) = series.offset.own_scale(&kind.offset) {
+                    self.scales.learn(code, scale);
+                }
+                found
+            });
             features.add(&series.stats, &kind.stats, stats.z, value);
             features.run(series.persistence.run_readings());
             if warm {

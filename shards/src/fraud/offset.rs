@@ -26,6 +26,10 @@
 //! neighbours before the test means anything, so the warm-up counts readings *with* a
 //! median, not the device's readings.
 //!
+//! The scale is at least half the shard's median scale for the kind ([`ShardScales`]): a
+//! warm-up sees only a few turns of a device's wander and can learn a scale several times
+//! too small, which would then fire on the wander's next excursion.
+//!
 //! Known limits: the median is the peers table's snapshot (up to `bucket_ms` old), so a
 //! fast daily cycle widens the scale a little; a location whose devices drift together
 //! moves its median with them; a drift slower than the device's own micro-climate wander
@@ -94,8 +98,21 @@ impl PeerOffset {
         self.square.max(0.0).sqrt().max(2.0 * config.noise_floor)
     }
 
-    /// Feeds one value and the median of its location's other devices at its time.
-    pub fn observe(&mut self, config: &OffsetConfig, value: f32, median: f32) -> Option<Signal> {
+    /// The device's own scale once warm (what [`ShardScales`] learns from).
+    #[must_use]
+    pub fn own_scale(&self, config: &OffsetConfig) -> Option<f32> {
+        (self.readings > config.warmup_readings).then(|| self.scale(config))
+    }
+
+    /// Feeds one value and the median of its location's other devices at its time;
+    /// `scale_min` is the least scale the test uses ([`ShardScales::scale_min`]).
+    pub fn observe(
+        &mut self,
+        config: &OffsetConfig,
+        value: f32,
+        median: f32,
+        scale_min: f32,
+    ) -> Option<Signal> {
         let d = f64::from(value) - f64::from(median);
         if !d.is_finite() {
             return None;
@@ -112,7 +129,12 @@ impl PeerOffset {
             return None;
         }
         let e = d - offset;
-        let scale = f64::from(self.scale(config));
+        let own = f64::from(self.scale(config));
+        let scale = if scale_min.is_finite() {
+            own.max(f64::from(scale_min))
+        } else {
+            own
+        };
         let z = e.abs() / scale;
         let z_max = f64::from(config.z_max);
         let over = z > z_max;
@@ -125,12 +147,60 @@ impl PeerOffset {
         let clip = z_max * scale;
         self.offset = (offset + a * e.clamp(-clip, clip)) as f32;
         let b = f64::from(config.scale_alpha).clamp(0.0, 1.0);
-        let square = (e * e).min((SCALE_CLIP_Z * scale).powi(2));
+        let square = (e * e).min((SCALE_CLIP_Z * own).powi(2));
         self.square = (f64::from(self.square) + b * (square - f64::from(self.square))) as f32;
         firing.then(|| Signal {
             detector: Detector::Drift,
             strength: strength_over(z, f64::from(config.z_max)),
         })
+    }
+}
+
+/// What the shard's devices teach each other: per kind, the median of the warm devices'
+/// own scales (tracked by multiplicative sign steps, so a few drifting devices do not move
+/// it). A warm-up of a few hundred readings sees only a few turns of a device's
+/// micro-climate wander and can learn a scale several times too small; the test then uses
+/// at least [`SCALE_PRIOR`] of the shard's median for the kind.
+#[derive(Clone, Copy, Debug, Default, PartialEq, serde::Serialize, serde::Deserialize)]
+pub struct ShardScales {
+    /// By kind code (0 for codes past the table).
+    median: [f32; 12],
+}
+
+/// The share of the shard's median scale a device's test uses at least.
+pub const SCALE_PRIOR: f32 = 0.5;
+/// The multiplicative step of the median's tracking.
+const MEDIAN_STEP: f32 = 0.005;
+
+impl ShardScales {
+    fn slot(code: u16) -> usize {
+        let slot = usize::from(code);
+        if slot < 12 {
+            slot
+        } else {
+            0
+        }
+    }
+
+    /// The least scale for a kind (0 until learned).
+    #[must_use]
+    pub fn scale_min(&self, code: u16) -> f32 {
+        SCALE_PRIOR * self.median[Self::slot(code)]
+    }
+
+    /// A warm device's own scale for a kind.
+    pub fn learn(&mut self, code: u16, scale: f32) {
+        if !(scale.is_finite() && scale > 0.0) {
+            return;
+        }
+        let m = &mut self.median[Self::slot(code)];
+        *m = if *m <= 0.0 {
+            scale
+        } else if scale > *m {
+            *m * (1.0 + MEDIAN_STEP)
+        } else {
+            *m * (1.0 - MEDIAN_STEP)
+        };
     }
 }
 
@@ -173,7 +243,7 @@ mod tests {
                     0.0
                 };
             if offset
-                .observe(&config, own.round() as f32, median as f32)
+                .observe(&config, own.round() as f32, median as f32, 0.0)
                 .is_some()
             {
                 assert!(
@@ -209,15 +279,37 @@ mod tests {
     }
 
     #[test]
+    fn the_shard_scale_is_the_median_of_the_devices_and_ignores_a_few_wild_ones() {
+        let mut scales = ShardScales::default();
+        let mut rng = Rng(3);
+        for i in 0..20_000 {
+            // Honest scales around 3 (2 to 4); every tenth device's scale is 100.
+            let scale = if i % 10 == 0 {
+                100.0
+            } else {
+                3.0 + 2.0 * (rng.uniform() - 0.5)
+            };
+            scales.learn(1, scale as f32);
+            scales.learn(1, f32::NAN);
+        }
+        let median = scales.scale_min(1) / SCALE_PRIOR;
+        assert!((2.9..3.5).contains(&median), "{median}");
+        assert_eq!(scales.scale_min(2), 0.0);
+        // A code past the table shares slot 0, never panics.
+        scales.learn(9_999, 1.0);
+        assert!(scales.scale_min(9_999) > 0.0);
+    }
+
+    #[test]
     fn non_finite_inputs_change_nothing() {
         let config = OffsetConfig::with_floor(1.0);
         let mut offset = PeerOffset::default();
         for i in 0..400 {
-            let _ = offset.observe(&config, 400.0 + (i % 3) as f32, 395.0);
+            let _ = offset.observe(&config, 400.0 + (i % 3) as f32, 395.0, 0.0);
         }
         let before = offset;
-        assert_eq!(offset.observe(&config, f32::NAN, 395.0), None);
-        assert_eq!(offset.observe(&config, 400.0, f32::INFINITY), None);
+        assert_eq!(offset.observe(&config, f32::NAN, 395.0, 0.0), None);
+        assert_eq!(offset.observe(&config, 400.0, f32::INFINITY, 0.0), None);
         assert_eq!(offset, before);
         assert!(offset.offset_and_scale(&config).is_some());
     }
