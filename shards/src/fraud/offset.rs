@@ -26,7 +26,7 @@
 //! neighbours before the test means anything, so the warm-up counts readings *with* a
 //! median, not the device's readings.
 //!
-//! The scale is at least half the shard's median scale for the kind ([`ShardScales`]): a
+//! The scale is at least the shard's median scale for the kind ([`ShardScales`]): a
 //! warm-up sees only a few turns of a device's wander and can learn a scale several times
 //! too small, which would then fire on the wander's next excursion.
 //!
@@ -168,7 +168,7 @@ pub struct ShardScales {
 }
 
 /// The share of the shard's median scale a device's test uses at least.
-pub const SCALE_PRIOR: f32 = 0.5;
+pub const SCALE_PRIOR: f32 = 1.0;
 /// The multiplicative step of the median's tracking.
 const MEDIAN_STEP: f32 = 0.005;
 
