@@ -14,7 +14,6 @@ use glommio::{LocalExecutorBuilder, Placement};
 use ingestd_codec::envelope::telemetry_topic;
 use rand::SeedableRng;
 use std::cell::{Cell, RefCell};
-use std::io::Write;
 use std::net::{SocketAddr, ToSocketAddrs};
 use std::rc::Rc;
 use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
@@ -203,12 +202,7 @@ pub fn run(args: Args) -> Result<Outcome, String> {
     };
     let scenarios = scenario::build(&scenario_config, &mix, &infos);
     if let Some(path) = &args.truth {
-        let written = std::fs::File::create(path).and_then(|f| {
-            let mut w = std::io::BufWriter::new(f);
-            scenario::write_truth(&mut w, &scenarios, seq_base)?;
-            w.flush()
-        });
-        written.map_err(|e| format!("cannot write {}: {e}", path.display()))?;
+        scenario::write_truth_file(path, &scenarios, seq_base)?;
     }
     let plan = Arc::new(Plan {
         target,

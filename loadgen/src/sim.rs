@@ -147,11 +147,7 @@ impl SimDevice {
     /// Skips finished turns (a clone with an onset at 0 starts with an empty one); the
     /// next turn is a new connection, made right after the previous one's last message.
     fn settle(&mut self, received_ms: u64) {
-        while self
-            .turns
-            .get(self.turn)
-            .is_some_and(|t| self.k >= t.k_end)
-        {
+        while self.turns.get(self.turn).is_some_and(|t| self.k >= t.k_end) {
             self.turn += 1;
             self.connected_ms = received_ms + 1;
             if let Some(next) = self.turns.get(self.turn) {
@@ -256,12 +252,7 @@ pub fn simulate(
     );
     let scenarios = scenario::build(&config, &mix, &infos);
     if let Some(path) = &args.truth {
-        let written = std::fs::File::create(path).and_then(|f| {
-            let mut w = std::io::BufWriter::new(f);
-            scenario::write_truth(&mut w, &scenarios, seq_base)?;
-            w.flush()
-        });
-        written.map_err(|e| format!("cannot write {}: {e}", path.display()))?;
+        scenario::write_truth_file(path, &scenarios, seq_base)?;
     }
     let truth: Vec<TruthRow> = scenarios
         .iter()
@@ -373,7 +364,10 @@ pub fn simulate(
             evaluator.dead_letter(i);
         } else {
             let committed = device.replay.commit(seq);
-            assert!(committed.is_ok(), "sequence {seq} passed check, then not commit");
+            assert!(
+                committed.is_ok(),
+                "sequence {seq} passed check, then not commit"
+            );
             let scored = scorer.score(
                 &mut device.fraud,
                 &Envelope {
@@ -576,8 +570,68 @@ pub fn run(args: &SimArgs) -> Result<String, String> {
         false_file.as_mut().map(|f| f as &mut dyn Write),
         missed_file.as_mut().map(|f| f as &mut dyn Write),
     )?;
-    for file in [false_file.as_mut(), missed_file.as_mut()].into_iter().flatten() {
+    for file in [false_file.as_mut(), missed_file.as_mut()]
+        .into_iter()
+        .flatten()
+    {
         file.flush().map_err(|e| format!("writing a dump: {e}"))?;
     }
     Ok(report(args, &outcome))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn latency(stall_us: Option<(u64, u64)>) -> Latency {
+        Latency {
+            base_us: 2_000.0,
+            jitter_us: 3_000.0,
+            stall_us,
+            start_us: 1_000_000_000,
+            key: 7,
+        }
+    }
+
+    #[test]
+    fn jitter_is_exponential_above_the_base() {
+        let l = latency(None);
+        let n = 20_000u64;
+        let delays: Vec<u64> = (0..n)
+            .map(|k| l.receive_us(3, k, l.start_us + k * 1_000) - (l.start_us + k * 1_000))
+            .collect();
+        assert!(delays.iter().all(|d| *d >= 2_000));
+        let mean = delays.iter().sum::<u64>() as f64 / n as f64;
+        assert!((mean - 5_000.0).abs() < 150.0, "{mean}");
+        // The median of an exponential is ln 2 × its mean.
+        let mut sorted = delays.clone();
+        sorted.sort_unstable();
+        let median = sorted[sorted.len() / 2] as f64 - 2_000.0;
+        assert!((median - 3_000.0 * 2f64.ln()).abs() < 150.0, "{median}");
+        assert_eq!(
+            delays[5],
+            l.receive_us(3, 5, l.start_us + 5_000) - (l.start_us + 5_000)
+        );
+    }
+
+    /// A stall every 10 s for 500 ms: what arrives inside it is received at its end, in
+    /// order; what arrives outside it (and before the first) is not held.
+    #[test]
+    fn stalls_hold_arrivals_until_they_end() {
+        let free = latency(None);
+        let stalled = latency(Some((10_000_000, 500_000)));
+        let start = stalled.start_us;
+        for (sent_s, held) in [(5.0, false), (10.1, true), (20.3, true), (20.6, false)] {
+            let sent = start + (sent_s * 1e6) as u64;
+            let at = stalled.receive_us(1, 9, sent);
+            let arrival = free.receive_us(1, 9, sent);
+            if held {
+                let stall_end = start + (sent_s as u64 / 10 * 10) * 1_000_000 + 500_000;
+                assert_eq!(at, stall_end, "sent at {sent_s} s");
+                assert!(at > arrival);
+            } else {
+                assert_eq!(at, arrival, "sent at {sent_s} s");
+            }
+        }
+    }
 }
