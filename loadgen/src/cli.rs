@@ -332,7 +332,7 @@ pub enum Command {
     /// The fraud evaluation of `scripts/fraud-eval` without a server: the same devices,
     /// labels, onsets and messages, scored in process by the server's engine over
     /// simulated receive times, printed as the same report (loadgen/README.md).
-    FraudSim(SimArgs),
+    FraudSim(Box<SimArgs>),
     /// Give the devices of DIR/registry.json locations and regions: in file order,
     /// --devices-per-location to a location, --locations-per-region to a region. Other
     /// fields are kept.
@@ -441,6 +441,12 @@ pub struct SimArgs {
     /// started then would use).
     #[arg(long)]
     pub seq_base: Option<u64>,
+    /// Change the engine's configuration (default `FraudConfig::default()`, the
+    /// server's with `[fraud] enabled = true`): `alert_score_min=0.4`,
+    /// `quarantine_score_min=0.95`, `warmup_readings=20`, `weights.NAME=0.3` (a detector's
+    /// stable name). Repeatable.
+    #[arg(long = "set", value_name = "KEY=VALUE")]
+    pub set: Vec<String>,
     /// Write the truth file here (as `loadgen --truth`).
     #[arg(long)]
     pub truth: Option<PathBuf>,
@@ -514,6 +520,21 @@ mod tests {
             }
             other => panic!("{other:?}"),
         }
+        // fraud-sim's defaults are scripts/fraud-eval's.
+        match parse(&["fraud-sim", "--set", "weights.timing=0.3"]).command {
+            Some(Command::FraudSim(s)) => {
+                assert_eq!((s.rate, s.duration, s.devices), (16_700.0, 600.0, 10_000));
+                assert_eq!(
+                    (s.fraud_share, s.day_s, s.window, s.seed),
+                    (0.11, 600.0, 30, 1)
+                );
+                assert_eq!((s.devices_per_location, s.locations_per_region), (10, 10));
+                assert_eq!((s.shards, s.warmup_readings), (2, None));
+                assert_eq!(s.set, ["weights.timing=0.3"]);
+            }
+            other => panic!("{other:?}"),
+        }
+        assert!(Args::try_parse_from(["loadgen", "fraud-sim", "--stall-ms", "5"]).is_err());
         let a = parse(&["place", "--devices-dir", "d", "--devices-per-location", "4"]);
         assert!(matches!(
             a.command,

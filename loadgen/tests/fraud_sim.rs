@@ -12,7 +12,7 @@ fn sim_args(flags: &[&str]) -> SimArgs {
         .into_iter()
         .chain(flags.iter().copied());
     match Args::try_parse_from(argv).expect("flags parse").command {
-        Some(Command::FraudSim(args)) => args,
+        Some(Command::FraudSim(args)) => *args,
         other => panic!("not fraud-sim: {other:?}"),
     }
 }
