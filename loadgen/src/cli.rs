@@ -19,8 +19,9 @@ use std::path::PathBuf;
 #[derive(Parser, Debug, Clone)]
 #[command(name = "loadgen", version, args_conflicts_with_subcommands = true)]
 pub struct Args {
-    /// A tool instead of a run: `fraud-eval` (score a run against its truth file) or
-    /// `place` (give a registry's devices locations and regions).
+    /// A tool instead of a run: `fraud-eval` (score a run against its truth file),
+    /// `fraud-sim` (the same evaluation without a server) or `place` (give a registry's
+    /// devices locations and regions).
     #[command(subcommand)]
     pub command: Option<Command>,
 
@@ -265,10 +266,7 @@ impl Args {
 
     /// The simulated day in ms.
     pub fn day_ms(&self) -> Result<u64, String> {
-        if !self.day_s.is_finite() || self.day_s < 1.0 {
-            return Err("--day-s must be >= 1".to_string());
-        }
-        Ok((self.day_s * 1000.0) as u64)
+        day_ms(self.day_s)
     }
 
     /// The rate schedule from the flags.
@@ -316,6 +314,14 @@ impl Args {
     }
 }
 
+/// `--day-s` in ms.
+pub fn day_ms(day_s: f64) -> Result<u64, String> {
+    if !day_s.is_finite() || day_s < 1.0 {
+        return Err("--day-s must be >= 1".to_string());
+    }
+    Ok((day_s * 1000.0) as u64)
+}
+
 /// The tools.
 #[derive(Subcommand, Debug, Clone)]
 pub enum Command {
@@ -323,6 +329,10 @@ pub enum Command {
     /// scenario, the share of devices detected and the delay, and the false alerts on
     /// normal readings and devices (a Markdown table).
     FraudEval(EvalArgs),
+    /// The fraud evaluation of `scripts/fraud-eval` without a server: the same devices,
+    /// labels, onsets and messages, scored in process by the server's engine over
+    /// simulated receive times, printed as the same report (loadgen/README.md).
+    FraudSim(Box<SimArgs>),
     /// Give the devices of DIR/registry.json locations and regions: in file order,
     /// --devices-per-location to a location, --locations-per-region to a region. Other
     /// fields are kept.
@@ -356,6 +366,99 @@ pub struct EvalArgs {
     /// `flagged` mark (to try thresholds on one run).
     #[arg(long)]
     pub score_min: Option<f32>,
+}
+
+/// `loadgen fraud-sim` flags. The run's flags default to `scripts/fraud-eval`'s.
+#[derive(clap::Args, Debug, Clone)]
+pub struct SimArgs {
+    /// Total message rate over all devices (messages per second): gives each device's
+    /// interval, as in a real run.
+    #[arg(long, default_value_t = 16_700.0)]
+    pub rate: f64,
+    /// Length of the sending phase, seconds of simulated time.
+    #[arg(long, default_value_t = 600.0)]
+    pub duration: f64,
+    /// Number of devices (`dev-000000`.., as `ingestd devices provision` names them).
+    #[arg(long, default_value_t = 10_000)]
+    pub devices: usize,
+    /// This share of the devices (0..=1) spread evenly over every fraud label.
+    #[arg(long, default_value_t = 0.11, conflicts_with = "scenario")]
+    pub fraud_share: f64,
+    /// Instead of --fraud-share: a scenario mix as label=weight,... (as loadgen's).
+    #[arg(long)]
+    pub scenario: Option<String>,
+    /// Devices per location (`loadgen place`).
+    #[arg(long, default_value_t = 10)]
+    pub devices_per_location: usize,
+    /// Locations per region (`loadgen place`).
+    #[arg(long, default_value_t = 10)]
+    pub locations_per_region: usize,
+    /// Length of the simulated day, seconds of device time.
+    #[arg(long, default_value_t = 600.0)]
+    pub day_s: f64,
+    /// Onsets are drawn in [warmup, warmup + span] messages of each device. Default (as
+    /// scripts/fraud-eval): 30 % of the messages per device (rate × duration / devices).
+    #[arg(long)]
+    pub warmup_readings: Option<u64>,
+    /// See --warmup-readings; default 30 % of the messages per device.
+    #[arg(long)]
+    pub onset_span_readings: Option<u64>,
+    /// Detected = flagged among the first WINDOW readings from the onset.
+    #[arg(long, default_value_t = 30)]
+    pub window: u64,
+    /// Count a reading as flagged when its score is at least this, instead of the
+    /// engine's alert threshold.
+    #[arg(long)]
+    pub score_min: Option<f32>,
+    /// Seed of the scenarios (labels, sites, sensors, fraud) and of the latency draws.
+    #[arg(long, default_value_t = 1)]
+    pub seed: u64,
+    /// Scorers (server shards); each device is scored on its home shard.
+    #[arg(long, default_value_t = 2)]
+    pub shards: usize,
+    /// How often the scorers exchange their peers summaries, ms of simulated time (the
+    /// server's `fraud.peers_exchange_interval_ms`, default 1000).
+    #[arg(long, default_value_t = 1_000)]
+    pub peers_exchange_interval_ms: u64,
+    /// Base latency from the planned send time to the server's receive time, ms.
+    #[arg(long, default_value_t = 2.0)]
+    pub latency_ms: f64,
+    /// Mean of the exponential jitter added to the base latency, ms.
+    #[arg(long, default_value_t = 3.0)]
+    pub jitter_ms: f64,
+    /// A server stall every this many seconds of simulated time (with --stall-ms).
+    #[arg(long, requires = "stall_ms")]
+    pub stall_every_s: Option<f64>,
+    /// A stall holds every message arriving in its first STALL_MS ms until it ends (a
+    /// message is delayed by up to STALL_MS).
+    #[arg(long, requires = "stall_every_s")]
+    pub stall_ms: Option<f64>,
+    /// Wall-clock start of the simulated run, ms since the Unix epoch: the device time
+    /// of the first message (a real run starts at its own clock, so its readings differ).
+    #[arg(long, default_value_t = 1_764_201_600_000)]
+    pub start_ms: u64,
+    /// First sequence number of every device (default: --start-ms × 1000, as a real run
+    /// started then would use).
+    #[arg(long)]
+    pub seq_base: Option<u64>,
+    /// Change the engine's configuration (default `FraudConfig::default()`, the
+    /// server's with `[fraud] enabled = true`): `alert_score_min=0.4`,
+    /// `quarantine_score_min=0.95`, `warmup_readings=20`, `weights.NAME=0.3` (a detector's
+    /// stable name). Repeatable.
+    #[arg(long = "set", value_name = "KEY=VALUE")]
+    pub set: Vec<String>,
+    /// Write the truth file here (as `loadgen --truth`).
+    #[arg(long)]
+    pub truth: Option<PathBuf>,
+    /// Write every flagged reading of a normal device (and of a fraud device before its
+    /// onset) here as CSV: device, scenario, seq, received_ms, score, each detector's
+    /// strength.
+    #[arg(long)]
+    pub dump_false: Option<PathBuf>,
+    /// Write, for every fraud device not detected within the window, its first 40
+    /// readings from the onset here as CSV: score and each detector's strength.
+    #[arg(long)]
+    pub dump_missed: Option<PathBuf>,
 }
 
 #[cfg(test)]
@@ -417,6 +520,21 @@ mod tests {
             }
             other => panic!("{other:?}"),
         }
+        // fraud-sim's defaults are scripts/fraud-eval's.
+        match parse(&["fraud-sim", "--set", "weights.timing=0.3"]).command {
+            Some(Command::FraudSim(s)) => {
+                assert_eq!((s.rate, s.duration, s.devices), (16_700.0, 600.0, 10_000));
+                assert_eq!(
+                    (s.fraud_share, s.day_s, s.window, s.seed),
+                    (0.11, 600.0, 30, 1)
+                );
+                assert_eq!((s.devices_per_location, s.locations_per_region), (10, 10));
+                assert_eq!((s.shards, s.warmup_readings), (2, None));
+                assert_eq!(s.set, ["weights.timing=0.3"]);
+            }
+            other => panic!("{other:?}"),
+        }
+        assert!(Args::try_parse_from(["loadgen", "fraud-sim", "--stall-ms", "5"]).is_err());
         let a = parse(&["place", "--devices-dir", "d", "--devices-per-location", "4"]);
         assert!(matches!(
             a.command,

@@ -429,10 +429,9 @@ async fn publish_turn(
             if window_full {
                 wait(&shared, ping_at).await;
             } else {
-                let g = schedule::global_index(k, i, d);
                 let next = ctx
                     .schedule
-                    .time_of(g + 1)
+                    .planned_s(k, i, d)
                     .map_or(ping_at, |s| ctx.t0.get() + Duration::from_secs_f64(s));
                 let next = end_at.map_or(next, |e| next.min(e));
                 if next > Instant::now() + Duration::from_micros(50) {

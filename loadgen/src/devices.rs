@@ -2,7 +2,7 @@
 //! where the registry places them (`location`, `region`), which the scenarios' climate
 //! follows so that the server's peers see the same groups as loadgen.
 
-use crate::scenario::default_place;
+use crate::scenario::{default_place, DeviceInfo};
 use ingestd_codec::envelope::SigningKey;
 use serde::Deserialize;
 use std::collections::HashMap;
@@ -149,6 +149,32 @@ pub fn place(dir: &Path, per_location: usize, per_region: usize) -> Result<usize
     std::fs::write(&tmp, text).map_err(|e| format!("cannot write {}: {e}", tmp.display()))?;
     std::fs::rename(&tmp, &path).map_err(|e| format!("cannot replace {}: {e}", path.display()))?;
     Ok(count)
+}
+
+/// Where each device sits: its registry location and region when `places` gives it one,
+/// else [`default_place`] by its position in `ids` (what `loadgen place` writes).
+pub fn infos<'a>(
+    ids: impl Iterator<Item = &'a str>,
+    places: Option<&Places>,
+    per_location: usize,
+    per_region: usize,
+) -> Vec<DeviceInfo> {
+    ids.enumerate()
+        .map(|(i, id)| {
+            let registered = places
+                .and_then(|p| p.get(id))
+                .filter(|(location, _)| !location.is_empty());
+            let (location, region) = match registered {
+                Some((location, region)) => (location.clone(), region.clone()),
+                None => default_place(i, per_location, per_region),
+            };
+            DeviceInfo {
+                id: id.to_string(),
+                location,
+                region,
+            }
+        })
+        .collect()
 }
 
 /// Keyless devices `dev-000000`.. for `--plain` runs without a devices directory (the same

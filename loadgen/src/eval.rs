@@ -16,6 +16,10 @@
 //! the onset too. The delay of a device is the index of its first flagged reading among
 //! those (0: the onset reading itself); it is detected when the delay is below `window`.
 //! A fraud device's readings before its onset count as normal readings.
+//!
+//! The accumulation is [`Evaluator`], fed one reading at a time: here from the export,
+//! and by `loadgen fraud-sim` (`sim.rs`) straight from the engine, so both print the same
+//! report by the same definitions.
 
 use crate::cli::EvalArgs;
 use crate::scenario::Label;
@@ -226,6 +230,230 @@ fn percentile(sorted: &[Option<u64>], p: f64) -> Option<u64> {
     sorted[rank - 1]
 }
 
+/// Where a reading stands against its device's onset.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Phase {
+    /// A normal device's reading, or a fraud device's before its onset.
+    Normal,
+    /// The `n`-th reading (0-based) of a fraud device at or after its onset.
+    AfterOnset(u64),
+}
+
+/// The accumulation behind [`Summary`], fed one reading at a time in each device's
+/// arrival order: by [`evaluate`] from a log export, and by `loadgen fraud-sim` from the
+/// engine directly, so both print the same report by the same definitions.
+pub struct Evaluator {
+    window: u64,
+    score_min: Option<f32>,
+    /// Scenario names in table order.
+    names: Vec<String>,
+    /// Device id to its index in `tallies` (the truth file's order).
+    index: HashMap<String, usize>,
+    tallies: Vec<DeviceTally>,
+    false_detectors: BTreeMap<String, u64>,
+    scored_readings: u64,
+    readings: u64,
+    unknown_readings: u64,
+}
+
+impl Evaluator {
+    /// An evaluator of the devices of `truth`. A reading is flagged when the server (or
+    /// the engine) flagged it, or with `score_min` when its score reaches that.
+    pub fn new(truth: &[TruthRow], window: u64, score_min: Option<f32>) -> Evaluator {
+        // Table order: the labels' order, then unknown names alphabetically.
+        let mut names: Vec<String> = truth.iter().map(|r| r.scenario.clone()).collect();
+        names.sort_by_key(|n| {
+            (
+                Label::parse(n).map_or(usize::MAX, |l| l as usize),
+                n.clone(),
+            )
+        });
+        names.dedup();
+        let scenario: HashMap<&str, usize> = names
+            .iter()
+            .enumerate()
+            .map(|(i, n)| (n.as_str(), i))
+            .collect();
+        let tallies = truth
+            .iter()
+            .map(|r| DeviceTally {
+                scenario: scenario[r.scenario.as_str()],
+                onset_seq: r.onset_seq,
+                ..DeviceTally::default()
+            })
+            .collect();
+        let index = truth
+            .iter()
+            .enumerate()
+            .map(|(i, r)| (r.device.clone(), i))
+            .collect();
+        Evaluator {
+            window,
+            score_min,
+            names,
+            index,
+            tallies,
+            false_detectors: BTreeMap::new(),
+            scored_readings: 0,
+            readings: 0,
+            unknown_readings: 0,
+        }
+    }
+
+    /// The index of a device of the truth file (its row).
+    pub fn device(&self, id: &str) -> Option<usize> {
+        self.index.get(id).copied()
+    }
+
+    /// A reading of a device the truth file does not list.
+    pub fn unknown_reading(&mut self) {
+        self.unknown_readings += 1;
+    }
+
+    /// A reading of device `device` (an index from [`Evaluator::device`]) with sequence
+    /// `seq`: its verdict `(score, flagged)` if it was scored, and the detectors that fired
+    /// (only walked when it counts as flagged). Returns where it stands and whether it
+    /// counts as flagged.
+    pub fn reading<'d>(
+        &mut self,
+        device: usize,
+        seq: u64,
+        verdict: Option<(f32, bool)>,
+        detectors: impl IntoIterator<Item = &'d str>,
+    ) -> (Phase, bool) {
+        let Some(tally) = self.tallies.get_mut(device) else {
+            self.unknown_readings += 1;
+            return (Phase::Normal, false);
+        };
+        self.readings += 1;
+        let flagged = match verdict {
+            None => false,
+            Some((score, flagged)) => {
+                self.scored_readings += 1;
+                self.score_min.map_or(flagged, |min| score >= min)
+            }
+        };
+        match tally.onset_seq {
+            Some(onset) if seq >= onset => {
+                let n = tally.after_readings;
+                if flagged && tally.first_flag.is_none() {
+                    tally.first_flag = Some(n);
+                    tally.first_detectors = detectors.into_iter().map(str::to_string).collect();
+                }
+                tally.after_readings += 1;
+                (Phase::AfterOnset(n), flagged)
+            }
+            _ => {
+                tally.normal_readings += 1;
+                if flagged {
+                    tally.normal_flagged += 1;
+                    for d in detectors {
+                        match self.false_detectors.get_mut(d) {
+                            Some(count) => *count += 1,
+                            None => {
+                                self.false_detectors.insert(d.to_string(), 1);
+                            }
+                        }
+                    }
+                }
+                (Phase::Normal, flagged)
+            }
+        }
+    }
+
+    /// A dead letter of device `device` (an index from [`Evaluator::device`]).
+    pub fn dead_letter(&mut self, device: usize) {
+        if let Some(tally) = self.tallies.get_mut(device) {
+            tally.dead_letters += 1;
+        }
+    }
+
+    /// Whether device `device` counts as detected: flagged within the window from its
+    /// onset (false for a normal device).
+    pub fn detected(&self, device: usize) -> bool {
+        self.tallies
+            .get(device)
+            .and_then(|t| t.first_flag)
+            .is_some_and(|delay| delay < self.window)
+    }
+
+    /// The evaluation of everything fed.
+    pub fn finish(self) -> Summary {
+        let window = self.window;
+        let mut summary = Summary {
+            window,
+            rows: Vec::new(),
+            normal_device_readings: 0,
+            normal_device_flagged: 0,
+            before_onset_readings: 0,
+            before_onset_flagged: 0,
+            normal_devices: 0,
+            normal_devices_flagged: 0,
+            false_detectors: self.false_detectors,
+            scored_readings: self.scored_readings,
+            readings: self.readings,
+            unknown_readings: self.unknown_readings,
+        };
+        let mut delays: Vec<Vec<Option<u64>>> = vec![Vec::new(); self.names.len()];
+        let mut rows: Vec<ScenarioRow> = self
+            .names
+            .iter()
+            .map(|name| ScenarioRow {
+                scenario: name.clone(),
+                devices: 0,
+                reached: 0,
+                detected: 0,
+                ever: 0,
+                delay_p50: None,
+                delay_p90: None,
+                first_detectors: BTreeMap::new(),
+                dead_letters: 0,
+            })
+            .collect();
+        for tally in &self.tallies {
+            let row = &mut rows[tally.scenario];
+            row.devices += 1;
+            row.dead_letters += tally.dead_letters;
+            if tally.onset_seq.is_none() {
+                summary.normal_device_readings += tally.normal_readings;
+                summary.normal_device_flagged += tally.normal_flagged;
+                if tally.normal_readings > 0 {
+                    summary.normal_devices += 1;
+                    if tally.normal_flagged > 0 {
+                        summary.normal_devices_flagged += 1;
+                    }
+                }
+                continue;
+            }
+            summary.before_onset_readings += tally.normal_readings;
+            summary.before_onset_flagged += tally.normal_flagged;
+            if tally.after_readings == 0 {
+                continue;
+            }
+            row.reached += 1;
+            delays[tally.scenario].push(tally.first_flag);
+            if let Some(delay) = tally.first_flag {
+                row.ever += 1;
+                if delay < window {
+                    row.detected += 1;
+                }
+                for d in &tally.first_detectors {
+                    *row.first_detectors.entry(d.clone()).or_default() += 1;
+                }
+            }
+        }
+        for (row, mut d) in rows.iter_mut().zip(delays) {
+            // None (never flagged) sorts after every delay.
+            d.sort_by_key(|x| x.unwrap_or(u64::MAX));
+            row.delay_p50 = percentile(&d, 0.5);
+            row.delay_p90 = percentile(&d, 0.9);
+        }
+        rows.retain(|r| r.scenario != Label::Normal.name());
+        summary.rows = rows;
+        summary
+    }
+}
+
 /// Evaluates an export against a truth file. A reading is flagged when the server flagged
 /// it, or with `score_min` when its score reaches that.
 pub fn evaluate(
@@ -234,45 +462,7 @@ pub fn evaluate(
     window: u64,
     score_min: Option<f32>,
 ) -> Result<Summary, String> {
-    // Table order: the labels' order, then unknown names alphabetically.
-    let mut names: Vec<String> = truth.iter().map(|r| r.scenario.clone()).collect();
-    names.sort_by_key(|n| {
-        (
-            Label::parse(n).map_or(usize::MAX, |l| l as usize),
-            n.clone(),
-        )
-    });
-    names.dedup();
-    let index: HashMap<&str, usize> = names
-        .iter()
-        .enumerate()
-        .map(|(i, n)| (n.as_str(), i))
-        .collect();
-    let mut devices: HashMap<String, DeviceTally> = truth
-        .iter()
-        .map(|r| {
-            let tally = DeviceTally {
-                scenario: index[r.scenario.as_str()],
-                onset_seq: r.onset_seq,
-                ..DeviceTally::default()
-            };
-            (r.device.clone(), tally)
-        })
-        .collect();
-    let mut summary = Summary {
-        window,
-        rows: Vec::new(),
-        normal_device_readings: 0,
-        normal_device_flagged: 0,
-        before_onset_readings: 0,
-        before_onset_flagged: 0,
-        normal_devices: 0,
-        normal_devices_flagged: 0,
-        false_detectors: BTreeMap::new(),
-        scored_readings: 0,
-        readings: 0,
-        unknown_readings: 0,
-    };
+    let mut evaluator = Evaluator::new(truth, window, score_min);
     for (n, line) in export.lines().enumerate() {
         let line = line.map_err(|e| format!("reading the export: {e}"))?;
         if line.trim().is_empty() {
@@ -285,105 +475,33 @@ pub fn evaluate(
                 let meta = record_meta(&entry.payload_hex).map_err(at)?;
                 let meta: ReadingMeta =
                     serde_json::from_slice(&meta).map_err(|e| at(e.to_string()))?;
-                let Some(tally) = devices.get_mut(&meta.device) else {
-                    summary.unknown_readings += 1;
+                let Some(device) = evaluator.device(&meta.device) else {
+                    evaluator.unknown_reading();
                     continue;
                 };
-                summary.readings += 1;
-                let (flagged, detectors) = match &meta.fraud {
-                    None => (false, &[][..]),
-                    Some(f) => {
-                        summary.scored_readings += 1;
-                        let flagged = score_min.map_or(f.flagged, |min| f.score >= min);
-                        (flagged, f.detectors.as_slice())
-                    }
+                let (verdict, detectors) = match &meta.fraud {
+                    None => (None, &[][..]),
+                    Some(f) => (Some((f.score, f.flagged)), f.detectors.as_slice()),
                 };
-                match tally.onset_seq {
-                    Some(onset) if meta.seq >= onset => {
-                        if flagged && tally.first_flag.is_none() {
-                            tally.first_flag = Some(tally.after_readings);
-                            tally.first_detectors = detectors.to_vec();
-                        }
-                        tally.after_readings += 1;
-                    }
-                    _ => {
-                        tally.normal_readings += 1;
-                        if flagged {
-                            tally.normal_flagged += 1;
-                            for d in detectors {
-                                *summary.false_detectors.entry(d.clone()).or_default() += 1;
-                            }
-                        }
-                    }
-                }
+                evaluator.reading(
+                    device,
+                    meta.seq,
+                    verdict,
+                    detectors.iter().map(String::as_str),
+                );
             }
             "dead_letter" => {
                 let meta = record_meta(&entry.payload_hex).map_err(at)?;
                 let meta: DeadLetterMeta =
                     serde_json::from_slice(&meta).map_err(|e| at(e.to_string()))?;
-                if let Some(tally) = devices.get_mut(&meta.device) {
-                    tally.dead_letters += 1;
+                if let Some(device) = evaluator.device(&meta.device) {
+                    evaluator.dead_letter(device);
                 }
             }
             _ => {}
         }
     }
-    let mut delays: Vec<Vec<Option<u64>>> = vec![Vec::new(); names.len()];
-    let mut rows: Vec<ScenarioRow> = names
-        .iter()
-        .map(|name| ScenarioRow {
-            scenario: name.clone(),
-            devices: 0,
-            reached: 0,
-            detected: 0,
-            ever: 0,
-            delay_p50: None,
-            delay_p90: None,
-            first_detectors: BTreeMap::new(),
-            dead_letters: 0,
-        })
-        .collect();
-    for tally in devices.values() {
-        let row = &mut rows[tally.scenario];
-        row.devices += 1;
-        row.dead_letters += tally.dead_letters;
-        if tally.onset_seq.is_none() {
-            summary.normal_device_readings += tally.normal_readings;
-            summary.normal_device_flagged += tally.normal_flagged;
-            if tally.normal_readings > 0 {
-                summary.normal_devices += 1;
-                if tally.normal_flagged > 0 {
-                    summary.normal_devices_flagged += 1;
-                }
-            }
-            continue;
-        }
-        summary.before_onset_readings += tally.normal_readings;
-        summary.before_onset_flagged += tally.normal_flagged;
-        if tally.after_readings == 0 {
-            continue;
-        }
-        row.reached += 1;
-        delays[tally.scenario].push(tally.first_flag);
-        if let Some(delay) = tally.first_flag {
-            row.ever += 1;
-            if delay < window {
-                row.detected += 1;
-            }
-            for d in &tally.first_detectors {
-                *row.first_detectors.entry(d.clone()).or_default() += 1;
-            }
-        }
-    }
-    for (row, mut d) in rows.iter_mut().zip(delays) {
-        // None (never flagged) sorts after every delay.
-        d.sort_by_key(|x| x.unwrap_or(u64::MAX));
-        row.delay_p50 = percentile(&d, 0.5);
-        row.delay_p90 = percentile(&d, 0.9);
-    }
-    rows.retain(|r| r.scenario != Label::Normal.name());
-    summary.rows = rows;
-    Ok(summary)
+    Ok(evaluator.finish())
 }
 
 fn share(part: u64, whole: u64, digits: usize) -> String {

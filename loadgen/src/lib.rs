@@ -10,4 +10,5 @@ pub mod report;
 pub mod run;
 pub mod scenario;
 pub mod schedule;
+pub mod sim;
 pub mod stats;

@@ -21,6 +21,23 @@ fn main() -> ExitCode {
                 }
             };
         }
+        Some(Command::FraudSim(sim)) => {
+            let started = std::time::Instant::now();
+            return match loadgen::sim::run(sim) {
+                Ok(report) => {
+                    print!("{report}");
+                    eprintln!(
+                        "loadgen fraud-sim: {:.1} s wall time",
+                        started.elapsed().as_secs_f64()
+                    );
+                    ExitCode::SUCCESS
+                }
+                Err(e) => {
+                    eprintln!("loadgen fraud-sim: {e}");
+                    ExitCode::from(1)
+                }
+            };
+        }
         Some(Command::Place {
             devices_dir,
             devices_per_location,

@@ -7,14 +7,13 @@ use crate::devices::{self, Device};
 use crate::net;
 use crate::payload::{self, BuildSpec};
 use crate::report::{Report, RunConfig};
-use crate::scenario::{self, DeviceInfo, DeviceScenario, ScenarioConfig};
+use crate::scenario::{self, DeviceScenario, ScenarioConfig};
 use crate::schedule;
 use crate::stats::{Progress, Stats};
 use glommio::{LocalExecutorBuilder, Placement};
 use ingestd_codec::envelope::telemetry_topic;
 use rand::SeedableRng;
 use std::cell::{Cell, RefCell};
-use std::io::Write;
 use std::net::{SocketAddr, ToSocketAddrs};
 use std::rc::Rc;
 use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
@@ -140,27 +139,12 @@ pub fn run(args: Args) -> Result<Outcome, String> {
         Some(dir) => devices::load_places(dir)?,
         None => None,
     };
-    let infos: Vec<DeviceInfo> = devices
-        .iter()
-        .enumerate()
-        .map(|(i, d)| {
-            let registered = places
-                .as_ref()
-                .and_then(|p| p.get(&d.id))
-                .filter(|(location, _)| !location.is_empty());
-            let (location, region) = match registered {
-                Some((location, region)) => (location.clone(), region.clone()),
-                None => {
-                    scenario::default_place(i, args.devices_per_location, args.locations_per_region)
-                }
-            };
-            DeviceInfo {
-                id: d.id.clone(),
-                location,
-                region,
-            }
-        })
-        .collect();
+    let infos = devices::infos(
+        devices.iter().map(|d| d.id.as_str()),
+        places.as_ref(),
+        args.devices_per_location,
+        args.locations_per_region,
+    );
     let total_messages = if args.idle {
         0
     } else {
@@ -218,12 +202,7 @@ pub fn run(args: Args) -> Result<Outcome, String> {
     };
     let scenarios = scenario::build(&scenario_config, &mix, &infos);
     if let Some(path) = &args.truth {
-        let written = std::fs::File::create(path).and_then(|f| {
-            let mut w = std::io::BufWriter::new(f);
-            scenario::write_truth(&mut w, &scenarios, seq_base)?;
-            w.flush()
-        });
-        written.map_err(|e| format!("cannot write {}: {e}", path.display()))?;
+        scenario::write_truth_file(path, &scenarios, seq_base)?;
     }
     let plan = Arc::new(Plan {
         target,
@@ -470,8 +449,7 @@ async fn thread_main(
             };
             let sched = &plan.schedule;
             let frames = payload::build_frames(&spec, &turns, &scenario, &mut rng, |k| {
-                let g = schedule::global_index(k, i, d);
-                sched.time_of(g + 1).map_or(0, |s| (s * 1000.0) as u64)
+                sched.planned_ms(k, i, d)
             })?;
             stats.payload_bytes += frames.payload_bytes;
             stats.payload_count += frames.len() as u64;

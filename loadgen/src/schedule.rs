@@ -112,6 +112,23 @@ impl Schedule {
         }
         Some(hi)
     }
+
+    /// When message `k` of connection `i` of `d` is planned, in seconds after the start of
+    /// the timed phase (`None`: never, at rate 0).
+    pub fn planned_s(&self, k: u64, i: u64, d: u64) -> Option<f64> {
+        self.time_of(global_index(k, i, d) + 1)
+    }
+
+    /// [`Schedule::planned_s`] in whole ms (0 when never): the offset of the message's
+    /// device time from the run's time base.
+    pub fn planned_ms(&self, k: u64, i: u64, d: u64) -> u64 {
+        self.planned_s(k, i, d).map_or(0, whole_ms)
+    }
+}
+
+/// Seconds of the schedule in whole ms, as device times are stamped.
+pub fn whole_ms(secs: f64) -> u64 {
+    (secs * 1000.0) as u64
 }
 
 /// How many of the first `total` global messages belong to connection `i` of `d`

@@ -458,6 +458,20 @@ pub fn write_truth(
     Ok(())
 }
 
+/// [`write_truth`] into a new file at `path`.
+pub fn write_truth_file(
+    path: &std::path::Path,
+    scenarios: &[DeviceScenario],
+    seq_base: u64,
+) -> Result<(), String> {
+    let written = std::fs::File::create(path).and_then(|f| {
+        let mut w = std::io::BufWriter::new(f);
+        write_truth(&mut w, scenarios, seq_base)?;
+        w.flush()
+    });
+    written.map_err(|e| format!("cannot write {}: {e}", path.display()))
+}
+
 /// Places device `index` when the registry gives no location: `loc-NNNNN` in blocks of
 /// `per_location`, `region-NNN` in blocks of `per_region` locations.
 pub fn default_place(index: usize, per_location: usize, per_region: usize) -> (String, String) {
