@@ -469,11 +469,13 @@ impl Scorer {
                         continue;
                     };
                     let key = GroupKey::of(base, scope, kind_of);
-                    let found =
-                        self.peers
-                            .check(key, envelope.device, envelope.device_ms, value, kind_of);
-                    self.peers
-                        .observe(key, envelope.device, envelope.device_ms, value);
+                    let found = self.peers.check_then_observe(
+                        key,
+                        envelope.device,
+                        envelope.device_ms,
+                        value,
+                        kind_of,
+                    );
                     note(found, code, &mut strengths);
                 }
             }

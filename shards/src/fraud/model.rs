@@ -190,6 +190,13 @@ pub struct HalfSpaceTrees {
     warm_windows: u32,
     /// Every tree's nodes (the layout above); `r` is the reference window's count.
     nodes: Vec<Node>,
+    /// Per tree and leaf, the mass of a point that reaches that leaf: `r · 2^k` at the
+    /// first node of the leaf's path under the size limit, or at the leaf (each leaf has
+    /// one path from the root, so its terminal node is known from the counts alone).
+    /// Recomputed from `nodes` at each swap and on restore, so a walk reads no count: it
+    /// only follows the splits down and looks its leaf up here.
+    #[serde(skip)]
+    leaf_mass: Vec<u32>,
     /// The latest window so far: per point (row) and tree, the leaf it reached (0 to
     /// 2^depth - 1). The paper counts the latest window in every node of the path; a
     /// node's count is the number of leaves under it that were reached, so keeping the
@@ -258,9 +265,11 @@ impl TryFrom<HalfSpaceTreesState> for HalfSpaceTrees {
             leaves: s.leaves,
             filled: s.filled,
             windows: s.windows,
+            leaf_mass: Vec::new(),
             typical_mass: 0.0,
         };
-        model.typical_mass = model.typical_mass();
+        model.leaf_mass = vec![0; (model.trees as usize) << model.depth];
+        model.derive();
         Ok(model)
     }
 }
@@ -318,7 +327,7 @@ const SPLIT_PADDING: f32 = 0.15;
 
 /// Trees walked side by side: four independent descents overlap in the pipeline instead
 /// of each waiting on its own chain of loads.
-const LANES: usize = 4;
+const LANES: usize = 8;
 
 impl HalfSpaceTrees {
     /// A model with no window yet. Out-of-range shape parameters are clamped to the
@@ -351,6 +360,7 @@ impl HalfSpaceTrees {
             leaves: vec![0; window as usize * trees as usize],
             filled: 0,
             windows: 0,
+            leaf_mass: vec![0; (trees as usize) << depth],
             typical_mass: 0.0,
         }
     }
@@ -381,11 +391,12 @@ impl HalfSpaceTrees {
         self.windows
     }
 
-    /// Bytes of state (the two vectors), for the memory budget.
+    /// Bytes of state (the vectors), for the memory budget.
     #[must_use]
     pub fn state_bytes(&self) -> usize {
         self.nodes.len() * std::mem::size_of::<Node>()
             + self.leaves.len() * std::mem::size_of::<u16>()
+            + self.leaf_mass.len() * std::mem::size_of::<u32>()
     }
 
     /// The anomaly score of a point, in [0, 1] (module docs); 0 before the first complete
@@ -452,8 +463,9 @@ impl HalfSpaceTrees {
         mass as f64
     }
 
-    /// [`HalfSpaceTrees::walk`] over trees `first..first + L`, branch-free: which side a
-    /// point goes and where its path ends are data (selects), not jumps to mispredict.
+    /// [`HalfSpaceTrees::walk`] over trees `first..first + L`, branch-free: each lane
+    /// follows its tree's splits to a leaf (which side is data, a select, not a jump to
+    /// mispredict), then the leaf's mass is looked up.
     #[inline(always)]
     fn walk_lanes<const L: usize>(
         &self,
@@ -462,39 +474,34 @@ impl HalfSpaceTrees {
         leaves: Option<&mut [u16]>,
     ) -> u64 {
         let depth = self.depth;
-        let within_tree = (1usize << (depth + 1)) - 1;
-        let size_limit = self.size_limit();
-        // Each lane's index into `nodes`: its tree's base plus its 1-based heap index, so
-        // the child of `at` is `at + (at & within_tree) + side`.
-        let mut at: [usize; L] = std::array::from_fn(|l| ((first + l) << (depth + 1)) | 1);
-        let mut mass = [0u64; L];
-        let mut open = [true; L];
-        for level in 0..depth {
+        let (stride, leaf_first) = (1usize << (depth + 1), 1usize << depth);
+        let trees: [&[Node]; L] = std::array::from_fn(|l| {
+            let base = (first + l) * stride;
+            self.nodes.get(base..base + stride).unwrap_or(&[])
+        });
+        // Each lane's 1-based heap index in its tree: the children of `i` are `2i` and
+        // `2i + 1`.
+        let mut at = [1usize; L];
+        for _ in 0..depth {
             for l in 0..L {
-                let node = self.nodes.get(at[l]).copied().unwrap_or_default();
-                mass[l] = if open[l] {
-                    u64::from(node.r) << level
-                } else {
-                    mass[l]
-                };
-                open[l] &= node.r >= size_limit;
+                let node = trees[l].get(at[l]).copied().unwrap_or_default();
                 let side = usize::from(x[usize::from(node.feature) & 7] >= node.at);
-                at[l] += (at[l] & within_tree) + side;
+                at[l] = 2 * at[l] + side;
             }
         }
         let mut total = 0;
         for l in 0..L {
-            let leaf = self.nodes.get(at[l]).copied().unwrap_or_default();
-            total += if open[l] {
-                u64::from(leaf.r) << depth
-            } else {
-                mass[l]
-            };
+            let leaf = at[l] - leaf_first;
+            total += u64::from(
+                self.leaf_mass
+                    .get(((first + l) << depth) + leaf)
+                    .copied()
+                    .unwrap_or(0),
+            );
         }
         if let Some(slots) = leaves.and_then(|leaves| leaves.get_mut(first..first + L)) {
             for (slot, at) in slots.iter_mut().zip(at) {
-                // The heap index of a leaf is 2^depth plus the leaf's number.
-                *slot = u16::try_from((at & within_tree) - (1 << depth)).unwrap_or(0);
+                *slot = u16::try_from(at - leaf_first).unwrap_or(0);
             }
         }
         total
@@ -548,19 +555,25 @@ impl HalfSpaceTrees {
         }
         self.filled = 0;
         self.windows = self.windows.saturating_add(1);
-        self.typical_mass = self.typical_mass();
+        self.derive();
     }
 
-    /// The mass a point of the reference window gets on average: per tree, the sum over
-    /// the terminal nodes of (share of the reference there) · (their mass), averaged over
-    /// the trees. A depth-first walk from the root visits only the nodes points can reach:
-    /// it stops at a node under the size limit or at a leaf.
-    fn typical_mass(&self) -> f64 {
-        let (stride, leaf_first) = (1usize << (self.depth + 1), 1usize << self.depth);
+    /// What follows from the counts: each leaf's mass, and the mass a point of the
+    /// reference window gets on average (per tree, the sum over the terminal nodes of (share
+    /// of the reference there) · (their mass), averaged over the trees). One depth-first
+    /// walk per tree visits only the nodes points can reach: it stops at a node under the
+    /// size limit or at a leaf, whose mass every leaf under it takes.
+    fn derive(&mut self) {
+        let depth = self.depth;
+        let (stride, leaf_first) = (1usize << (depth + 1), 1usize << depth);
         let size_limit = self.size_limit();
         let points = f64::from(self.window);
         let mut total = 0.0;
-        for tree in self.nodes.chunks_exact(stride) {
+        for (tree, masses) in self
+            .nodes
+            .chunks_exact(stride)
+            .zip(self.leaf_mass.chunks_exact_mut(leaf_first))
+        {
             // Depth first, both children pushed: at most one pending node per level.
             let mut pending = [0usize; DEPTH_MAX as usize + 2];
             pending[0] = 1;
@@ -571,6 +584,12 @@ impl HalfSpaceTrees {
                 let r = tree.get(i).map_or(0, |node| node.r);
                 if r < size_limit || i >= leaf_first {
                     let level = usize::BITS - 1 - i.leading_zeros();
+                    // The leaves under node i: its heap index shifted down to the leaves.
+                    let below = depth - level;
+                    let leaves = (i << below) - leaf_first..((i + 1) << below) - leaf_first;
+                    if let Some(masses) = masses.get_mut(leaves) {
+                        masses.fill(u32::from(r) << level);
+                    }
                     let r = f64::from(r);
                     total += r / points * r * f64::from(1u32 << level);
                 } else if len + 2 <= pending.len() {
@@ -580,7 +599,7 @@ impl HalfSpaceTrees {
                 }
             }
         }
-        total / f64::from(self.trees)
+        self.typical_mass = total / f64::from(self.trees);
     }
 }
 
