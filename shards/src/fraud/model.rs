@@ -475,33 +475,27 @@ impl HalfSpaceTrees {
     ) -> u64 {
         let depth = self.depth;
         let (stride, leaf_first) = (1usize << (depth + 1), 1usize << depth);
-        let trees: [&[Node]; L] = std::array::from_fn(|l| {
-            let base = (first + l) * stride;
-            self.nodes.get(base..base + stride).unwrap_or(&[])
-        });
-        // Each lane's 1-based heap index in its tree: the children of `i` are `2i` and
-        // `2i + 1`.
-        let mut at = [1usize; L];
+        let within_tree = stride - 1;
+        // Each lane's index into `nodes`: its tree's base plus its 1-based heap index, so
+        // the child of `at` is `at + (at & within_tree) + side`. Always in bounds (`new`
+        // sized the nodes for every tree): indexing asserts it.
+        let mut at: [usize; L] = std::array::from_fn(|l| ((first + l) * stride) | 1);
         for _ in 0..depth {
             for l in 0..L {
-                let node = trees[l].get(at[l]).copied().unwrap_or_default();
+                let node = self.nodes[at[l]];
                 let side = usize::from(x[usize::from(node.feature) & 7] >= node.at);
-                at[l] = 2 * at[l] + side;
+                at[l] += (at[l] & within_tree) + side;
             }
         }
         let mut total = 0;
-        for l in 0..L {
-            let leaf = at[l] - leaf_first;
-            total += u64::from(
-                self.leaf_mass
-                    .get(((first + l) << depth) + leaf)
-                    .copied()
-                    .unwrap_or(0),
-            );
+        for (l, at) in at.iter_mut().enumerate() {
+            // The leaf's number in its tree.
+            *at = (*at & within_tree) - leaf_first;
+            total += u64::from(self.leaf_mass[((first + l) << depth) + *at]);
         }
         if let Some(slots) = leaves.and_then(|leaves| leaves.get_mut(first..first + L)) {
-            for (slot, at) in slots.iter_mut().zip(at) {
-                *slot = u16::try_from(at - leaf_first).unwrap_or(0);
+            for (slot, leaf) in slots.iter_mut().zip(at) {
+                *slot = u16::try_from(leaf).unwrap_or(0);
             }
         }
         total
@@ -536,8 +530,10 @@ impl HalfSpaceTrees {
     fn swap_windows(&mut self) {
         let trees = self.trees as usize;
         let (stride, leaf_first) = (1usize << (self.depth + 1), 1usize << self.depth);
-        for node in &mut self.nodes {
-            node.r = 0;
+        for tree in self.nodes.chunks_exact_mut(stride) {
+            for leaf in tree.iter_mut().skip(leaf_first) {
+                leaf.r = 0;
+            }
         }
         for row in self.leaves.chunks_exact(trees) {
             for (tree, leaf) in row.iter().enumerate() {
@@ -548,9 +544,15 @@ impl HalfSpaceTrees {
             }
         }
         for tree in self.nodes.chunks_exact_mut(stride) {
-            for i in (1..leaf_first).rev() {
-                let sum = tree[2 * i].r.saturating_add(tree[2 * i + 1].r);
-                tree[i].r = sum;
+            // Level by level up from the leaves' parents: the children of the nodes
+            // [half, 2 half) are the pairs of [2 half, 4 half).
+            let mut half = leaf_first / 2;
+            while half >= 1 {
+                let (parents, children) = tree.split_at_mut(2 * half);
+                for (parent, pair) in parents[half..].iter_mut().zip(children.chunks_exact(2)) {
+                    parent.r = pair[0].r.saturating_add(pair[1].r);
+                }
+                half /= 2;
             }
         }
         self.filled = 0;

@@ -95,6 +95,9 @@ use serde::{Deserialize, Serialize};
 use std::collections::HashMap;
 use std::hash::{BuildHasherDefault, Hasher};
 
+/// Registered kind codes are 1 to 11 (docs/PROTOCOL.md section 6); 0 is none.
+const KIND_CODES: usize = 12;
+
 /// 1.4826 · MAD estimates the standard deviation of normal data.
 pub const MAD_TO_SIGMA: f64 = 1.4826;
 
@@ -625,6 +628,37 @@ fn is_fresh(config: &PeersConfig, entry: &Entry, time_ms: u64) -> bool {
     entry.time_ms.abs_diff(time_ms) <= config.fresh_ms && entry.value.is_finite()
 }
 
+/// The configuration's values a check reads, checked once when the table is made.
+#[derive(Clone, Copy, Debug)]
+struct Limits {
+    peers_min: u32,
+    /// [`PeersConfig::spread_floor`] by kind code (`None`: never compared).
+    floors: [Option<f64>; KIND_CODES],
+    /// [`PeersConfig::z_max`] of a location and of a region.
+    z_max: [f64; 2],
+}
+
+impl Limits {
+    fn of(config: &PeersConfig) -> Limits {
+        Limits {
+            peers_min: config.peers_min,
+            floors: std::array::from_fn(|code| {
+                let kind = u16::try_from(code).ok().and_then(Kind::from_code)?;
+                config.spread_floor(kind)
+            }),
+            z_max: [config.z_max(Scope::Location), config.z_max(Scope::Region)],
+        }
+    }
+
+    fn floor(&self, kind: Kind) -> Option<f64> {
+        match kind {
+            // Vendor kinds are never compared, whatever code they were built with.
+            Kind::Other(_) => None,
+            _ => *self.floors.get(usize::from(kind.code()))?,
+        }
+    }
+}
+
 /// Keys are already FNV hashes: the map uses them as they are, so its layout (and any
 /// iteration) is deterministic. Keys come from the registry and other shards, not from
 /// devices, so there is no flooding to defend against.
@@ -648,6 +682,7 @@ impl Hasher for KeyHasher {
 /// The peer values one shard knows: its own devices' and the other shards' summaries.
 pub struct PeerTable {
     config: PeersConfig,
+    limits: Limits,
     groups: HashMap<GroupKey, Group, BuildHasherDefault<KeyHasher>>,
     /// Groups with unexported local entries, each once.
     dirty: Vec<GroupKey>,
@@ -660,6 +695,7 @@ impl PeerTable {
     pub fn new(config: PeersConfig) -> PeerTable {
         PeerTable {
             config,
+            limits: Limits::of(&config),
             groups: HashMap::default(),
             dirty: Vec::new(),
             counters: PeerCounters::default(),
@@ -727,13 +763,13 @@ impl PeerTable {
             return None;
         };
         let found = group.find(device);
-        let signal = match self.config.spread_floor(kind) {
+        let signal = match self.limits.floor(kind) {
             Some(floor) if value.is_finite() => {
                 if group.refresh(&self.config, time_ms) {
                     self.counters.snapshots_built += 1;
                 }
                 let robust = group.excluding(found);
-                score(&self.config, key, robust, value, floor).and_then(|s| s.signal)
+                score(&self.limits, key, robust, value, floor).and_then(|s| s.signal)
             }
             _ => None,
         };
@@ -762,12 +798,12 @@ impl PeerTable {
         value: f32,
         kind: Kind,
     ) -> Option<PeerScore> {
-        let spread_floor = self.config.spread_floor(kind)?;
+        let spread_floor = self.limits.floor(kind)?;
         if !value.is_finite() {
             return None;
         }
         let robust = self.excluding(key, device, time_ms)?;
-        score(&self.config, key, Some(robust), value, spread_floor)
+        score(&self.limits, key, Some(robust), value, spread_floor)
     }
 
     /// The reference a check of `device` at `time_ms` compares with: the group's robust
@@ -783,7 +819,7 @@ impl PeerTable {
         time_ms: u64,
         kind: Kind,
     ) -> Option<PeerReference> {
-        let spread_floor = self.config.spread_floor(kind)?;
+        let spread_floor = self.limits.floor(kind)?;
         let (median, mad, peers) = self.excluding(key, device, time_ms)?;
         Some(PeerReference {
             median,
@@ -814,7 +850,7 @@ impl PeerTable {
         time_ms: u64,
         kind: Kind,
     ) -> Option<PeerView> {
-        let spread_floor = self.config.spread_floor(kind)?;
+        let spread_floor = self.limits.floor(kind)?;
         let group = self.groups.get(&key)?;
         let own = group.find(device).and_then(|i| group.entries.get(i));
         let (median, mad, peers) =
@@ -1016,19 +1052,23 @@ fn store(
 
 /// A finite value against the (median, MAD, peers) of the other devices.
 fn score(
-    config: &PeersConfig,
+    limits: &Limits,
     key: GroupKey,
     robust: Option<(f64, f64, u32)>,
     value: f32,
     spread_floor: f64,
 ) -> Option<PeerScore> {
     let (median, mad, peers) = robust?;
-    if peers < config.peers_min {
+    if peers < limits.peers_min {
         return None;
     }
     let spread = MAD_TO_SIGMA * mad;
     let z = (f64::from(value) - median).abs() / spread.max(spread_floor).max(f64::MIN_POSITIVE);
-    let limit = config.z_max(key.scope()).max(honest_z_max(peers));
+    let scope = match key.scope() {
+        Scope::Location => 0,
+        Scope::Region => 1,
+    };
+    let limit = limits.z_max[scope].max(honest_z_max(peers));
     let signal = (z > limit).then(|| Signal {
         detector: Detector::Peers,
         strength: strength_over(z, limit),
