@@ -416,6 +416,8 @@ struct Snapshot {
 struct Memo {
     /// Median and MAD of all the values (a device without a value in the snapshot).
     all: Option<(f64, f64)>,
+    /// `s[a]` and `s[b]`, which pick a left-out value's case.
+    at: Option<[f32; 2]>,
     /// Per case (the left-out value `<= s[a]`, `<= s[b]`, above).
     cases: [Option<LeaveOut>; 3],
 }
@@ -454,9 +456,11 @@ fn robust_excluding(values: &[f32], memo: &mut Memo, own: Option<f32>) -> Option
         return None;
     }
     let (a, b) = middle_indices(n - 1);
-    let case = if v.total_cmp(&values[a]).is_le() {
+    // Kept in the memo, so a check reads the values only to compute a case it is first in.
+    let at = *memo.at.get_or_insert_with(|| [values[a], values[b]]);
+    let case = if v.total_cmp(&at[0]).is_le() {
         0
-    } else if v.total_cmp(&values[b]).is_le() {
+    } else if v.total_cmp(&at[1]).is_le() {
         1
     } else {
         2
