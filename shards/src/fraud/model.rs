@@ -27,7 +27,11 @@
 //!   once per visited node). The model forgets at the pace of one window.
 //! - A point's mass in one tree is `r · 2^k` at its terminal node: the first node on its
 //!   path with `r < window / 10` (the paper's size limit), or the leaf, `k` its depth. It
-//!   estimates the reference density around the point (times the space's volume).
+//!   estimates the reference density around the point (times the space's volume). A leaf
+//!   has one path from the root, so its terminal node, and the mass of every point that
+//!   reaches it, are known from the counts alone: they are computed for every leaf at each
+//!   swap, and a walk only follows the splits down and reads its leaf's mass (a test holds
+//!   it equal to the paper's node-by-node walk).
 //! - **Score.** `score = 1 - m / m_typical`, clamped to [0, 1], where `m` is the point's
 //!   mass averaged over the trees and `m_typical` the mass a point drawn from the reference
 //!   window itself gets on average (computed from the counts at each swap, so it is exact
@@ -64,16 +68,19 @@
 //!
 //! # Cost and state
 //!
-//! - Per reading one walk of `trees · (depth + 1)` node visits, four trees side by side,
-//!   branch-free; every `window` readings, one pass over all nodes for the swap. About
-//!   0.35 µs per check and 0.3 µs per score with the defaults in release
-//!   (`shards/tests/fraud_cost.rs`; they vary by up to 2x on a shared machine).
-//! - State: `trees · 2^(depth+1)` nodes of 8 bytes plus `trees · window` leaves of 2
-//!   bytes, allocated once by [`HalfSpaceTrees::new`] (72 KiB with the defaults); nothing
-//!   is allocated per reading.
+//! - Per reading one walk of `trees · depth` split visits, eight trees side by side,
+//!   branch-free, then one mass per tree looked up; scoring and learning share it (the
+//!   leaf reached is what learning keeps). Every `window` readings, a few passes over the
+//!   nodes for the swap and the leaves' masses. MODEL_COST_FIGURES
+//! - Every reading is scored and learned: a sample would save only the swap (the walk is
+//!   needed for the score anyway) and would stretch a window over more readings.
+//! - State: `trees · 2^(depth+1)` nodes of 8 bytes, `trees · window` leaves of 2 bytes and
+//!   `trees · 2^depth` leaf masses of 4 bytes, allocated once by [`HalfSpaceTrees::new`]
+//!   (88 KiB with the defaults); nothing is allocated per reading.
 //! - Serde-serialisable for checkpoints, checked on the way back in; a restored model
 //!   scores exactly as the original did (the counts and leaves are integers, the split
-//!   points f32 that round-trip, the typical mass recomputed rather than carried).
+//!   points f32 that round-trip, the typical mass and the leaves' masses recomputed
+//!   rather than carried).
 
 use super::{strength_over, Detector, Signal};
 use serde::{Deserialize, Serialize};
@@ -325,7 +332,7 @@ fn place_splits(
 /// no split leaves a sliver.
 const SPLIT_PADDING: f32 = 0.15;
 
-/// Trees walked side by side: four independent descents overlap in the pipeline instead
+/// Trees walked side by side: eight independent descents overlap in the pipeline instead
 /// of each waiting on its own chain of loads.
 const LANES: usize = 8;
 

@@ -29,26 +29,34 @@
 //! 30). Without it, 20 honest devices with calibration offsets fire now and then against
 //! the default 6, and a group of 5 fires on about 5 % of honest readings.
 //!
-//! # Cost: a snapshot per group and bucket
+//! # Cost: a snapshot per group and bucket, O(1) per check
 //!
-//! Each group keeps its entries (device, time, latest value) sorted by device, and a
-//! *snapshot*: the fresh values sorted, taken at the first check whose time is `bucket_ms`
-//! or more away from the previous snapshot's (or once a small group gained a device). A
-//! check then costs O(log n): the device's own snapshot value is found by binary search
-//! and skipped by index, so the median and MAD of the others come straight from the
-//! sorted array (the MAD as the k-th smallest of two sorted runs of distances). Building a
-//! snapshot sorts at most `group_devices_max` values, once per group and bucket. A device
-//! whose clock sits far from its group's rebuilds the snapshot on each of its readings
-//! (bounded by its own rate, at O(n log n)).
+//! Each group keeps its entries (device, time, latest value) sorted by device, with an
+//! index from device to entry (open addressing on the id), so a reading finds its entry
+//! in O(1); [`PeerTable::check_then_observe`], the engine's call, finds the group and the
+//! entry once for the check and the observation. A group also keeps a *snapshot*: its
+//! fresh values sorted, taken at the first check whose time is `bucket_ms` or more away
+//! from the previous snapshot's (or once a small group gained a device); each entry notes
+//! its value in it. The median and MAD of the others (the snapshot without the checking
+//! device's own value) take one of three forms, depending only on where that value falls
+//! against the two middle values: each form is a median and three distances around it,
+//! computed by the first check that needs it (O(n), merging outwards from the median),
+//! and then O(1) for every other check of the bucket (the reasoning is at `Memo`; a
+//! property test holds the result equal to sorting the others). Taking a snapshot sorts
+//! at most `group_devices_max` values, once per group and bucket. A device whose clock
+//! sits far from its group's takes a new snapshot on each of its readings (bounded by its
+//! own rate, at O(n log n)); so does a group whose devices report further apart than
+//! `bucket_ms`, which then reads slowly: the cost per reading is highest where the rate is
+//! lowest.
 //!
 //! So a check sees its peers as they were at the snapshot: values up to
 //! `fresh_ms + bucket_ms` from its own time, and values observed after the snapshot only
 //! from the next bucket on. Fine for climate series (minutes); documented so nobody is
 //! surprised in a test (`bucket_ms = 0` rebuilds at every check: exact, O(n log n)).
+//! [`PeerTable::reference`] gives the same reference to another detector.
 //!
-//! Measured in release (`shards/tests/fraud_cost.rs`): observe + check about 0.15 µs per
-//! reading in a group of 20 or 256, about 0.55 µs in a region of 1 000 churning over the
-//! 256 bound.
+//! Measured in release (`shards/tests/fraud_cost.rs`, check_then_observe, CPU time on
+//! this shared 2-core machine): PEERS_COST_FIGURES
 //!
 //! # Time
 //!
@@ -73,10 +81,11 @@
 //! - Bounds: `group_devices_max` entries per group and `groups_max` groups per table (a new
 //!   group beyond it is refused, counted). A group larger than the bound keeps a stable
 //!   sample, the devices with the smallest ids (hashes): a newcomer above all of them is
-//!   not kept (counted), at the cost of a binary search; a smaller one replaces the
-//!   largest. A sampled device that stops reporting leaves its place at the next `prune`. Worst-case memory is about `groups_max · group_devices_max · 52`
-//!   bytes (a 32-byte entry and a 20-byte snapshot slot); in practice two entries per
-//!   device of the network (its location and its region).
+//!   not kept (counted), at O(1); a smaller one replaces the largest. A sampled device
+//!   that stops reporting leaves its place at the next `prune`. Worst-case memory is about
+//!   `groups_max · group_devices_max · 44` bytes (a 32-byte entry, two 4-byte index slots
+//!   and a 4-byte snapshot value) plus about 300 bytes per group; in practice two entries
+//!   per device of the network (its location and its region).
 //! - Missed: a whole group fabricating together (the median moves with them); a fraud
 //!   within the honest spread of the group, or within the small-group limit (a location of
 //!   5 devices only catches gross lies, 160 spreads out); kinds without a spread floor
@@ -557,10 +566,18 @@ struct Group {
 impl Group {
     /// Makes the snapshot serve a check at `time_ms`, taking a new one if needed (reusing
     /// its vector); whether one was taken.
+    #[inline]
     fn refresh(&mut self, config: &PeersConfig, time_ms: u64) -> bool {
         if snapshot_serves(config, &self.snapshot, self.joined, time_ms) {
             return false;
         }
+        self.take_snapshot(config, time_ms);
+        true
+    }
+
+    /// The snapshot of the entries fresh at `time_ms` (once per bucket: kept out of line).
+    #[inline(never)]
+    fn take_snapshot(&mut self, config: &PeersConfig, time_ms: u64) {
         let snapshot = &mut self.snapshot;
         snapshot.values.clear();
         for entry in &mut self.entries {
@@ -575,7 +592,6 @@ impl Group {
         snapshot.time_ms = Some(time_ms);
         snapshot.joined = self.joined;
         snapshot.memo = Memo::default();
-        true
     }
 
     /// (median, MAD, peers) for the device of entry `found`, if it has one.

@@ -597,7 +597,10 @@ fn the_reference_is_what_a_check_compares_with() {
     let alone = location("alone");
     table.observe(alone, 1, T0_MS, 20.0);
     assert_eq!(table.reference(alone, 1, T0_MS, KIND), None);
-    assert_eq!(table.reference(alone, 2, T0_MS, KIND).map(|r| r.peers), Some(1));
+    assert_eq!(
+        table.reference(alone, 2, T0_MS, KIND).map(|r| r.peers),
+        Some(1)
+    );
 }
 
 #[test]
