@@ -407,6 +407,14 @@ fn the_bounds_hold_and_are_counted() {
     assert_eq!(table.group_devices(key), 8);
     assert!(!table.groups[&key].entries.iter().any(|e| e.device == 100));
     assert_eq!(table.counters().devices_evicted, 13);
+    // Smaller ids arriving take the largest ones' places, one by one.
+    let mut down = PeerTable::new(config);
+    for d in (0..20u64).rev() {
+        down.observe(key, d, T0_MS, 20.0);
+    }
+    let kept: Vec<u64> = down.groups[&key].entries.iter().map(|e| e.device).collect();
+    assert_eq!(kept, (0..8).collect::<Vec<_>>());
+    assert_eq!(down.counters().devices_evicted, 12);
     // Groups beyond the bound are refused, locally and from summaries.
     for name in ["a", "b", "c", "d"] {
         table.observe(location(name), 1, T0_MS, 20.0);
@@ -778,6 +786,57 @@ proptest! {
             }
         }
         prop_assert_eq!(apart.export(t), together.export(t));
+    }
+
+    #[test]
+    fn a_group_keeps_the_smallest_ids_and_finds_every_one(
+        ops in proptest::collection::vec((0u8..8, 0u64..48, 0u64..100_000), 1..400),
+        devices_max in 1u32..12,
+    ) {
+        // The sample a bounded group must hold, the plain way: device -> time.
+        let config = PeersConfig {
+            group_devices_max: devices_max,
+            ..PeersConfig::default()
+        };
+        let keep_ms = config.fresh_ms + config.bucket_ms;
+        let mut table = PeerTable::new(config);
+        let key = location("lab");
+        let mut model = std::collections::BTreeMap::<u64, u64>::new();
+        let mut t = T0_MS;
+        for (op, device, dt) in ops {
+            t += dt;
+            // Ids far apart and close together, so probes collide and wrap.
+            let device = if device % 2 == 0 { device } else { device << 58 };
+            if op == 0 {
+                table.prune(t);
+                model.retain(|_, time| *time + keep_ms >= t);
+            } else {
+                let time = t - dt.min(t - T0_MS) / 2;
+                table.observe(key, device, time, 20.0);
+                if let Some(held) = model.get_mut(&device) {
+                    *held = time;
+                } else if model.len() < devices_max as usize {
+                    model.insert(device, time);
+                } else if let Some((&largest, _)) = model.last_key_value() {
+                    if device < largest {
+                        model.remove(&largest);
+                        model.insert(device, time);
+                    }
+                }
+            }
+            let Some(group) = table.groups.get(&key) else {
+                prop_assert!(model.is_empty());
+                continue;
+            };
+            // Sorted by device, as the bound and the exports rely on.
+            let held: Vec<(u64, u64)> = group.entries.iter().map(|e| (e.device, e.time_ms)).collect();
+            let expected: Vec<(u64, u64)> = model.iter().map(|(d, t)| (*d, *t)).collect();
+            prop_assert_eq!(&held, &expected);
+            for (i, (device, _)) in expected.iter().enumerate() {
+                prop_assert_eq!(group.find(*device), Some(i));
+            }
+            prop_assert_eq!(group.find(u64::MAX - 1), None);
+        }
     }
 
     #[test]
