@@ -197,6 +197,15 @@ pub struct HalfSpaceTrees {
     warm_windows: u32,
     /// Every tree's nodes (the layout above); `r` is the reference window's count.
     nodes: Vec<Node>,
+    /// The internal nodes' splits again, per tree `2^depth` slots in the same heap order
+    /// (slot 0 unused; a power of two of slots in all): the split points and the
+    /// features, apart. What a walk reads, in 5 of the 8 bytes a node takes and without
+    /// the leaves, so more of it stays in the nearest cache. Fixed at construction (only
+    /// the counts change): derived from `nodes` by [`HalfSpaceTrees::new`] and on restore.
+    #[serde(skip)]
+    split_at: Vec<f32>,
+    #[serde(skip)]
+    split_feature: Vec<u8>,
     /// Per tree and leaf, the mass of a point that reaches that leaf: `r · 2^k` at the
     /// first node of the leaf's path under the size limit, or at the leaf (each leaf has
     /// one path from the root, so its terminal node is known from the counts alone).
@@ -272,9 +281,12 @@ impl TryFrom<HalfSpaceTreesState> for HalfSpaceTrees {
             leaves: s.leaves,
             filled: s.filled,
             windows: s.windows,
+            split_at: Vec::new(),
+            split_feature: Vec::new(),
             leaf_mass: Vec::new(),
             typical_mass: 0.0,
         };
+        (model.split_at, model.split_feature) = splits_of(&model.nodes, model.depth);
         model.leaf_mass = vec![0; (model.trees as usize) << model.depth];
         model.derive();
         Ok(model)
@@ -328,6 +340,23 @@ fn place_splits(
     ranges[q] = [lo, hi];
 }
 
+/// The internal nodes' split points and features, per tree `2^depth` slots in heap order
+/// (slot 0 unused), from the nodes laid out per tree in `2^(depth+1)` slots; padded with
+/// empty trees to a power of two of slots (the walk masks its indices with the length).
+fn splits_of(nodes: &[Node], depth: u32) -> (Vec<f32>, Vec<u8>) {
+    let (stride, internal) = (1usize << (depth + 1), 1usize << depth);
+    let trees = nodes.len() / stride;
+    let len = (trees.max(1) << depth).next_power_of_two();
+    let splits = nodes
+        .chunks_exact(stride)
+        .flat_map(|tree| &tree[..internal]);
+    let mut at: Vec<f32> = splits.clone().map(|node| node.at).collect();
+    let mut feature: Vec<u8> = splits.map(|node| node.feature).collect();
+    at.resize(len, 0.0);
+    feature.resize(len, 0);
+    (at, feature)
+}
+
 /// The share of a node's range on each side where no split is placed (River's value), so
 /// no split leaves a sliver.
 const SPLIT_PADDING: f32 = 0.15;
@@ -357,6 +386,7 @@ impl HalfSpaceTrees {
             let mut ranges = [[-FEATURE_MAX, FEATURE_MAX]; FEATURES];
             place_splits(tree, 1, internal_end, &mut ranges, &mut random);
         }
+        let (split_at, split_feature) = splits_of(&nodes, depth);
         HalfSpaceTrees {
             trees,
             depth,
@@ -367,6 +397,8 @@ impl HalfSpaceTrees {
             leaves: vec![0; window as usize * trees as usize],
             filled: 0,
             windows: 0,
+            split_at,
+            split_feature,
             leaf_mass: vec![0; (trees as usize) << depth],
             typical_mass: 0.0,
         }
@@ -404,6 +436,8 @@ impl HalfSpaceTrees {
         self.nodes.len() * std::mem::size_of::<Node>()
             + self.leaves.len() * std::mem::size_of::<u16>()
             + self.leaf_mass.len() * std::mem::size_of::<u32>()
+            + self.split_at.len() * std::mem::size_of::<f32>()
+            + self.split_feature.len()
     }
 
     /// The anomaly score of a point, in [0, 1] (module docs); 0 before the first complete
@@ -481,24 +515,34 @@ impl HalfSpaceTrees {
         leaves: Option<&mut [u16]>,
     ) -> u64 {
         let depth = self.depth;
-        let (stride, leaf_first) = (1usize << (depth + 1), 1usize << depth);
-        let within_tree = stride - 1;
-        // Each lane's index into `nodes`: its tree's base plus its 1-based heap index, so
-        // the child of `at` is `at + (at & within_tree) + side`. Always in bounds (`new`
-        // sized the nodes for every tree): indexing asserts it.
-        let mut at: [usize; L] = std::array::from_fn(|l| ((first + l) * stride) | 1);
+        let leaf_first = 1usize << depth;
+        // Each lane's index into the splits: its tree's base plus its 1-based heap index,
+        // so the child of `at` is `at + (at & (leaf_first - 1)) + side` until the last
+        // level, where `at` leaves the tree's splits: then `at - base - leaf_first` is the
+        // leaf's number. Always in bounds (`new` sized the splits for every tree):
+        // indexing asserts it.
+        let base: [usize; L] = std::array::from_fn(|l| (first + l) << depth);
+        let mut at: [usize; L] = std::array::from_fn(|l| base[l] + 1);
+        // The splits' length is a power of two (`splits_of`), so masking an index with it
+        // changes no index in range and lets the compiler drop the bounds checks.
+        let (split_at, split_feature) = (&self.split_at[..], &self.split_feature[..]);
+        if split_at.is_empty() || split_feature.len() != split_at.len() {
+            return 0;
+        }
+        let mask = split_at.len() - 1;
         for _ in 0..depth {
             for l in 0..L {
-                let node = self.nodes[at[l]];
-                let side = usize::from(x[usize::from(node.feature) & 7] >= node.at);
-                at[l] += (at[l] & within_tree) + side;
+                let i = at[l] & mask;
+                let feature = usize::from(split_feature[i]) & 7;
+                let side = usize::from(x[feature] >= split_at[i]);
+                at[l] += (at[l] - base[l]) + side;
             }
         }
         let mut total = 0;
         for (l, at) in at.iter_mut().enumerate() {
             // The leaf's number in its tree.
-            *at = (*at & within_tree) - leaf_first;
-            total += u64::from(self.leaf_mass[((first + l) << depth) + *at]);
+            *at -= base[l] + leaf_first;
+            total += u64::from(self.leaf_mass[base[l] + *at]);
         }
         if let Some(slots) = leaves.and_then(|leaves| leaves.get_mut(first..first + L)) {
             for (slot, leaf) in slots.iter_mut().zip(at) {

@@ -374,13 +374,14 @@ fn memory_is_fixed_at_construction() {
     let mut model = HalfSpaceTrees::new(&config);
     let bytes = model.state_bytes();
     // Nodes of 8 bytes, 2^(depth+1) per tree; a u16 leaf per tree and window point; a u32
-    // mass per tree and leaf.
+    // mass per tree and leaf; an f32 split point and a u8 feature per tree and 2^depth.
     let trees = config.trees as usize;
     assert_eq!(
         bytes,
         trees * (8 << (config.depth + 1))
             + trees * config.window as usize * 2
             + trees * (4 << config.depth)
+            + trees * (5 << config.depth)
     );
     let capacity = (
         model.nodes.capacity(),
