@@ -112,19 +112,84 @@ fn peers_cost() {
             device = (device + 1) % devices;
             t += step_ms;
             let v = 20.0 + 0.3 * stream.next();
-            table.observe(key, device, t, v);
-            black_box(table.check(key, device, t, v, kind));
+            // What the engine calls per reading and group.
+            black_box(table.check_then_observe(key, device, t, v, kind));
         };
         for _ in 0..10 * devices {
             read(&mut table);
         }
         let cost = best_of_seven(100_000, || read(&mut table));
         println!(
-            "peers_cost: a group of {devices}: observe + check {:.0} ns wall, {:.0?} ns cpu ({} snapshots, {} evictions)",
+            "peers_cost: a group of {devices}: check_then_observe {:.0} ns wall, {:.0?} ns cpu ({} snapshots, {} evictions)",
             cost.0,
             cost.1,
             table.counters().snapshots_built,
             table.counters().devices_evicted
         );
     }
+}
+
+#[test]
+#[ignore = "timing: run in release with --ignored --nocapture"]
+fn engine_cost() {
+    use ingestd_codec::envelope::Reading;
+    use ingestd_shards::fraud::engine::{
+        address_hash, device_hash, DeviceFraud, Envelope, FraudConfig, Scorer,
+    };
+    // The scenario of `cargo bench -p ingestd-benches --bench fraud`: 1 000 devices in
+    // 100 locations of one region, an envelope of CO2, temperature and humidity each
+    // minute per device.
+    const T0_MS: u64 = 1_764_201_600_000;
+    const DEVICES: usize = 1_000;
+    let mut scorer = Scorer::new(FraudConfig::default());
+    let mut devices: Vec<DeviceFraud> = (0..DEVICES)
+        .map(|d| DeviceFraud::new(&format!("site-{}", d / 10), "eu-west"))
+        .collect();
+    let ids: Vec<u64> = (0..DEVICES)
+        .map(|d| device_hash(&format!("co2-{d:06}")))
+        .collect();
+    let address = address_hash("10.1.2.3:40000");
+    let mut stream = Stream(0x9e37_79b9_7f4a_7c15);
+    let mut i = 0u64;
+    let mut flagged = 0u64;
+    let mut step = |scorer: &mut Scorer, devices: &mut [DeviceFraud]| {
+        let d = (i as usize) % DEVICES;
+        let round = i / DEVICES as u64;
+        i += 1;
+        let t_ms = T0_MS + round * 60_000 + d as u64;
+        let phase = ((t_ms as f64 / 86_400_000.0) * std::f64::consts::TAU).sin() as f32;
+        let values = [
+            Reading {
+                kind: Kind::Co2Ppm.code(),
+                value: (430.0 + 60.0 * phase + 2.0 * stream.next()).round(),
+            },
+            Reading {
+                kind: Kind::TemperatureC.code(),
+                value: 19.0 + 2.5 * phase + 0.03 * stream.next(),
+            },
+            Reading {
+                kind: Kind::HumidityRhPct.code(),
+                value: 52.0 - 6.0 * phase + 0.2 * stream.next(),
+            },
+        ];
+        let envelope = Envelope {
+            device: ids[d],
+            seq: round + 1,
+            device_ms: t_ms,
+            received_ms: t_ms + 120,
+            address,
+            connected_ms: T0_MS,
+            readings: &values,
+        };
+        let scored = scorer.score(&mut devices[d], &envelope);
+        flagged += u64::from(black_box(scored).verdict.score >= 0.5);
+    };
+    for _ in 0..100 * DEVICES {
+        step(&mut scorer, &mut devices);
+    }
+    let cost = best_of_seven(50_000, || step(&mut scorer, &mut devices));
+    println!(
+        "engine_cost: an envelope of 3 readings: {:.0} ns wall, {:.0?} ns cpu ({flagged} flagged)",
+        cost.0, cost.1
+    );
 }

@@ -1,6 +1,6 @@
 //! The peers table and the learned model allocate nothing per reading in steady state:
-//! observe and check (snapshot rebuilds included), the model's check and score (window
-//! swaps included).
+//! observe, check, check_then_observe and reference (snapshot rebuilds included), the
+//! model's check and score (window swaps included).
 //!
 //! Counts allocations with a global allocator that delegates to `System`; the count is kept
 //! per thread so the test harness's own threads do not disturb it.
@@ -67,6 +67,9 @@ fn peers_observe_and_check_do_not_allocate_in_steady_state() {
             for key in keys.into_iter().flatten() {
                 table.observe(key, device, *t, v);
                 let _ = table.check(key, device, *t, v, kind);
+                // The engine's one call, and the reference another detector reads.
+                let _ = table.check_then_observe(key, device, *t + 1, v, kind);
+                let _ = table.reference(key, device, *t + 1, kind);
             }
         }
     };

@@ -492,15 +492,13 @@ impl Scorer {
                         continue;
                     };
                     let key = GroupKey::of(base, scope, kind_of);
-                    let found = self.peers.evaluate(
+                    let found = self.peers.check_then_observe(
                         key,
                         envelope.device,
                         envelope.device_ms,
                         value,
                         kind_of,
                     );
-                    self.peers
-                        .observe(key, envelope.device, envelope.device_ms, value);
                     if let Some(found) = found {
                         if scope == Scope::Location {
                             location_median = Some(found.view.median as f32);

@@ -251,6 +251,58 @@ fn the_typical_mass_is_the_mean_mass_of_the_reference_points() {
     );
 }
 
+/// The paper's per-point mass, node by node down one tree after another: the count at the
+/// first node under the size limit, or at the leaf, times 2^level.
+fn mass_node_by_node(model: &HalfSpaceTrees, point: &[f32; FEATURES]) -> f64 {
+    let stride = 1usize << (model.depth + 1);
+    let limit = model.size_limit();
+    let mut total = 0u64;
+    for tree in model.nodes.chunks_exact(stride) {
+        let mut i = 1;
+        for level in 0..=model.depth {
+            let node = tree[i];
+            if node.r < limit || level == model.depth {
+                total += u64::from(node.r) << level;
+                break;
+            }
+            let x = clamp_feature(point[usize::from(node.feature)]);
+            i = 2 * i + usize::from(x >= node.at);
+        }
+    }
+    total as f64
+}
+
+#[test]
+fn the_walk_gives_the_mass_of_the_paper_node_by_node() {
+    // Trees in whole groups of lanes and not, shallow and deep, small and large windows.
+    for (trees, depth, window) in [(16, 8, 256), (7, 5, 50), (25, 10, 1000), (1, 1, 10)] {
+        let config = ModelConfig {
+            trees,
+            depth,
+            window,
+            ..config()
+        };
+        let mut normal = Normal::new(u64::from(trees * depth));
+        let mut model = HalfSpaceTrees::new(&config);
+        let mut walked = 0;
+        for i in 0..4 * window {
+            let mut p = normal.point();
+            // A few far out and odd points among them.
+            match i % 97 {
+                0 => p = [FEATURE_MAX; FEATURES],
+                1 => p[2] = 6.0,
+                2 => p[0] = f32::NAN,
+                _ => {}
+            }
+            let mass = model.walk(&p, None);
+            assert_eq!(mass, mass_node_by_node(&model, &p), "{trees} {depth} {i}");
+            walked += usize::from(mass > 0.0);
+            model.check(&p);
+        }
+        assert!(walked > window as usize, "{trees} {depth}: {walked}");
+    }
+}
+
 #[test]
 fn non_finite_features_are_the_range_edges() {
     let config = config();
@@ -321,18 +373,33 @@ fn memory_is_fixed_at_construction() {
     let config = config();
     let mut model = HalfSpaceTrees::new(&config);
     let bytes = model.state_bytes();
-    // Nodes of 8 bytes, 2^(depth+1) per tree; a u16 leaf per tree and window point.
+    // Nodes of 8 bytes, 2^(depth+1) per tree; a u16 leaf per tree and window point; a u32
+    // mass per tree and leaf; an f32 split point and a u8 feature per tree and 2^depth.
     let trees = config.trees as usize;
     assert_eq!(
         bytes,
-        trees * (8 << (config.depth + 1)) + trees * config.window as usize * 2
+        trees * (8 << (config.depth + 1))
+            + trees * config.window as usize * 2
+            + trees * (4 << config.depth)
+            + trees * (5 << config.depth)
     );
-    let capacity = (model.nodes.capacity(), model.leaves.capacity());
+    let capacity = (
+        model.nodes.capacity(),
+        model.leaves.capacity(),
+        model.leaf_mass.capacity(),
+    );
     let mut normal = Normal::new(9);
     for _ in 0..(3 * config.window + 17) {
         model.check(&normal.point());
     }
-    assert_eq!((model.nodes.capacity(), model.leaves.capacity()), capacity);
+    assert_eq!(
+        (
+            model.nodes.capacity(),
+            model.leaves.capacity(),
+            model.leaf_mass.capacity()
+        ),
+        capacity
+    );
     assert_eq!(model.state_bytes(), bytes);
 }
 

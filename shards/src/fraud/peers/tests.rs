@@ -407,6 +407,14 @@ fn the_bounds_hold_and_are_counted() {
     assert_eq!(table.group_devices(key), 8);
     assert!(!table.groups[&key].entries.iter().any(|e| e.device == 100));
     assert_eq!(table.counters().devices_evicted, 13);
+    // Smaller ids arriving take the largest ones' places, one by one.
+    let mut down = PeerTable::new(config);
+    for d in (0..20u64).rev() {
+        down.observe(key, d, T0_MS, 20.0);
+    }
+    let kept: Vec<u64> = down.groups[&key].entries.iter().map(|e| e.device).collect();
+    assert_eq!(kept, (0..8).collect::<Vec<_>>());
+    assert_eq!(down.counters().devices_evicted, 12);
     // Groups beyond the bound are refused, locally and from summaries.
     for name in ["a", "b", "c", "d"] {
         table.observe(location(name), 1, T0_MS, 20.0);
@@ -557,6 +565,86 @@ fn group_keys_are_stable_and_carry_their_scope() {
     assert_ne!(location("lab"), location("lab2"));
 }
 
+#[test]
+fn the_reference_is_what_a_check_compares_with() {
+    let mut table = PeerTable::new(PeersConfig::default());
+    let key = location("lab");
+    let mut normal = Normal::new(4);
+    for d in 1..=9u64 {
+        table.observe(key, d, T0_MS, (20.0 + 0.5 * normal.next()) as f32);
+    }
+    for device in [3, 99] {
+        let reference = table.reference(key, device, T0_MS, KIND).unwrap();
+        let score = table.evaluate(key, device, T0_MS, 25.0, KIND).unwrap();
+        assert_eq!(reference.median, score.view.median);
+        assert_eq!(
+            reference.spread,
+            score.view.spread.max(score.view.spread_floor)
+        );
+        assert_eq!(reference.peers, score.view.peers);
+        assert_eq!(
+            score.z,
+            (25.0 - reference.median).abs() / reference.spread,
+            "{score:?}"
+        );
+    }
+    // Device 3 is left out, an outsider is not.
+    assert_eq!(table.reference(key, 3, T0_MS, KIND).unwrap().peers, 8);
+    assert_eq!(table.reference(key, 99, T0_MS, KIND).unwrap().peers, 9);
+    // Near-identical values: the spread is the kind's floor.
+    let tight = location("tight");
+    for d in 1..=5u64 {
+        table.observe(tight, d, T0_MS, 20.0);
+    }
+    let floor = table.config().spread_floor(KIND).unwrap();
+    let reference = table.reference(tight, 99, T0_MS, KIND).unwrap();
+    assert_eq!((reference.median, reference.spread), (20.0, floor));
+    // No reference for kinds never compared, unknown groups, or a group of one.
+    assert_eq!(table.reference(key, 3, T0_MS, Kind::BatteryPct), None);
+    assert_eq!(table.reference(location("none"), 3, T0_MS, KIND), None);
+    let alone = location("alone");
+    table.observe(alone, 1, T0_MS, 20.0);
+    assert_eq!(table.reference(alone, 1, T0_MS, KIND), None);
+    assert_eq!(
+        table.reference(alone, 2, T0_MS, KIND).map(|r| r.peers),
+        Some(1)
+    );
+}
+
+#[test]
+fn a_device_evicted_after_the_snapshot_is_still_not_its_own_peer() {
+    let config = PeersConfig {
+        group_devices_max: 6,
+        ..PeersConfig::default()
+    };
+    let mut table = PeerTable::new(config);
+    let key = location("lab");
+    for d in 1..=5u64 {
+        table.observe(key, d, T0_MS, 20.0 + 0.1 * d as f32);
+    }
+    table.observe(key, 9, T0_MS, 80.0);
+    // The snapshot holds device 9's 80.
+    assert_eq!(table.reference(key, 9, T0_MS, KIND).unwrap().peers, 5);
+    // A smaller id takes the largest's place within the bucket.
+    table.observe(key, 0, T0_MS, 20.0);
+    assert_eq!(table.group_devices(key), 6);
+    let reference = table.reference(key, 9, T0_MS + 1, KIND).unwrap();
+    assert_eq!((reference.median, reference.peers), (20.25, 6));
+    assert!(table.check(key, 9, T0_MS + 1, 80.0, KIND).is_some());
+    // Pruning a device the snapshot holds does the same.
+    let later = T0_MS + 60_000;
+    for d in 1..=5u64 {
+        table.observe(key, d, later, 20.0 + 0.1 * d as f32);
+    }
+    table.observe(key, 0, later - 10_000, 50.0);
+    let t = later + config.fresh_ms - 20_000;
+    assert_eq!(table.reference(key, 7, t, KIND).unwrap().peers, 6);
+    // Device 0 is now too old for any check near this time; the others are not.
+    table.prune(later - 10_000 + config.fresh_ms + config.bucket_ms + 1);
+    assert_eq!(table.group_devices(key), 5);
+    assert_eq!(table.reference(key, 7, t, KIND).unwrap().peers, 5);
+}
+
 /// Median and MAD by sorting, the obvious way.
 fn brute_force(values: &[f32]) -> Option<(f64, f64)> {
     fn median(sorted: &[f64]) -> f64 {
@@ -583,25 +671,171 @@ proptest! {
     fn leave_one_out_median_and_mad_match_sorting(
         mut values in proptest::collection::vec(
             prop_oneof![-1e6f32..1e6, (-5i8..5).prop_map(f32::from)],
-            1..60,
+            0..60,
         ),
-        skip in any::<prop::sample::Index>(),
-        leave_out in any::<bool>(),
+        order in any::<u64>(),
     ) {
         values.sort_by(f32::total_cmp);
-        let skip = leave_out.then(|| skip.index(values.len()));
-        let mut rest = values.clone();
-        if let Some(s) = skip {
-            rest.remove(s);
+        // One memo for every device of the snapshot, as checks share it, asked in a
+        // scrambled order, then a device outside the snapshot.
+        let mut memo = Memo::default();
+        let n = values.len();
+        let mut skips: Vec<Option<usize>> = (0..n).map(Some).collect();
+        skips.rotate_left((order as usize) % n.max(1));
+        if order & 1 == 1 {
+            skips.reverse();
         }
-        let fast = median_and_mad(&values, skip);
-        let slow = brute_force(&rest);
-        match (fast, slow) {
-            (Some((m, mad)), Some((m2, mad2))) => {
-                prop_assert_eq!(m, m2);
-                prop_assert!((mad - mad2).abs() <= 1e-9 * (1.0 + mad2.abs()), "{} {}", mad, mad2);
+        skips.push(None);
+        for skip in skips {
+            let mut rest = values.clone();
+            let own = skip.map(|s| rest.remove(s));
+            let fast = robust_excluding(&values, &mut memo, own);
+            let slow = brute_force(&rest);
+            match (fast, slow) {
+                (Some((m, mad, count)), Some((m2, mad2))) => {
+                    // Exactly what sorting the others gives, not merely close.
+                    prop_assert_eq!(m, m2, "{:?} without {:?}", values, skip);
+                    prop_assert_eq!(mad, mad2, "{:?} without {:?}", values, skip);
+                    prop_assert_eq!(count as usize, rest.len());
+                }
+                (a, b) => prop_assert!(a.is_none() && b.is_none(), "{:?} {:?}", a, b),
             }
-            (a, b) => prop_assert_eq!(a, b),
+        }
+    }
+
+    #[test]
+    fn check_then_observe_is_check_then_observe(
+        ops in proptest::collection::vec(
+            (0u8..5, 0u8..4, 0u64..12, 0u64..400_000, prop_oneof![
+                15.0f32..25.0,
+                (-3i8..3).prop_map(|v| 20.0 + f32::from(v) / 10.0),
+                Just(f32::NAN),
+                Just(80.0f32),
+            ]),
+            1..300,
+        ),
+        devices_max in 1u32..8,
+        bucket_ms in prop_oneof![Just(0u64), 1u64..100_000],
+    ) {
+        let config = PeersConfig {
+            group_devices_max: devices_max,
+            bucket_ms,
+            peers_min: 2,
+            ..PeersConfig::default()
+        };
+        let (mut apart, mut together) = (PeerTable::new(config), PeerTable::new(config));
+        let mut remote = PeerTable::new(config);
+        let keys = [location("a"), location("b"), region("a"), region("b")];
+        let mut t = T0_MS;
+        for (op, group, device, dt, value) in ops {
+            let key = keys[usize::from(group)];
+            t += dt / 100;
+            match op {
+                0 | 1 => {
+                    let a = apart.evaluate(key, device, t, value, KIND);
+                    if value.is_finite() {
+                        apart.observe(key, device, t, value);
+                    } else {
+                        apart.counters.values_refused += 1;
+                    }
+                    let b = together.check_then_observe(key, device, t, value, KIND);
+                    prop_assert_eq!(a, b);
+                }
+                2 => remote.observe(key, device, t - dt.min(t - T0_MS), value),
+                3 => {
+                    let summary = remote.export(t);
+                    apart.merge(1, &summary);
+                    together.merge(1, &summary);
+                }
+                _ => {
+                    apart.prune(t);
+                    together.prune(t);
+                }
+            }
+            prop_assert_eq!(apart.counters(), together.counters());
+            for key in keys {
+                let at = t + dt % 7;
+                prop_assert_eq!(
+                    apart.describe(key, device, at, KIND),
+                    together.describe(key, device, at, KIND)
+                );
+                let reference = together.reference(key, device, at, KIND);
+                prop_assert_eq!(reference, apart.reference(key, device, at, KIND));
+                if bucket_ms == 0 {
+                    // A snapshot per check: the reference is that of sorting the other
+                    // devices' fresh values.
+                    let others: Vec<f32> = together
+                        .groups
+                        .get(&key)
+                        .map(|g| {
+                            g.entries
+                                .iter()
+                                .filter(|e| e.device != device && is_fresh(&config, e, at))
+                                .map(|e| e.value)
+                                .collect()
+                        })
+                        .unwrap_or_default();
+                    let floor = config.spread_floor(KIND).unwrap();
+                    let slow = brute_force(&others).map(|(median, mad)| PeerReference {
+                        median,
+                        spread: (MAD_TO_SIGMA * mad).max(floor),
+                        peers: others.len() as u32,
+                    });
+                    prop_assert_eq!(reference, slow);
+                }
+            }
+        }
+        prop_assert_eq!(apart.export(t), together.export(t));
+    }
+
+    #[test]
+    fn a_group_keeps_the_smallest_ids_and_finds_every_one(
+        ops in proptest::collection::vec((0u8..8, 0u64..48, 0u64..100_000), 1..400),
+        devices_max in 1u32..12,
+    ) {
+        // The sample a bounded group must hold, the plain way: device -> time.
+        let config = PeersConfig {
+            group_devices_max: devices_max,
+            ..PeersConfig::default()
+        };
+        let keep_ms = config.fresh_ms + config.bucket_ms;
+        let mut table = PeerTable::new(config);
+        let key = location("lab");
+        let mut model = std::collections::BTreeMap::<u64, u64>::new();
+        let mut t = T0_MS;
+        for (op, device, dt) in ops {
+            t += dt;
+            // Ids far apart and close together, so probes collide and wrap.
+            let device = if device % 2 == 0 { device } else { device << 58 };
+            if op == 0 {
+                table.prune(t);
+                model.retain(|_, time| *time + keep_ms >= t);
+            } else {
+                let time = t - dt.min(t - T0_MS) / 2;
+                table.observe(key, device, time, 20.0);
+                if let Some(held) = model.get_mut(&device) {
+                    *held = time;
+                } else if model.len() < devices_max as usize {
+                    model.insert(device, time);
+                } else if let Some((&largest, _)) = model.last_key_value() {
+                    if device < largest {
+                        model.remove(&largest);
+                        model.insert(device, time);
+                    }
+                }
+            }
+            let Some(group) = table.groups.get(&key) else {
+                prop_assert!(model.is_empty());
+                continue;
+            };
+            // Sorted by device, as the bound and the exports rely on.
+            let held: Vec<(u64, u64)> = group.entries.iter().map(|e| (e.device, e.time_ms)).collect();
+            let expected: Vec<(u64, u64)> = model.iter().map(|(d, t)| (*d, *t)).collect();
+            prop_assert_eq!(&held, &expected);
+            for (i, (device, _)) in expected.iter().enumerate() {
+                prop_assert_eq!(group.find(*device), Some(i));
+            }
+            prop_assert_eq!(group.find(u64::MAX - 1), None);
         }
     }
 
