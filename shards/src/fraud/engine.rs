@@ -596,6 +596,8 @@ struct ShardLag {
     ewma_ms: Option<f64>,
     reference_ms: Option<f64>,
     envelopes: u32,
+    /// Receive time until which the shard counts as behind.
+    behind_until_ms: u64,
     /// The shift as it stood at least a second ago, and the shift and receive time of the
     /// latest sample taken (one a second): see [`ShardLag::observe`].
     held: (f64, f64, u64),
@@ -604,6 +606,10 @@ struct ShardLag {
 impl ShardLag {
     const DEVICES_MIN: u32 = 8;
     const ALPHA: f64 = 0.01;
+    /// A lasting shift over this means the shard is behind.
+    const BEHIND_MS: f64 = 50.0;
+    /// ... and counts as behind for this long after (the rate rule's window and more).
+    const BEHIND_HOLD_MS: u64 = 30_000;
     /// Envelopes before the EWMA is taken as the reference.
     const SETTLE: u32 = 500;
 
@@ -617,7 +623,12 @@ impl ShardLag {
     /// A device whose clock is known to be wrong (`learn` false) is corrected but not
     /// learned from: a clock running 10 % fast is seconds off within a minute, and one
     /// such envelope would move the shard's average by a hundredth of that.
-    fn observe(&mut self, device_ms: u64, received_ms: u64, learn: bool) -> (u64, u64) {
+    ///
+    /// The second receive time is `None` while the shard is behind (a lasting shift over
+    /// [`ShardLag::BEHIND_MS`], and for [`ShardLag::BEHIND_HOLD_MS`] after): a backlog of
+    /// seconds rises and falls by far more than a clock's 0.2 % over the rate rule's
+    /// blocks, whatever the correction, so the rule abstains.
+    fn observe(&mut self, device_ms: u64, received_ms: u64, learn: bool) -> (u64, Option<u64>) {
         let sample = received_ms as f64 - device_ms as f64;
         let ewma = match self.ewma_ms {
             Some(previous) if !learn => previous,
@@ -655,7 +666,12 @@ impl ShardLag {
         let correct = |shift: f64| {
             (received_ms as i128 - shift as i128).clamp(0, i128::from(u64::MAX)) as u64
         };
-        (correct(shift), correct(lasting))
+        // A lasting lag: the server is behind, and its receive times jitter by the backlog.
+        if lasting.abs() > Self::BEHIND_MS {
+            self.behind_until_ms = received_ms.saturating_add(Self::BEHIND_HOLD_MS);
+        }
+        let trusted = received_ms >= self.behind_until_ms;
+        (correct(shift), trusted.then(|| correct(lasting)))
     }
 }
 

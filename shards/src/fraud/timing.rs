@@ -10,9 +10,12 @@
 //!   hour: twenty times a cheap crystal's 100 ppm) and the line explains the envelope: the
 //!   offset it moved over the blocks' span is at least `clock_rate_shift_ms_min` and
 //!   `clock_rate_noise_factor` times the scatter of the minima around the line (1.4826 ·
-//!   MAD of the residuals). A step (an NTP correction, a reconnection after buffering) is
-//!   no line: its residuals are a quarter of the step, so it does not fire here (the clock
-//!   shift rule judges it). Full strength: a clock that is measurably wrong makes every
+//!   MAD of the residuals), in [`RATE_AGREEING`] fits in a row of one sign within a factor
+//!   of two of each other (a backlog's rise and fall draws short lines that the next fits
+//!   contradict). A step (an NTP correction, a reconnection after buffering) is no line:
+//!   its residuals are a quarter of the step, so it does not fire here (the clock shift
+//!   rule judges it). While the shard is behind (its lag has lasted over 50 ms, and for
+//!   30 s after) the rule abstains. Full strength: a clock that is measurably wrong makes every
 //!   timestamp it sends wrong.
 //! - **Clock shift.** The offset `receive_ms - device_ms` is smoothed by an EWMA (network
 //!   latency jitters it). A steady offset is fine, devices have skewed clocks; the
@@ -150,7 +153,14 @@ struct ClockRate {
     strength: f32,
     /// The fitted rate, for `fraud explain`.
     rate: f32,
+    /// The slopes of the fits before the last one that passed the line's tests (0: none).
+    passed: [f32; RATE_AGREEING - 1],
 }
+
+/// Fits in a row that must pass, with one sign and within a factor of two of each other: a
+/// clock keeps its rate, while a backlog's rise and fall (a stall, then the burst after it)
+/// draws short lines of any slope that the next fits contradict.
+const RATE_AGREEING: usize = 3;
 
 impl ClockRate {
     fn clear(&mut self) {
@@ -226,11 +236,28 @@ impl ClockRate {
         let limit = f64::from(config.clock_rate_max);
         let noise = f64::from(config.clock_rate_noise_factor) * 1.4826 * mad;
         self.rate = slope as f32;
-        if slope.is_finite()
+        let passes = slope.is_finite()
             && slope.abs() > limit
             && moved_ms >= config.clock_rate_shift_ms_min as f64
-            && moved_ms >= noise
-        {
+            && moved_ms >= noise;
+        if !passes {
+            self.passed = [0.0; RATE_AGREEING - 1];
+            return Some(());
+        }
+        let slope32 = slope as f32;
+        let agree = self.passed.iter().all(|&p| {
+            p != 0.0 && p.signum() == slope32.signum() && {
+                let (lo, hi) = if p.abs() < slope32.abs() {
+                    (p.abs(), slope32.abs())
+                } else {
+                    (slope32.abs(), p.abs())
+                };
+                hi <= 2.0 * lo
+            }
+        });
+        self.passed.copy_within(1.., 0);
+        self.passed[RATE_AGREEING - 2] = slope32;
+        if agree {
             self.strength = strength_over(slope.abs(), limit);
         }
         Some(())
@@ -316,23 +343,30 @@ impl Timing {
         receive_ms: u64,
         seq: u64,
     ) -> TimingOutcome {
-        self.observe_with(config, device_ms, receive_ms, receive_ms, seq)
+        self.observe_with(config, device_ms, receive_ms, Some(receive_ms), seq)
     }
 
     /// As [`Timing::observe`], with the clock rate rule fed `rate_receive_ms` (the receive
     /// time corrected for the shard's lag only where that lag lasted: see the engine's
-    /// `ShardLag`).
+    /// `ShardLag`); `None` while the shard is behind, when receive times say nothing about
+    /// a clock at 0.2 %: the rule then abstains and starts its blocks over.
     pub fn observe_with(
         &mut self,
         config: &TimingConfig,
         device_ms: u64,
         receive_ms: u64,
-        rate_receive_ms: u64,
+        rate_receive_ms: Option<u64>,
         seq: u64,
     ) -> TimingOutcome {
         let mut outcome = TimingOutcome::default();
-        let offset = (i128::from(rate_receive_ms) - i128::from(device_ms)) as f64;
-        outcome.clock_rate = self.rate.observe(config, offset, rate_receive_ms);
+        match rate_receive_ms {
+            Some(rate_receive_ms) => {
+                let offset = (i128::from(rate_receive_ms) - i128::from(device_ms)) as f64;
+                outcome.clock_rate = self.rate.observe(config, offset, rate_receive_ms);
+            }
+            // The receive clock cannot be trusted at this precision now: start over later.
+            None => self.rate.clear(),
+        }
         self.observe_offset(config, device_ms, receive_ms, &mut outcome);
         let Some((last_ms, last_seq)) = self.last else {
             self.last = Some((device_ms, seq));
@@ -591,9 +625,40 @@ mod tests {
 
     #[test]
     fn a_clock_running_fast_or_slow_fires_within_thirty_readings() {
-        for ratio in [0.005, -0.005, 0.02, -0.02, 0.1, -0.1] {
+        // Three fits in a row must agree (6 readings more than one fit); at 0.5 % the line
+        // needs a few blocks more to stand out of this jitter and these stalls.
+        for (ratio, within) in [
+            (0.005, 40),
+            (-0.005, 40),
+            (0.02, 30),
+            (-0.02, 30),
+            (0.1, 30),
+            (-0.1, 30),
+        ] {
             let after = rate_fired_after(ratio, 300, 0);
-            assert!(after.is_some_and(|n| n <= 30), "ratio {ratio}: {after:?}");
+            assert!(
+                after.is_some_and(|n| n <= within),
+                "ratio {ratio}: {after:?}"
+            );
+        }
+    }
+
+    #[test]
+    fn a_server_stalling_for_seconds_does_not_fire_the_rate_rule() {
+        // Every 10 s the server stops reading for 5 s and then takes what waited at once:
+        // offsets climb and fall in sawtooth lines steeper than any clock.
+        let c = TimingConfig::default();
+        let mut t = Timing::new();
+        for i in 0..2_000u64 {
+            let true_ms = T0_MS + i * 600;
+            let since = (true_ms - T0_MS) % 10_000;
+            let receive = if since < 5_000 {
+                true_ms - since + 5_000
+            } else {
+                true_ms + 3
+            };
+            let o = t.observe(&c, true_ms, receive, i);
+            assert_eq!(o.clock_rate, None, "{i}: rate {}", t.clock_rate());
         }
     }
 
