@@ -88,12 +88,6 @@ pub struct PeerOffset {
 }
 
 impl PeerOffset {
-    /// The learned offset from the location's median and its scale, once warm.
-    #[must_use]
-    pub fn offset_and_scale(&self, config: &OffsetConfig) -> Option<(f32, f32)> {
-        (self.readings >= config.warmup_readings).then(|| (self.offset, self.scale(config)))
-    }
-
     fn scale(&self, config: &OffsetConfig) -> f32 {
         self.square.max(0.0).sqrt().max(2.0 * config.noise_floor)
     }
@@ -311,6 +305,6 @@ mod tests {
         assert_eq!(offset.observe(&config, f32::NAN, 395.0, 0.0), None);
         assert_eq!(offset.observe(&config, 400.0, f32::INFINITY, 0.0), None);
         assert_eq!(offset, before);
-        assert!(offset.offset_and_scale(&config).is_some());
+        assert!(offset.own_scale(&config).is_some());
     }
 }
